@@ -1,0 +1,305 @@
+//! The environment contract, parsed once into a [`Config`].
+//!
+//! Variable names and meanings are HAMi-core's (see the README's variable table). The parser is
+//! strict where HAMi-core is lax: a value we cannot read is reported with the variable, the
+//! value and what is accepted, and that one limit is then not applied — never read as 1 byte.
+//! Parsing is a pure function of the variables so tests never touch the process environment.
+
+use crate::size::{ACCEPTED_SIZES, parse_size};
+use crate::MAX_DEVICES;
+
+pub const MEMORY_LIMIT: &str = "CUDA_DEVICE_MEMORY_LIMIT";
+pub const SM_LIMIT: &str = "CUDA_DEVICE_SM_LIMIT";
+pub const SHARED_CACHE: &str = "CUDA_DEVICE_MEMORY_SHARED_CACHE";
+pub const LOG_LEVEL: &str = "LIBCUDA_LOG_LEVEL";
+pub const VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+/// Our own: bytes charged per CUDA context when its cost cannot be measured through NVML.
+pub const CONTEXT_OVERHEAD: &str = "LIBVGPU_CONTEXT_OVERHEAD";
+
+pub const DEFAULT_SHARED_CACHE: &str = "/tmp/cudevshr.cache";
+
+/// HAMi-core's levels: 0 errors, 1–2 warnings (default), 3 info, 4 debug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Memory cap per CUDA device ordinal (the index the process sees); `None` = uncapped.
+    pub memory_limit: [Option<u64>; MAX_DEVICES],
+    /// SM share in percent per ordinal; `None` = unlimited (HAMi: 0 or 100).
+    pub sm_limit: [Option<u8>; MAX_DEVICES],
+    pub log_level: LogLevel,
+    pub shared_cache: String,
+    pub visible_devices: Option<String>,
+    /// Fixed per-context charge, overriding the measured one.
+    pub context_overhead: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            memory_limit: [None; MAX_DEVICES],
+            sm_limit: [None; MAX_DEVICES],
+            log_level: LogLevel::Warn,
+            shared_cache: DEFAULT_SHARED_CACHE.to_string(),
+            visible_devices: None,
+            context_overhead: None,
+        }
+    }
+}
+
+/// A variable we could not use; `Display` is the one stderr line the user sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: String,
+    pub value: String,
+    pub problem: String,
+    pub accepted: &'static str,
+    pub consequence: &'static str,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}={:?} is invalid ({}); accepted: {}; {}",
+            self.variable, self.value, self.problem, self.accepted, self.consequence
+        )
+    }
+}
+
+const ACCEPTED_PERCENT: &str = "a whole percentage 0-100 (0 or 100 = unlimited), e.g. 30";
+const ACCEPTED_LEVEL: &str = "0 (errors), 1-2 (warnings), 3 (info), 4 (debug)";
+const ACCEPTED_INDEX: &str = "a device index suffix 0-15, e.g. CUDA_DEVICE_MEMORY_LIMIT_0";
+const NOT_APPLIED: &str = "this limit is NOT applied";
+
+/// Which device(s) a limit variable names.
+#[derive(Clone, Copy)]
+enum Target {
+    All,
+    Device(usize),
+}
+
+impl Config {
+    /// Parses the variables we know; unrelated ones are ignored.
+    pub fn from_vars<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> (Config, Vec<ConfigError>) {
+        let mut config = Config::default();
+        let mut errors = Vec::new();
+        let mut memory_all = None;
+        let mut memory_dev = [None; MAX_DEVICES];
+        let mut sm_all = None;
+        let mut sm_dev = [None; MAX_DEVICES];
+        for (name, value) in vars {
+            let error = |problem: String, accepted, consequence| ConfigError {
+                variable: name.to_string(),
+                value: value.to_string(),
+                problem,
+                accepted,
+                consequence,
+            };
+            if let Some(target) = limit_target(name, MEMORY_LIMIT, &mut errors, value) {
+                if value.trim().is_empty() {
+                    continue;
+                }
+                match parse_size(value) {
+                    // HAMi: 0 means no cap.
+                    Ok(bytes) => {
+                        let cap = (bytes > 0).then_some(bytes);
+                        match target {
+                            Target::All => memory_all = Some(cap),
+                            Target::Device(i) => memory_dev[i] = Some(cap),
+                        }
+                    }
+                    Err(e) => errors.push(error(e.to_string(), ACCEPTED_SIZES, NOT_APPLIED)),
+                }
+            } else if let Some(target) = limit_target(name, SM_LIMIT, &mut errors, value) {
+                if value.trim().is_empty() {
+                    continue;
+                }
+                match parse_percent(value) {
+                    Ok(p) => {
+                        let share = (p > 0 && p < 100).then_some(p);
+                        match target {
+                            Target::All => sm_all = Some(share),
+                            Target::Device(i) => sm_dev[i] = Some(share),
+                        }
+                    }
+                    Err(problem) => errors.push(error(problem, ACCEPTED_PERCENT, NOT_APPLIED)),
+                }
+            } else if name == LOG_LEVEL {
+                match value.trim().parse::<u8>() {
+                    Ok(0) => config.log_level = LogLevel::Error,
+                    Ok(1 | 2) => config.log_level = LogLevel::Warn,
+                    Ok(3) => config.log_level = LogLevel::Info,
+                    Ok(4..) => config.log_level = LogLevel::Debug,
+                    Err(_) => errors.push(error(
+                        "not a level".into(),
+                        ACCEPTED_LEVEL,
+                        "using the default (warnings)",
+                    )),
+                }
+            } else if name == SHARED_CACHE && !value.trim().is_empty() {
+                config.shared_cache = value.to_string();
+            } else if name == VISIBLE_DEVICES {
+                config.visible_devices = Some(value.to_string());
+            } else if name == CONTEXT_OVERHEAD {
+                match parse_size(value) {
+                    Ok(bytes) => config.context_overhead = Some(bytes),
+                    Err(e) => errors.push(error(
+                        e.to_string(),
+                        ACCEPTED_SIZES,
+                        "the context cost is measured instead",
+                    )),
+                }
+            }
+        }
+        for i in 0..MAX_DEVICES {
+            config.memory_limit[i] = memory_dev[i].or(memory_all).flatten();
+            config.sm_limit[i] = sm_dev[i].or(sm_all).flatten();
+        }
+        (config, errors)
+    }
+
+    pub fn from_env() -> (Config, Vec<ConfigError>) {
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k.starts_with("CUDA_") || k.starts_with("LIBCUDA_") || k.starts_with("LIBVGPU_"))
+            .collect();
+        Config::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    pub fn any_memory_limit(&self) -> bool {
+        self.memory_limit.iter().any(Option::is_some)
+    }
+}
+
+/// `CUDA_DEVICE_MEMORY_LIMIT` → all devices, `CUDA_DEVICE_MEMORY_LIMIT_3` → device 3; a bad
+/// suffix is reported rather than ignored, since it is almost certainly a typo'd limit.
+fn limit_target(name: &str, base: &str, errors: &mut Vec<ConfigError>, value: &str) -> Option<Target> {
+    let rest = name.strip_prefix(base)?;
+    if rest.is_empty() {
+        return Some(Target::All);
+    }
+    let index = rest.strip_prefix('_')?;
+    match index.parse::<usize>() {
+        Ok(i) if i < MAX_DEVICES && (index == "0" || !index.starts_with('0')) => Some(Target::Device(i)),
+        _ => {
+            errors.push(ConfigError {
+                variable: name.to_string(),
+                value: value.to_string(),
+                problem: "unknown device index".into(),
+                accepted: ACCEPTED_INDEX,
+                consequence: NOT_APPLIED,
+            });
+            None
+        }
+    }
+}
+
+fn parse_percent(value: &str) -> Result<u8, String> {
+    let digits = value.trim();
+    let digits = digits.strip_suffix('%').unwrap_or(digits);
+    match digits.parse::<u32>() {
+        Ok(p) if p <= 100 => Ok(p as u8),
+        Ok(_) => Err("above 100".into()),
+        Err(_) => Err("not a whole number".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn parse(vars: &[(&str, &str)]) -> (Config, Vec<ConfigError>) {
+        Config::from_vars(vars.iter().copied())
+    }
+
+    #[test]
+    fn general_limit_applies_to_every_device_and_per_device_overrides() {
+        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "4g"), ("CUDA_DEVICE_MEMORY_LIMIT_1", "1024m")]);
+        assert!(e.is_empty());
+        assert_eq!(c.memory_limit[0], Some(4 * GIB));
+        assert_eq!(c.memory_limit[1], Some(GIB));
+        assert_eq!(c.memory_limit[15], Some(4 * GIB));
+    }
+
+    #[test]
+    fn per_device_zero_uncaps_one_device() {
+        let (c, _) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "4g"), ("CUDA_DEVICE_MEMORY_LIMIT_2", "0")]);
+        assert_eq!(c.memory_limit[2], None);
+        assert_eq!(c.memory_limit[1], Some(4 * GIB));
+    }
+
+    #[test]
+    fn bad_value_is_reported_with_variable_value_and_forms_and_not_applied() {
+        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT_0", "2 gigs")]);
+        assert_eq!(c.memory_limit[0], None);
+        assert_eq!(e.len(), 1);
+        let line = e[0].to_string();
+        assert!(line.contains("CUDA_DEVICE_MEMORY_LIMIT_0"), "{line}");
+        assert!(line.contains("\"2 gigs\""), "{line}");
+        assert!(line.contains("4GiB"), "{line}");
+        assert!(line.contains("NOT applied"), "{line}");
+    }
+
+    #[test]
+    fn bad_general_limit_leaves_valid_per_device_limit() {
+        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "lots"), ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g")]);
+        assert_eq!(e.len(), 1);
+        assert_eq!(c.memory_limit[0], Some(GIB));
+        assert_eq!(c.memory_limit[1], None);
+    }
+
+    #[test]
+    fn bad_index_suffix_is_reported() {
+        for name in ["CUDA_DEVICE_MEMORY_LIMIT_16", "CUDA_DEVICE_MEMORY_LIMIT_x", "CUDA_DEVICE_SM_LIMIT_01"] {
+            let (_, e) = parse(&[(name, "1g")]);
+            assert_eq!(e.len(), 1, "{name}");
+            assert!(e[0].to_string().contains("device index"));
+        }
+    }
+
+    #[test]
+    fn sm_limits() {
+        let (c, e) = parse(&[("CUDA_DEVICE_SM_LIMIT", "30"), ("CUDA_DEVICE_SM_LIMIT_1", "100"), ("CUDA_DEVICE_SM_LIMIT_2", "50%")]);
+        assert!(e.is_empty());
+        assert_eq!(c.sm_limit[0], Some(30));
+        assert_eq!(c.sm_limit[1], None);
+        assert_eq!(c.sm_limit[2], Some(50));
+        let (c, e) = parse(&[("CUDA_DEVICE_SM_LIMIT", "130")]);
+        assert_eq!(c.sm_limit[0], None);
+        assert!(e[0].to_string().contains("0-100"));
+    }
+
+    #[test]
+    fn log_levels_and_paths() {
+        let (c, e) = parse(&[("LIBCUDA_LOG_LEVEL", "4"), ("CUDA_DEVICE_MEMORY_SHARED_CACHE", "/x/y")]);
+        assert!(e.is_empty());
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.shared_cache, "/x/y");
+        let (c, e) = parse(&[("LIBCUDA_LOG_LEVEL", "loud")]);
+        assert_eq!(c.log_level, LogLevel::Warn);
+        assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", ""), ("CUDA_DEVICE_SM_LIMIT", " ")]);
+        assert!(e.is_empty());
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn unrelated_variables_are_ignored() {
+        let (c, e) = parse(&[("CUDA_DEVICE_ORDER", "PCI_BUS_ID"), ("CUDA_DEVICE_MEMORY_LIMITX", "1")]);
+        assert!(e.is_empty());
+        assert_eq!(c, Config::default());
+    }
+}

@@ -1,0 +1,339 @@
+//! The memory ledger: who holds how much device memory, and the reservation protocol that keeps
+//! the total under the cap.
+//!
+//! Protocol: a hook *reserves* the bytes before calling the driver, so two threads (or, with the
+//! shared region, two processes) racing for the last bytes can both fail but never both pass.
+//! A reservation that is not committed (driver failure, early return, panic) rolls itself back
+//! on drop. Committed allocations are keyed by what the matching free will name (pointer, VMM
+//! handle, array handle, context) so the free releases exactly what was charged.
+//!
+//! The counters live behind [`Accounting`] so the per-process store used here and the
+//! container-wide shared region are interchangeable.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::MAX_DEVICES;
+
+/// Where usage is counted and limits are read.
+pub trait Accounting: Send + Sync {
+    /// The cap for `dev`, read live (`None` = uncapped).
+    fn limit(&self, dev: usize) -> Option<u64>;
+    /// Adds `bytes` to `dev` if the total then stays within `limit`; all or nothing.
+    fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool;
+    /// Adds `bytes` unconditionally (memory the driver already handed out, e.g. a context).
+    fn charge(&self, dev: usize, bytes: u64);
+    fn uncharge(&self, dev: usize, bytes: u64);
+    /// Bytes in use on `dev` by everyone this store accounts for.
+    fn used(&self, dev: usize) -> u64;
+}
+
+/// Per-process counters with fixed limits.
+pub struct ProcessAccounting {
+    limits: [Option<u64>; MAX_DEVICES],
+    used: [AtomicU64; MAX_DEVICES],
+}
+
+impl ProcessAccounting {
+    pub fn new(limits: [Option<u64>; MAX_DEVICES]) -> Self {
+        ProcessAccounting { limits, used: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl Accounting for ProcessAccounting {
+    fn limit(&self, dev: usize) -> Option<u64> {
+        self.limits.get(dev).copied().flatten()
+    }
+
+    fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
+        let Some(counter) = self.used.get(dev) else { return limit.is_none() };
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                let next = used.checked_add(bytes)?;
+                limit.is_none_or(|cap| next <= cap).then_some(next)
+            })
+            .is_ok()
+    }
+
+    fn charge(&self, dev: usize, bytes: u64) {
+        if let Some(counter) = self.used.get(dev) {
+            counter.fetch_add(bytes, Ordering::SeqCst);
+        }
+    }
+
+    fn uncharge(&self, dev: usize, bytes: u64) {
+        if let Some(counter) = self.used.get(dev) {
+            // Saturating: an accounting bug must never show 2^64 bytes in use.
+            let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| Some(u.saturating_sub(bytes)));
+        }
+    }
+
+    fn used(&self, dev: usize) -> u64 {
+        self.used.get(dev).map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+}
+
+/// What a free will name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key {
+    DevicePtr(u64),
+    VmmHandle(u64),
+    Array(u64),
+    MipmappedArray(u64),
+    Context(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    pub dev: usize,
+    pub bytes: u64,
+    /// The context that owns it (0 = not context-bound); destroying the context frees it.
+    pub context: u64,
+}
+
+/// The cap said no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    pub dev: usize,
+    pub requested: u64,
+    pub used: u64,
+    pub limit: u64,
+}
+
+pub struct MemoryLedger<A: Accounting> {
+    accounting: A,
+    live: Mutex<HashMap<Key, Allocation>>,
+}
+
+impl<A: Accounting> MemoryLedger<A> {
+    pub fn new(accounting: A) -> Self {
+        MemoryLedger { accounting, live: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn accounting(&self) -> &A {
+        &self.accounting
+    }
+
+    pub fn limit(&self, dev: usize) -> Option<u64> {
+        self.accounting.limit(dev)
+    }
+
+    pub fn used(&self, dev: usize) -> u64 {
+        self.accounting.used(dev)
+    }
+
+    /// Takes `bytes` on `dev` out of the cap, or says why not.
+    pub fn reserve(&self, dev: usize, bytes: u64) -> Result<Reservation<'_, A>, Denied> {
+        let limit = self.accounting.limit(dev);
+        if self.accounting.try_charge(dev, bytes, limit) {
+            Ok(Reservation { ledger: self, dev, bytes, settled: false })
+        } else {
+            Err(Denied { dev, requested: bytes, used: self.accounting.used(dev), limit: limit.unwrap_or(0) })
+        }
+    }
+
+    /// Records memory that exists already and cannot be refused (a context's own cost).
+    pub fn record(&self, key: Key, alloc: Allocation) {
+        self.accounting.charge(alloc.dev, alloc.bytes);
+        self.insert(key, alloc);
+    }
+
+    /// Releases what `key` holds; `None` if we never charged it (a free of foreign memory).
+    pub fn release(&self, key: Key) -> Option<Allocation> {
+        let alloc = self.lock().remove(&key)?;
+        self.accounting.uncharge(alloc.dev, alloc.bytes);
+        Some(alloc)
+    }
+
+    /// Releases everything a destroyed context owned; returns the bytes released.
+    pub fn release_context(&self, context: u64) -> u64 {
+        let freed: Vec<Allocation> = {
+            let mut live = self.lock();
+            let keys: Vec<Key> = live.iter().filter(|(_, a)| a.context == context).map(|(k, _)| *k).collect();
+            keys.iter().filter_map(|k| live.remove(k)).collect()
+        };
+        freed.iter().map(|a| {
+            self.accounting.uncharge(a.dev, a.bytes);
+            a.bytes
+        }).sum()
+    }
+
+    pub fn lookup(&self, key: Key) -> Option<Allocation> {
+        self.lock().get(&key).copied()
+    }
+
+    /// Bytes this process holds on `dev`, by our own records.
+    pub fn held_by_process(&self, dev: usize) -> u64 {
+        self.lock().values().filter(|a| a.dev == dev).map(|a| a.bytes).sum()
+    }
+
+    fn insert(&self, key: Key, alloc: Allocation) {
+        // The driver handed out a key we still hold: the old memory was freed behind our back
+        // (e.g. with its context), so drop the stale charge instead of leaking it forever.
+        if let Some(stale) = self.lock().insert(key, alloc) {
+            self.accounting.uncharge(stale.dev, stale.bytes);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Allocation>> {
+        // A panic elsewhere while holding the map leaves it consistent (single inserts/removes).
+        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Bytes taken out of the cap for an allocation in flight.
+#[must_use]
+pub struct Reservation<'a, A: Accounting> {
+    ledger: &'a MemoryLedger<A>,
+    dev: usize,
+    bytes: u64,
+    settled: bool,
+}
+
+impl<A: Accounting> Reservation<'_, A> {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Changes the reserved amount to what the driver really allocated (pitch, array layout).
+    /// Growing is checked against the cap like a new reservation.
+    pub fn resize(&mut self, bytes: u64) -> Result<(), Denied> {
+        let acc = &self.ledger.accounting;
+        if bytes > self.bytes {
+            let extra = bytes - self.bytes;
+            let limit = acc.limit(self.dev);
+            if !acc.try_charge(self.dev, extra, limit) {
+                return Err(Denied { dev: self.dev, requested: bytes, used: acc.used(self.dev), limit: limit.unwrap_or(0) });
+            }
+        } else {
+            acc.uncharge(self.dev, self.bytes - bytes);
+        }
+        self.bytes = bytes;
+        Ok(())
+    }
+
+    /// The driver allocated: keep the charge until `key` is freed.
+    pub fn commit(mut self, key: Key, context: u64) {
+        self.settled = true;
+        self.ledger.insert(key, Allocation { dev: self.dev, bytes: self.bytes, context });
+    }
+}
+
+impl<A: Accounting> Drop for Reservation<'_, A> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.ledger.accounting.uncharge(self.dev, self.bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const MIB: u64 = 1 << 20;
+
+    fn ledger(cap: u64) -> MemoryLedger<ProcessAccounting> {
+        let mut limits = [None; MAX_DEVICES];
+        limits[0] = Some(cap);
+        MemoryLedger::new(ProcessAccounting::new(limits))
+    }
+
+    #[test]
+    fn reserve_commit_release() {
+        let l = ledger(100 * MIB);
+        l.reserve(0, 60 * MIB).unwrap().commit(Key::DevicePtr(1), 0);
+        assert_eq!(l.used(0), 60 * MIB);
+        let denied = l.reserve(0, 41 * MIB).err().unwrap();
+        assert_eq!(denied, Denied { dev: 0, requested: 41 * MIB, used: 60 * MIB, limit: 100 * MIB });
+        l.reserve(0, 40 * MIB).unwrap().commit(Key::DevicePtr(2), 0);
+        assert_eq!(l.used(0), 100 * MIB);
+        assert_eq!(l.release(Key::DevicePtr(1)).unwrap().bytes, 60 * MIB);
+        assert_eq!(l.release(Key::DevicePtr(1)), None);
+        assert_eq!(l.used(0), 40 * MIB);
+    }
+
+    #[test]
+    fn dropped_reservation_rolls_back() {
+        let l = ledger(100 * MIB);
+        {
+            let _r = l.reserve(0, 70 * MIB).unwrap();
+            assert_eq!(l.used(0), 70 * MIB);
+        }
+        assert_eq!(l.used(0), 0);
+    }
+
+    #[test]
+    fn resize_checks_growth_against_the_cap() {
+        let l = ledger(100 * MIB);
+        let mut r = l.reserve(0, 50 * MIB).unwrap();
+        r.resize(90 * MIB).unwrap();
+        assert_eq!(l.used(0), 90 * MIB);
+        assert!(r.resize(101 * MIB).is_err());
+        assert_eq!(l.used(0), 90 * MIB);
+        r.resize(10 * MIB).unwrap();
+        r.commit(Key::Array(7), 0);
+        assert_eq!(l.used(0), 10 * MIB);
+    }
+
+    #[test]
+    fn uncapped_devices_and_out_of_range_devices() {
+        let l = ledger(MIB);
+        l.reserve(1, u64::MAX / 2).unwrap().commit(Key::DevicePtr(1), 0);
+        assert!(l.reserve(1, u64::MAX).is_err(), "overflow is refused, not wrapped");
+        assert!(l.reserve(MAX_DEVICES + 3, 5).is_ok());
+    }
+
+    #[test]
+    fn reused_key_drops_the_stale_charge() {
+        let l = ledger(100 * MIB);
+        l.reserve(0, 30 * MIB).unwrap().commit(Key::DevicePtr(9), 0);
+        l.reserve(0, 20 * MIB).unwrap().commit(Key::DevicePtr(9), 0);
+        assert_eq!(l.used(0), 20 * MIB);
+    }
+
+    #[test]
+    fn context_destruction_releases_its_allocations() {
+        let l = ledger(100 * MIB);
+        l.record(Key::Context(5), Allocation { dev: 0, bytes: 10 * MIB, context: 0 });
+        l.reserve(0, 20 * MIB).unwrap().commit(Key::DevicePtr(1), 5);
+        l.reserve(0, 30 * MIB).unwrap().commit(Key::DevicePtr(2), 6);
+        assert_eq!(l.release_context(5), 20 * MIB);
+        assert_eq!(l.release(Key::Context(5)).unwrap().bytes, 10 * MIB);
+        assert_eq!(l.used(0), 30 * MIB);
+        assert_eq!(l.held_by_process(0), 30 * MIB);
+    }
+
+    #[test]
+    fn uncharge_saturates() {
+        let acc = ProcessAccounting::new([None; MAX_DEVICES]);
+        acc.uncharge(0, 5);
+        assert_eq!(acc.used(0), 0);
+    }
+
+    #[test]
+    fn racing_threads_never_exceed_the_cap() {
+        let l = Arc::new(ledger(64 * MIB));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let l = Arc::clone(&l);
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        let key = Key::DevicePtr(t << 32 | i);
+                        if let Ok(r) = l.reserve(0, 3 * MIB) {
+                            assert!(l.used(0) <= 64 * MIB);
+                            r.commit(key, 0);
+                            l.release(key).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(l.used(0), 0);
+    }
+}

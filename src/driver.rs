@@ -1,0 +1,179 @@
+//! Thin calls into the real driver for functions we use but do not hook, returning `Result`
+//! (cudarc's `result` layer). Hooked functions' real slots live in `intercept::table::real`.
+
+use std::ffi::{c_char, c_int, c_uint};
+
+use cuda_types::*;
+
+use crate::intercept::table::real;
+use crate::intercept::{Lib, RealFn, c_name};
+
+macro_rules! real_fns {
+    ($( $lib:ident fn $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty; )*) => {
+        $(
+            #[allow(non_snake_case)]
+            pub unsafe fn $name($($arg: $ty),*) -> $ret {
+                static SLOT: RealFn = RealFn::new(Lib::$lib, c_name(concat!(stringify!($name), "\0")));
+                type Sig = unsafe extern "C" fn($($ty),*) -> $ret;
+                // SAFETY: the slot holds the driver's function of exactly this signature.
+                match unsafe { SLOT.get::<Sig>() } {
+                    // SAFETY: arguments forwarded under the caller's contract.
+                    Some(f) => unsafe { f($($arg),*) },
+                    None => <$ret as crate::intercept::Code>::MISSING,
+                }
+            }
+        )*
+    };
+}
+
+mod raw {
+    use super::*;
+    real_fns! {
+        Cuda fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult;
+        Cuda fn cuCtxGetCurrent(ctx: *mut CUcontext) -> CUresult;
+        Cuda fn cuDeviceGetCount(count: *mut c_int) -> CUresult;
+        Cuda fn cuDeviceGetUuid_v2(uuid: *mut CUuuid, dev: CUdevice) -> CUresult;
+        Cuda fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) -> CUresult;
+        Cuda fn cuArrayGetMemoryRequirements(req: *mut CUDA_ARRAY_MEMORY_REQUIREMENTS, array: CUarray, dev: CUdevice) -> CUresult;
+        Cuda fn cuMipmappedArrayGetMemoryRequirements(req: *mut CUDA_ARRAY_MEMORY_REQUIREMENTS, array: CUmipmappedArray, dev: CUdevice) -> CUresult;
+        Nvml fn nvmlInit_v2() -> nvmlReturn_t;
+        Nvml fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn_t;
+        Nvml fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t;
+        Nvml fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t;
+        Nvml fn nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, len: c_uint) -> nvmlReturn_t;
+    }
+}
+
+fn check(rc: CUresult) -> Result<(), CUresult> {
+    if rc.is_success() { Ok(()) } else { Err(rc) }
+}
+
+fn check_nvml(rc: nvmlReturn_t) -> Result<(), nvmlReturn_t> {
+    if rc.is_success() { Ok(()) } else { Err(rc) }
+}
+
+/// The calling thread's current context and its device.
+pub fn current_context() -> Result<(CUcontext, usize), CUresult> {
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    let mut dev: CUdevice = 0;
+    // SAFETY: valid out-pointers.
+    check(unsafe { raw::cuCtxGetCurrent(&mut ctx) })?;
+    if ctx.is_null() {
+        return Err(CUresult::ERROR_INVALID_CONTEXT);
+    }
+    // SAFETY: valid out-pointer.
+    check(unsafe { raw::cuCtxGetDevice(&mut dev) })?;
+    usize::try_from(dev).map(|d| (ctx, d)).map_err(|_| CUresult::ERROR_INVALID_DEVICE)
+}
+
+pub fn device_count() -> Result<usize, CUresult> {
+    let mut n: c_int = 0;
+    // SAFETY: valid out-pointer.
+    check(unsafe { raw::cuDeviceGetCount(&mut n) })?;
+    Ok(n.max(0) as usize)
+}
+
+pub fn device_uuid(dev: usize) -> Result<[u8; 16], CUresult> {
+    let mut uuid = CUuuid::default();
+    // SAFETY: valid out-pointer.
+    check(unsafe { raw::cuDeviceGetUuid_v2(&mut uuid, dev as CUdevice) })?;
+    Ok(uuid.bytes)
+}
+
+pub fn primary_context_active(dev: usize) -> Result<bool, CUresult> {
+    let (mut flags, mut active): (c_uint, c_int) = (0, 0);
+    // SAFETY: valid out-pointers.
+    check(unsafe { raw::cuDevicePrimaryCtxGetState(dev as CUdevice, &mut flags, &mut active) })?;
+    Ok(active != 0)
+}
+
+pub fn array_size(array: CUarray, dev: usize) -> Result<u64, CUresult> {
+    let mut req = CUDA_ARRAY_MEMORY_REQUIREMENTS::default();
+    // SAFETY: valid out-pointer; `array` was just created by the driver.
+    check(unsafe { raw::cuArrayGetMemoryRequirements(&mut req, array, dev as CUdevice) })?;
+    Ok(req.size as u64)
+}
+
+pub fn mipmapped_array_size(array: CUmipmappedArray, dev: usize) -> Result<u64, CUresult> {
+    let mut req = CUDA_ARRAY_MEMORY_REQUIREMENTS::default();
+    // SAFETY: valid out-pointer; `array` was just created by the driver.
+    check(unsafe { raw::cuMipmappedArrayGetMemoryRequirements(&mut req, array, dev as CUdevice) })?;
+    Ok(req.size as u64)
+}
+
+/// Undo an allocation we refused after the fact (the driver's true size broke the cap).
+pub fn free_device_ptr(dptr: CUdeviceptr) {
+    type Sig = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
+    // SAFETY: the real cuMemFree_v2, on a pointer the driver just returned to us.
+    if let Some(f) = unsafe { real::cuMemFree_v2.get::<Sig>() } {
+        unsafe { f(dptr) };
+    }
+}
+
+pub fn destroy_array(array: CUarray) {
+    type Sig = unsafe extern "C" fn(CUarray) -> CUresult;
+    // SAFETY: the real cuArrayDestroy, on an array the driver just created for us.
+    if let Some(f) = unsafe { real::cuArrayDestroy.get::<Sig>() } {
+        unsafe { f(array) };
+    }
+}
+
+pub fn destroy_mipmapped_array(array: CUmipmappedArray) {
+    type Sig = unsafe extern "C" fn(CUmipmappedArray) -> CUresult;
+    // SAFETY: the real cuMipmappedArrayDestroy, on an array the driver just created for us.
+    if let Some(f) = unsafe { real::cuMipmappedArrayDestroy.get::<Sig>() } {
+        unsafe { f(array) };
+    }
+}
+
+/// NVML, initialised once for our own queries (we never shut it down: NVML is refcounted, and
+/// the application's own init/shutdown pairs stay balanced).
+pub fn nvml_ready() -> Result<(), nvmlReturn_t> {
+    static INIT: std::sync::OnceLock<nvmlReturn_t> = std::sync::OnceLock::new();
+    // SAFETY: nvmlInit_v2 takes no arguments.
+    check_nvml(*INIT.get_or_init(|| unsafe { raw::nvmlInit_v2() }))
+}
+
+pub fn nvml_device_uuid(device: nvmlDevice_t) -> Result<String, nvmlReturn_t> {
+    let mut buf = [0 as c_char; NVML_DEVICE_UUID_V2_BUFFER_SIZE as usize];
+    // SAFETY: the buffer is as long as we say.
+    check_nvml(unsafe { raw::nvmlDeviceGetUUID(device, buf.as_mut_ptr(), buf.len() as c_uint) })?;
+    // SAFETY: NVML NUL-terminates within the buffer on success.
+    let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(s.to_string_lossy().into_owned())
+}
+
+/// UUIDs of every device NVML sees, by NVML index.
+pub fn nvml_uuids() -> Result<Vec<String>, nvmlReturn_t> {
+    nvml_ready()?;
+    let mut n: c_uint = 0;
+    // SAFETY: valid out-pointer.
+    check_nvml(unsafe { raw::nvmlDeviceGetCount_v2(&mut n) })?;
+    (0..n)
+        .map(|i| {
+            let mut device: nvmlDevice_t = std::ptr::null_mut();
+            // SAFETY: valid out-pointer.
+            check_nvml(unsafe { raw::nvmlDeviceGetHandleByIndex_v2(i, &mut device) })?;
+            nvml_device_uuid(device)
+        })
+        .collect()
+}
+
+pub fn nvml_device_by_uuid(uuid: &str) -> Result<nvmlDevice_t, nvmlReturn_t> {
+    nvml_ready()?;
+    let c = std::ffi::CString::new(uuid).map_err(|_| nvmlReturn_t::ERROR_INVALID_ARGUMENT)?;
+    let mut device: nvmlDevice_t = std::ptr::null_mut();
+    // SAFETY: valid C string and out-pointer.
+    check_nvml(unsafe { raw::nvmlDeviceGetHandleByUUID(c.as_ptr(), &mut device) })?;
+    Ok(device)
+}
+
+/// Device-wide used bytes as NVML reports them (through the real function, not our view).
+pub fn nvml_used(device: nvmlDevice_t) -> Result<u64, nvmlReturn_t> {
+    type Sig = unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t;
+    let mut m = nvmlMemory_t::default();
+    // SAFETY: the real nvmlDeviceGetMemoryInfo with a valid out-pointer.
+    let f = unsafe { real::nvmlDeviceGetMemoryInfo.get::<Sig>() }.ok_or(nvmlReturn_t::ERROR_FUNCTION_NOT_FOUND)?;
+    check_nvml(unsafe { f(device, &mut m) })?;
+    Ok(m.used)
+}

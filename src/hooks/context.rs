@@ -1,0 +1,153 @@
+//! Contexts cost device memory (~520 MiB on an H200) that never passes through an allocation
+//! API. The rule: the cap bounds the process's true device footprint, so each context's cost is
+//! charged when it is created and released when it is destroyed, together with any allocations
+//! the driver frees with it.
+//!
+//! The cost is measured per context as the change in the device's NVML `used` across the
+//! creating call (racy against other processes, so clamped to a plausible range), only where a
+//! cap makes it matter. `LIBVGPU_CONTEXT_OVERHEAD` fixes it instead; without NVML we charge
+//! [`FALLBACK_COST`] and say so once.
+
+use std::ffi::{c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cuda_types::*;
+use vgpu_core::devices::format_uuid;
+use vgpu_core::ledger::{Allocation, Key};
+
+use crate::driver;
+use crate::intercept::Real;
+use crate::state::state;
+
+const FALLBACK_COST: u64 = 512 << 20;
+const MAX_PLAUSIBLE_COST: u64 = 4 << 30;
+
+/// Runs `create` and returns its code with the bytes the new context costs.
+fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
+    let st = state();
+    if let Some(fixed) = st.config.context_overhead {
+        return (create(), fixed);
+    }
+    if st.ledger.limit(dev).is_none() {
+        return (create(), 0);
+    }
+    let nvml = driver::device_uuid(dev)
+        .ok()
+        .and_then(|u| driver::nvml_device_by_uuid(&format_uuid(&u)).ok());
+    let before = nvml.and_then(|d| driver::nvml_used(d).ok());
+    let rc = create();
+    if !rc.is_success() {
+        return (rc, 0);
+    }
+    let after = nvml.and_then(|d| driver::nvml_used(d).ok());
+    match (before, after) {
+        (Some(b), Some(a)) => (rc, a.saturating_sub(b).min(MAX_PLAUSIBLE_COST)),
+        _ => {
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cannot measure the context's memory through NVML; charging {} MiB per context \
+                     (set LIBVGPU_CONTEXT_OVERHEAD to override)",
+                    FALLBACK_COST >> 20
+                );
+            }
+            (rc, FALLBACK_COST)
+        }
+    }
+}
+
+fn record(ctx: CUcontext, dev: usize, bytes: u64) {
+    tracing::debug!("context {ctx:?} on device {dev} costs {} MiB", bytes >> 20);
+    state().ledger.record(Key::Context(ctx as u64), Allocation { dev, bytes, context: 0 });
+}
+
+/// The driver freed `ctx` and everything allocated in it.
+fn forget(ctx: u64) {
+    let ledger = &state().ledger;
+    ledger.release(Key::Context(ctx));
+    ledger.release_context(ctx);
+}
+
+unsafe fn create_common(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
+    let Ok(d) = usize::try_from(dev) else { return real.call() };
+    if pctx.is_null() {
+        return real.call();
+    }
+    let (rc, cost) = measured(d, || real.call());
+    if rc.is_success() {
+        // SAFETY: the driver wrote the new context through the non-null `pctx`.
+        record(unsafe { *pctx }, d, cost);
+    }
+    rc
+}
+
+pub unsafe fn create_v2(real: Real<'_, CUresult>, pctx: *mut CUcontext, _flags: c_uint, dev: CUdevice) -> CUresult {
+    unsafe { create_common(real, pctx, dev) }
+}
+
+pub unsafe fn create_v3(
+    real: Real<'_, CUresult>,
+    pctx: *mut CUcontext,
+    _params: *mut c_void,
+    _count: c_int,
+    _flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    unsafe { create_common(real, pctx, dev) }
+}
+
+pub unsafe fn create_v4(
+    real: Real<'_, CUresult>,
+    pctx: *mut CUcontext,
+    _params: *mut c_void,
+    _flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    unsafe { create_common(real, pctx, dev) }
+}
+
+pub unsafe fn destroy(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
+    let rc = real.call();
+    if rc.is_success() {
+        forget(ctx as u64);
+    }
+    rc
+}
+
+/// The primary context is created by the first retain (the driver keeps the count; we ask it
+/// whether the context is active rather than keeping a second count that could drift).
+pub unsafe fn primary_retain(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
+    let Some(slot) = usize::try_from(dev).ok().and_then(|d| state().primary.get(d)) else { return real.call() };
+    let Ok(d) = usize::try_from(dev) else { return real.call() };
+    if pctx.is_null() || driver::primary_context_active(d).unwrap_or(true) {
+        return real.call();
+    }
+    let rc = unsafe { create_common(real, pctx, dev) };
+    if rc.is_success() {
+        // SAFETY: written by the driver on success.
+        slot.store(unsafe { *pctx } as u64, Ordering::Release);
+    }
+    rc
+}
+
+/// After the last release (or a reset) the driver destroys the primary context.
+unsafe fn primary_gone(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
+    let rc = real.call();
+    let Ok(d) = usize::try_from(dev) else { return rc };
+    let Some(slot) = state().primary.get(d) else { return rc };
+    if rc.is_success() && !driver::primary_context_active(d).unwrap_or(true) {
+        let ctx = slot.swap(0, Ordering::AcqRel);
+        if ctx != 0 {
+            forget(ctx);
+        }
+    }
+    rc
+}
+
+pub unsafe fn primary_release(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
+    unsafe { primary_gone(real, dev) }
+}
+
+pub unsafe fn primary_reset(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
+    unsafe { primary_gone(real, dev) }
+}

@@ -1,0 +1,267 @@
+//! Allocation and free hooks. Every path that takes device memory reserves it against the cap
+//! *before* the driver call (so racing callers can both fail but never both pass) and commits
+//! the charge under the key its free will name. Frees always reach the driver and return its
+//! code; they release our charge only when the driver freed something.
+
+use std::ffi::c_uint;
+
+use cuda_types::*;
+use vgpu_core::ledger::{Denied, Key, Reservation, ProcessAccounting};
+
+use crate::driver;
+use crate::intercept::Real;
+use crate::state::state;
+
+type Res = Reservation<'static, ProcessAccounting>;
+
+fn deny(d: Denied) -> CUresult {
+    tracing::warn!(
+        "device {}: allocation of {} MiB refused: {} MiB of the {} MiB cap in use",
+        d.dev,
+        d.requested.div_ceil(1 << 20),
+        d.used >> 20,
+        d.limit >> 20
+    );
+    CUresult::ERROR_OUT_OF_MEMORY
+}
+
+/// Reserve on the current context's device; `Err` carries what to return without the driver.
+/// No current context (or anything else odd) is the driver's error to report, so we let it.
+fn reserve_current(bytes: u64) -> Result<Option<(Res, u64)>, CUresult> {
+    let Ok((ctx, dev)) = driver::current_context() else { return Ok(None) };
+    match state().ledger.reserve(dev, bytes) {
+        Ok(r) => Ok(Some((r, ctx as u64))),
+        Err(d) => Err(deny(d)),
+    }
+}
+
+/// The common shape: reserve, call, commit under the returned pointer.
+unsafe fn alloc_ptr(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: u64) -> CUresult {
+    if dptr.is_null() || bytes == 0 {
+        return real.call();
+    }
+    let reservation = match reserve_current(bytes) {
+        Ok(Some(r)) => r,
+        Ok(None) => return real.call(),
+        Err(rc) => return rc,
+    };
+    let rc = real.call();
+    if rc.is_success() {
+        let (r, ctx) = reservation;
+        // SAFETY: the driver wrote the new pointer through the caller's non-null `dptr`.
+        r.commit(Key::DevicePtr(unsafe { *dptr }), ctx);
+    }
+    rc
+}
+
+pub unsafe fn alloc(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    unsafe { alloc_ptr(real, dptr, bytes as u64) }
+}
+
+pub unsafe fn alloc_v1(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: c_uint) -> CUresult {
+    unsafe { alloc_ptr(real, dptr, bytes as u64) }
+}
+
+/// Managed memory may migrate to the host, but it can occupy the whole request on the device,
+/// so it is charged in full to the current device.
+pub unsafe fn alloc_managed(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usize, _flags: c_uint) -> CUresult {
+    unsafe { alloc_ptr(real, dptr, bytes as u64) }
+}
+
+pub unsafe fn alloc_async(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usize, _stream: CUstream) -> CUresult {
+    unsafe { alloc_ptr(real, dptr, bytes as u64) }
+}
+
+pub unsafe fn alloc_from_pool_async(
+    real: Real<'_, CUresult>,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    _pool: CUmemoryPool,
+    _stream: CUstream,
+) -> CUresult {
+    unsafe { alloc_ptr(real, dptr, bytes as u64) }
+}
+
+/// Pitched rows are padded by the driver; reserve our estimate, then settle on the real
+/// `pitch × height` (refusing, and freeing, if the padding is what breaks the cap).
+pub unsafe fn alloc_pitch(
+    real: Real<'_, CUresult>,
+    dptr: *mut CUdeviceptr,
+    pitch: *mut usize,
+    width: usize,
+    height: usize,
+    _element: c_uint,
+) -> CUresult {
+    if dptr.is_null() || pitch.is_null() || width == 0 || height == 0 {
+        return real.call();
+    }
+    let estimate = (width as u64).next_multiple_of(512).saturating_mul(height as u64);
+    let (mut r, ctx) = match reserve_current(estimate) {
+        Ok(Some(r)) => r,
+        Ok(None) => return real.call(),
+        Err(rc) => return rc,
+    };
+    let rc = real.call();
+    if !rc.is_success() {
+        return rc;
+    }
+    // SAFETY: on success the driver wrote both out-pointers, which are non-null.
+    let (ptr, actual) = unsafe { (*dptr, (*pitch as u64).saturating_mul(height as u64)) };
+    if let Err(d) = r.resize(actual) {
+        driver::free_device_ptr(ptr);
+        return deny(d);
+    }
+    r.commit(Key::DevicePtr(ptr), ctx);
+    rc
+}
+
+/// VMM physical memory is charged to the device it is created on (`location.id`), which need
+/// not be the current one; host-located memory (NCCL uses it) is not device memory.
+pub unsafe fn create(
+    real: Real<'_, CUresult>,
+    handle: *mut CUmemGenericAllocationHandle,
+    size: usize,
+    prop: *const CUmemAllocationProp,
+    _flags: u64,
+) -> CUresult {
+    // SAFETY: `prop` is read only when non-null, as the driver would.
+    let Some(prop) = (unsafe { prop.as_ref() }) else { return real.call() };
+    if handle.is_null() || size == 0 || prop.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
+        return real.call();
+    }
+    let Ok(dev) = usize::try_from(prop.location.id) else { return real.call() };
+    let r = match state().ledger.reserve(dev, size as u64) {
+        Ok(r) => r,
+        Err(d) => return deny(d),
+    };
+    let rc = real.call();
+    if rc.is_success() {
+        // SAFETY: the driver wrote the handle through the caller's non-null pointer.
+        r.commit(Key::VmmHandle(unsafe { *handle }), 0);
+    }
+    rc
+}
+
+fn array_estimate(width: usize, height: usize, depth: usize, format: u32, channels: u32) -> u64 {
+    [width, height.max(1), depth.max(1)]
+        .iter()
+        .fold(array_format::channel_bytes(format).saturating_mul(channels.max(1) as u64), |acc, &n| {
+            acc.saturating_mul(n as u64)
+        })
+}
+
+/// Arrays: reserve the element-size estimate, then settle on the driver's own size where it
+/// reports one (`cu*GetMemoryRequirements`, CUDA ≥ 11.6).
+unsafe fn array_common(
+    real: Real<'_, CUresult>,
+    out: *mut *mut std::ffi::c_void,
+    estimate: u64,
+    key: fn(u64) -> Key,
+    size_of: fn(*mut std::ffi::c_void, usize) -> Result<u64, CUresult>,
+    destroy: fn(*mut std::ffi::c_void),
+) -> CUresult {
+    if out.is_null() {
+        return real.call();
+    }
+    let Ok((ctx, dev)) = driver::current_context() else { return real.call() };
+    let mut r = match state().ledger.reserve(dev, estimate) {
+        Ok(r) => r,
+        Err(d) => return deny(d),
+    };
+    let rc = real.call();
+    if !rc.is_success() {
+        return rc;
+    }
+    // SAFETY: on success the driver wrote the new handle through `out`.
+    let array = unsafe { *out };
+    if let Ok(actual) = size_of(array, dev) {
+        if let Err(d) = r.resize(actual) {
+            destroy(array);
+            return deny(d);
+        }
+    }
+    r.commit(key(array as u64), ctx as u64);
+    rc
+}
+
+pub unsafe fn array_create(real: Real<'_, CUresult>, array: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult {
+    // SAFETY: read only when non-null.
+    let Some(d) = (unsafe { desc.as_ref() }) else { return real.call() };
+    let estimate = array_estimate(d.Width, d.Height, 1, d.Format, d.NumChannels);
+    unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
+}
+
+pub unsafe fn array3d_create(real: Real<'_, CUresult>, array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult {
+    // SAFETY: read only when non-null.
+    let Some(d) = (unsafe { desc.as_ref() }) else { return real.call() };
+    let estimate = array_estimate(d.Width, d.Height, d.Depth, d.Format, d.NumChannels);
+    unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
+}
+
+pub unsafe fn mipmapped_create(
+    real: Real<'_, CUresult>,
+    array: *mut CUmipmappedArray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+    levels: c_uint,
+) -> CUresult {
+    // SAFETY: read only when non-null.
+    let Some(d) = (unsafe { desc.as_ref() }) else { return real.call() };
+    let estimate = (0..levels.clamp(1, 64))
+        .map(|l| {
+            let shrink = |n: usize| (n >> l).max(1);
+            array_estimate(shrink(d.Width), shrink(d.Height), shrink(d.Depth), d.Format, d.NumChannels)
+        })
+        .fold(0u64, u64::saturating_add);
+    unsafe {
+        array_common(
+            real,
+            array,
+            estimate,
+            Key::MipmappedArray,
+            driver::mipmapped_array_size,
+            driver::destroy_mipmapped_array,
+        )
+    }
+}
+
+fn free_then_release(real: Real<'_, CUresult>, key: Key) -> CUresult {
+    let rc = real.call();
+    if rc.is_success() {
+        state().ledger.release(key);
+    }
+    rc
+}
+
+pub unsafe fn free(real: Real<'_, CUresult>, dptr: CUdeviceptr) -> CUresult {
+    free_then_release(real, Key::DevicePtr(dptr))
+}
+
+pub unsafe fn free_async(real: Real<'_, CUresult>, dptr: CUdeviceptr, _stream: CUstream) -> CUresult {
+    free_then_release(real, Key::DevicePtr(dptr))
+}
+
+pub unsafe fn release(real: Real<'_, CUresult>, handle: CUmemGenericAllocationHandle) -> CUresult {
+    free_then_release(real, Key::VmmHandle(handle))
+}
+
+pub unsafe fn array_destroy(real: Real<'_, CUresult>, array: CUarray) -> CUresult {
+    free_then_release(real, Key::Array(array as u64))
+}
+
+pub unsafe fn mipmapped_destroy(real: Real<'_, CUresult>, array: CUmipmappedArray) -> CUresult {
+    free_then_release(real, Key::MipmappedArray(array as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::array_estimate;
+    use cuda_types::array_format::*;
+
+    #[test]
+    fn array_estimates() {
+        assert_eq!(array_estimate(1024, 0, 0, FLOAT, 1), 4096);
+        assert_eq!(array_estimate(1024, 512, 0, HALF, 4), 1024 * 512 * 8);
+        assert_eq!(array_estimate(64, 64, 64, UNSIGNED_INT8, 2), 64 * 64 * 64 * 2);
+        assert_eq!(array_estimate(usize::MAX, usize::MAX, 2, FLOAT, 4), u64::MAX);
+    }
+}

@@ -1,0 +1,7 @@
+//! Handlers: ordinary Rust behind the generated shims in `intercept::table`.
+
+pub mod context;
+pub mod info;
+pub mod memory;
+pub mod nvml;
+pub mod procaddr;

@@ -1,0 +1,54 @@
+//! The `cuGetProcAddress` door. The real function answers first, with the caller's version and
+//! flags; its return code and `symbolStatus` are kept verbatim. If the pointer it returns is the
+//! real address of a function we hook, we hand out the hook instead. Because the driver picks the
+//! ABI (`cuMemAlloc`@3020 → `cuMemAlloc_v2`, flags 2 → `_ptsz`) and each of its answers is one of
+//! its exported functions (pointer identity, checked on driver 580 — see bench/), the swap gives
+//! the caller exactly the ABI it asked for with no version table of our own.
+
+use std::ffi::{CStr, c_char, c_int, c_void};
+
+use cuda_types::*;
+
+use crate::intercept::{Lib, Real, hook_for, hook_name};
+
+unsafe fn swap(pfn: *mut *mut c_void, symbol: *const c_char, version: c_int, flags: u64) {
+    // SAFETY: the driver wrote `*pfn` on success; `pfn` is non-null (checked by the caller).
+    let found = unsafe { *pfn };
+    if found.is_null() {
+        return;
+    }
+    if let Some(hook) = hook_for(Lib::Cuda, found) {
+        // SAFETY: same out-pointer.
+        unsafe { *pfn = hook };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            // SAFETY: the driver just read `symbol` as a C string.
+            let name = unsafe { CStr::from_ptr(symbol) }.to_string_lossy();
+            tracing::debug!("cuGetProcAddress {name}@{version} flags={flags} -> {}", hook_name(hook));
+        }
+    }
+}
+
+pub unsafe fn get_proc_address(
+    real: Real<'_, CUresult>,
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+) -> CUresult {
+    let rc = real.call();
+    if rc.is_success() && !pfn.is_null() {
+        unsafe { swap(pfn, symbol, version, flags) };
+    }
+    rc
+}
+
+pub unsafe fn get_proc_address_v2(
+    real: Real<'_, CUresult>,
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+    _status: *mut CUdriverProcAddressQueryResult,
+) -> CUresult {
+    unsafe { get_proc_address(real, symbol, pfn, version, flags) }
+}

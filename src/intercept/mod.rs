@@ -1,0 +1,165 @@
+//! The thin unsafe layer: real-symbol slots, the hook table and the shim every hook runs through.
+//!
+//! A hooked function is declared once in [`table`]; the `hooks!` macro turns the declaration into
+//! (1) the `#[no_mangle]` export, (2) a lazily resolved slot for the real function, and (3) an entry
+//! of [`table::HOOKS`], which the `dlsym` and `cuGetProcAddress` doors use to swap a real address
+//! for our hook. Adding a hook is one line there plus an ordinary Rust handler.
+
+pub mod dlsym;
+pub mod libs;
+pub mod table;
+
+use std::cell::Cell;
+use std::ffi::{CStr, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use cuda_types::{CUresult, nvmlReturn_t};
+
+pub use libs::Lib;
+
+/// A return code we can fabricate when the real function is missing.
+pub trait Code: Copy {
+    const MISSING: Self;
+}
+impl Code for CUresult {
+    const MISSING: Self = CUresult::ERROR_NOT_FOUND;
+}
+impl Code for nvmlReturn_t {
+    const MISSING: Self = nvmlReturn_t::ERROR_FUNCTION_NOT_FOUND;
+}
+
+const UNRESOLVED: usize = 0;
+const ABSENT: usize = 1;
+
+/// The real driver function behind a name, resolved on first use (ZLUDA's tri-state: unresolved,
+/// absent, address) through the saved real `dlsym`, so a function an older driver lacks only
+/// affects its own callers.
+pub struct RealFn {
+    lib: Lib,
+    name: &'static CStr,
+    addr: AtomicUsize,
+}
+
+impl RealFn {
+    pub const fn new(lib: Lib, name: &'static CStr) -> Self {
+        RealFn { lib, name, addr: AtomicUsize::new(UNRESOLVED) }
+    }
+
+    /// The real address, or `None` when the library or the symbol is missing.
+    pub fn addr(&self) -> Option<usize> {
+        match self.addr.load(Ordering::Acquire) {
+            UNRESOLVED => self.resolve(),
+            ABSENT => None,
+            a => Some(a),
+        }
+    }
+
+    /// # Safety
+    /// `F` must be the `extern "C"` function-pointer type of this symbol.
+    #[inline]
+    pub unsafe fn get<F: Copy>(&self) -> Option<F> {
+        const { assert!(size_of::<F>() == size_of::<usize>()) };
+        let a = self.addr()?;
+        // SAFETY: the caller names the symbol's true signature; `a` is a non-null code address.
+        Some(unsafe { std::mem::transmute_copy::<usize, F>(&a) })
+    }
+
+    fn resolve(&self) -> Option<usize> {
+        let Some(handle) = libs::handle(self.lib) else {
+            // Not cached: the library may be loaded later (by the application).
+            return None;
+        };
+        let a = dlsym::real_dlsym(handle, self.name) as usize;
+        let stored = if a == 0 { ABSENT } else { a };
+        self.addr.store(stored, Ordering::Release);
+        (a != 0).then_some(a)
+    }
+}
+
+/// A symbol name as a C string, checked at compile time.
+pub const fn c_name(with_nul: &'static str) -> &'static CStr {
+    match CStr::from_bytes_with_nul(with_nul.as_bytes()) {
+        Ok(name) => name,
+        Err(_) => panic!("symbol names are NUL-terminated and contain no NUL"),
+    }
+}
+
+/// One hooked export.
+pub struct Hook {
+    pub name: &'static str,
+    pub real: &'static RealFn,
+    pub hook: *const c_void,
+}
+// SAFETY: `hook` is the address of a function, immutable and valid for the program's lifetime.
+unsafe impl Sync for Hook {}
+
+/// The real call with the caller's own arguments, as a handler sees it. Remembers that it ran,
+/// so a panic after the driver call returns the driver's answer instead of calling it twice.
+pub struct Real<'a, R> {
+    call: &'a dyn Fn() -> R,
+    done: &'a Cell<Option<R>>,
+}
+
+impl<R: Copy> Real<'_, R> {
+    #[inline]
+    pub fn call(&self) -> R {
+        let r = (self.call)();
+        self.done.set(Some(r));
+        r
+    }
+}
+
+/// Runs a handler; if our code panics, logs once and falls back to the driver (fail open).
+#[inline]
+pub fn guard<R: Code>(name: &'static str, call: &dyn Fn() -> R, handler: impl FnOnce(Real<'_, R>) -> R) -> R {
+    let done = Cell::new(None);
+    match catch_unwind(AssertUnwindSafe(|| handler(Real { call, done: &done }))) {
+        Ok(r) => r,
+        Err(_) => {
+            report_panic(name);
+            done.get().unwrap_or_else(call)
+        }
+    }
+}
+
+#[cold]
+fn report_panic(name: &str) {
+    static ONCE: AtomicBool = AtomicBool::new(false);
+    if !ONCE.swap(true, Ordering::Relaxed) {
+        tracing::error!("internal error in the {name} hook; passing calls through to the driver");
+    }
+}
+
+/// Real address → hook, per library, sorted for binary search. Built once the library is loaded.
+fn address_map(lib: Lib) -> Option<&'static [(usize, usize)]> {
+    static MAPS: [OnceLock<Vec<(usize, usize)>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let slot = &MAPS[lib as usize];
+    if let Some(m) = slot.get() {
+        return Some(m);
+    }
+    // Only a library that is loaded can have handed out the address being checked.
+    libs::loaded_handle(lib)?;
+    Some(slot.get_or_init(|| {
+        let mut map: Vec<(usize, usize)> = table::HOOKS
+            .iter()
+            .filter(|h| h.real.lib == lib)
+            .filter_map(|h| Some((h.real.addr()?, h.hook as usize)))
+            .collect();
+        map.sort_unstable();
+        map
+    }))
+}
+
+/// Our hook for a real function address of `lib`, if we hook it.
+pub fn hook_for(lib: Lib, real: *mut c_void) -> Option<*mut c_void> {
+    let map = address_map(lib)?;
+    let i = map.binary_search_by_key(&(real as usize), |e| e.0).ok()?;
+    Some(map[i].1 as *mut c_void)
+}
+
+/// The hook's name for a hook address (for debug logs and tests).
+pub fn hook_name(hook: *mut c_void) -> &'static str {
+    table::HOOKS.iter().find(|h| h.hook == hook as *const c_void).map_or("?", |h| h.name)
+}

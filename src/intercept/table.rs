@@ -1,0 +1,91 @@
+//! Every function libvgpu changes, declared once. Everything else reaches the driver untouched.
+//!
+//! `Lib fn name(args) -> Ret | variant… => handler;` exports `name` and each variant (e.g. the
+//! `_ptsz` per-thread-stream form, which has the same signature and shares the handler but calls
+//! its own real function), gives each a real-function slot in [`real`], and lists each in
+//! [`HOOKS`] for the `dlsym`/`cuGetProcAddress` doors.
+
+use std::ffi::{c_char, c_int, c_uint, c_void};
+
+use cuda_types::*;
+
+use crate::hooks::{context, info, memory, nvml, procaddr};
+use crate::intercept::{Hook, Lib, RealFn, c_name, guard};
+
+macro_rules! hooks {
+    ($( $lib:ident fn $name:ident $args:tt -> $ret:ty $(| $variant:ident)* => $handler:path; )*) => {
+        /// Real-function slots, one per export.
+        #[allow(non_upper_case_globals)]
+        pub mod real {
+            use super::*;
+            $(
+                pub static $name: RealFn = RealFn::new(Lib::$lib, c_name(concat!(stringify!($name), "\0")));
+                $( pub static $variant: RealFn = RealFn::new(Lib::$lib, c_name(concat!(stringify!($variant), "\0"))); )*
+            )*
+        }
+        $(
+            hooks!(@export $name $args -> $ret => $handler);
+            $( hooks!(@export $variant $args -> $ret => $handler); )*
+        )*
+        pub static HOOKS: &[Hook] = &[
+            $(
+                Hook { name: stringify!($name), real: &real::$name, hook: $name as *const c_void },
+                $( Hook { name: stringify!($variant), real: &real::$variant, hook: $variant as *const c_void }, )*
+            )*
+        ];
+    };
+    (@export $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty => $handler:path) => {
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+            type RealSig = unsafe extern "C" fn($($ty),*) -> $ret;
+            // SAFETY: the slot holds the driver's function of exactly this signature.
+            let Some(f) = (unsafe { real::$name.get::<RealSig>() }) else {
+                return <$ret as crate::intercept::Code>::MISSING;
+            };
+            // SAFETY: the caller's own arguments, passed on unchanged.
+            let call = || unsafe { f($($arg),*) };
+            // SAFETY: the handler receives the caller's arguments under the driver's contract.
+            guard(stringify!($name), &call, |r| unsafe { $handler(r, $($arg),*) })
+        }
+    };
+}
+
+hooks! {
+    // The door of the runtime (CUDA ≥ 11.3) and PyTorch: swap by pointer identity.
+    Cuda fn cuGetProcAddress(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> CUresult => procaddr::get_proc_address;
+    Cuda fn cuGetProcAddress_v2(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64, status: *mut CUdriverProcAddressQueryResult) -> CUresult => procaddr::get_proc_address_v2;
+
+    // Allocations: reserve against the cap before the driver call.
+    Cuda fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult => memory::alloc;
+    Cuda fn cuMemAlloc(dptr: *mut CUdeviceptr, bytes: c_uint) -> CUresult => memory::alloc_v1;
+    Cuda fn cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, element: c_uint) -> CUresult => memory::alloc_pitch;
+    Cuda fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytes: usize, flags: c_uint) -> CUresult => memory::alloc_managed;
+    Cuda fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult | cuMemAllocAsync_ptsz => memory::alloc_async;
+    Cuda fn cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytes: usize, pool: CUmemoryPool, stream: CUstream) -> CUresult | cuMemAllocFromPoolAsync_ptsz => memory::alloc_from_pool_async;
+    Cuda fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) -> CUresult => memory::create;
+    Cuda fn cuArrayCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult => memory::array_create;
+    Cuda fn cuArray3DCreate_v2(array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult => memory::array3d_create;
+    Cuda fn cuMipmappedArrayCreate(array: *mut CUmipmappedArray, desc: *const CUDA_ARRAY3D_DESCRIPTOR, levels: c_uint) -> CUresult => memory::mipmapped_create;
+
+    // Frees always reach the driver and return its code.
+    Cuda fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult => memory::free;
+    Cuda fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) -> CUresult | cuMemFreeAsync_ptsz => memory::free_async;
+    Cuda fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult => memory::release;
+    Cuda fn cuArrayDestroy(array: CUarray) -> CUresult => memory::array_destroy;
+    Cuda fn cuMipmappedArrayDestroy(array: CUmipmappedArray) -> CUresult => memory::mipmapped_destroy;
+
+    // Contexts cost device memory that never passes through an allocation API.
+    Cuda fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult => context::primary_retain;
+    Cuda fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult => context::primary_release;
+    Cuda fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult => context::primary_reset;
+    Cuda fn cuCtxCreate_v2(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult => context::create_v2;
+    Cuda fn cuCtxCreate_v3(pctx: *mut CUcontext, params: *mut c_void, count: c_int, flags: c_uint, dev: CUdevice) -> CUresult => context::create_v3;
+    Cuda fn cuCtxCreate_v4(pctx: *mut CUcontext, params: *mut c_void, flags: c_uint, dev: CUdevice) -> CUresult => context::create_v4;
+    Cuda fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult => context::destroy;
+
+    // One virtual view of memory.
+    Cuda fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult => info::mem_get_info;
+    Cuda fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult => info::device_total_mem;
+    Nvml fn nvmlDeviceGetMemoryInfo(device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t => nvml::memory_info;
+    Nvml fn nvmlDeviceGetMemoryInfo_v2(device: nvmlDevice_t, memory: *mut nvmlMemory_v2_t) -> nvmlReturn_t => nvml::memory_info_v2;
+}

@@ -1,0 +1,58 @@
+//! Process-wide state, built on the first hooked call (never at load: the library is mapped into
+//! every process of a container and must cost nothing in those that never touch the GPU).
+
+use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
+
+use vgpu_core::MAX_DEVICES;
+
+use vgpu_core::config::Config;
+use vgpu_core::devices::{format_uuid, ordinal_uuids};
+use vgpu_core::ledger::{MemoryLedger, ProcessAccounting};
+
+use crate::driver;
+use crate::intercept::{Lib, libs};
+
+pub struct State {
+    pub config: Config,
+    /// Per process for now; the container-wide region implements the same `Accounting`.
+    pub ledger: MemoryLedger<ProcessAccounting>,
+    /// The primary context we charged, per device (0 = none), so its release can be matched.
+    pub primary: [AtomicU64; MAX_DEVICES],
+}
+
+static STATE: LazyLock<State> = LazyLock::new(|| {
+    let (config, errors) = Config::from_env();
+    crate::log::init(config.log_level);
+    for e in &errors {
+        tracing::error!("{e}");
+    }
+    let caps: Vec<String> = config
+        .memory_limit
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.map(|c| format!("{i}:{}MiB", c >> 20)))
+        .collect();
+    tracing::info!("memory caps by device ordinal: [{}]", caps.join(", "));
+    let ledger = MemoryLedger::new(ProcessAccounting::new(config.memory_limit));
+    State { config, ledger, primary: Default::default() }
+});
+
+pub fn state() -> &'static State {
+    &STATE
+}
+
+/// The CUDA ordinal an NVML device is, by UUID. CUDA's own answer when it is initialised in this
+/// process; otherwise `CUDA_VISIBLE_DEVICES` resolved against NVML's enumeration (nvidia-smi and
+/// vLLM query NVML before, or without, CUDA).
+pub fn ordinal_of_uuid(uuid: &str) -> Option<usize> {
+    let cuda = libs::loaded_handle(Lib::Cuda).and_then(|_| driver::device_count().ok());
+    let ordinals: Vec<Option<String>> = match cuda {
+        Some(n) => (0..n).map(|d| driver::device_uuid(d).ok().map(|b| format_uuid(&b))).collect(),
+        None => {
+            let physical = driver::nvml_uuids().ok()?;
+            ordinal_uuids(state().config.visible_devices.as_deref(), &physical)
+        }
+    };
+    ordinals.iter().position(|u| u.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(uuid)))
+}
