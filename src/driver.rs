@@ -63,7 +63,9 @@ pub fn current_context() -> Result<(CUcontext, usize), CUresult> {
     }
     // SAFETY: valid out-pointer.
     check(unsafe { raw::cuCtxGetDevice(&mut dev) })?;
-    usize::try_from(dev).map(|d| (ctx, d)).map_err(|_| CUresult::ERROR_INVALID_DEVICE)
+    usize::try_from(dev)
+        .map(|d| (ctx, d))
+        .map_err(|_| CUresult::ERROR_INVALID_DEVICE)
 }
 
 pub fn device_count() -> Result<usize, CUresult> {
@@ -173,7 +175,8 @@ pub fn nvml_used(device: nvmlDevice_t) -> Result<u64, nvmlReturn_t> {
     type Sig = unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t;
     let mut m = nvmlMemory_t::default();
     // SAFETY: the real nvmlDeviceGetMemoryInfo with a valid out-pointer.
-    let f = unsafe { real::nvmlDeviceGetMemoryInfo.get::<Sig>() }.ok_or(nvmlReturn_t::ERROR_FUNCTION_NOT_FOUND)?;
+    let f = unsafe { real::nvmlDeviceGetMemoryInfo.get::<Sig>() }
+        .ok_or(nvmlReturn_t::ERROR_FUNCTION_NOT_FOUND)?;
     check_nvml(unsafe { f(device, &mut m) })?;
     Ok(m.used)
 }

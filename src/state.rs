@@ -35,7 +35,11 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
         .collect();
     tracing::info!("memory caps by device ordinal: [{}]", caps.join(", "));
     let ledger = MemoryLedger::new(ProcessAccounting::new(config.memory_limit));
-    State { config, ledger, primary: Default::default() }
+    State {
+        config,
+        ledger,
+        primary: Default::default(),
+    }
 });
 
 pub fn state() -> &'static State {
@@ -48,11 +52,15 @@ pub fn state() -> &'static State {
 pub fn ordinal_of_uuid(uuid: &str) -> Option<usize> {
     let cuda = libs::loaded_handle(Lib::Cuda).and_then(|_| driver::device_count().ok());
     let ordinals: Vec<Option<String>> = match cuda {
-        Some(n) => (0..n).map(|d| driver::device_uuid(d).ok().map(|b| format_uuid(&b))).collect(),
+        Some(n) => (0..n)
+            .map(|d| driver::device_uuid(d).ok().map(|b| format_uuid(&b)))
+            .collect(),
         None => {
             let physical = driver::nvml_uuids().ok()?;
             ordinal_uuids(state().config.visible_devices.as_deref(), &physical)
         }
     };
-    ordinals.iter().position(|u| u.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(uuid)))
+    ordinals
+        .iter()
+        .position(|u| u.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(uuid)))
 }

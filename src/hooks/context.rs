@@ -58,7 +58,14 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
 
 fn record(ctx: CUcontext, dev: usize, bytes: u64) {
     tracing::debug!("context {ctx:?} on device {dev} costs {} MiB", bytes >> 20);
-    state().ledger.record(Key::Context(ctx as u64), Allocation { dev, bytes, context: 0 });
+    state().ledger.record(
+        Key::Context(ctx as u64),
+        Allocation {
+            dev,
+            bytes,
+            context: 0,
+        },
+    );
 }
 
 /// The driver freed `ctx` and everything allocated in it.
@@ -69,7 +76,9 @@ fn forget(ctx: u64) {
 }
 
 unsafe fn create_common(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
-    let Ok(d) = usize::try_from(dev) else { return real.call() };
+    let Ok(d) = usize::try_from(dev) else {
+        return real.call();
+    };
     if pctx.is_null() {
         return real.call();
     }
@@ -81,7 +90,12 @@ unsafe fn create_common(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev: CUd
     rc
 }
 
-pub unsafe fn create_v2(real: Real<'_, CUresult>, pctx: *mut CUcontext, _flags: c_uint, dev: CUdevice) -> CUresult {
+pub unsafe fn create_v2(
+    real: Real<'_, CUresult>,
+    pctx: *mut CUcontext,
+    _flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
     unsafe { create_common(real, pctx, dev) }
 }
 
@@ -116,9 +130,20 @@ pub unsafe fn destroy(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
 
 /// The primary context is created by the first retain (the driver keeps the count; we ask it
 /// whether the context is active rather than keeping a second count that could drift).
-pub unsafe fn primary_retain(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
-    let Some(slot) = usize::try_from(dev).ok().and_then(|d| state().primary.get(d)) else { return real.call() };
-    let Ok(d) = usize::try_from(dev) else { return real.call() };
+pub unsafe fn primary_retain(
+    real: Real<'_, CUresult>,
+    pctx: *mut CUcontext,
+    dev: CUdevice,
+) -> CUresult {
+    let Some(slot) = usize::try_from(dev)
+        .ok()
+        .and_then(|d| state().primary.get(d))
+    else {
+        return real.call();
+    };
+    let Ok(d) = usize::try_from(dev) else {
+        return real.call();
+    };
     if pctx.is_null() || driver::primary_context_active(d).unwrap_or(true) {
         return real.call();
     }
@@ -133,8 +158,12 @@ pub unsafe fn primary_retain(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev
 /// After the last release (or a reset) the driver destroys the primary context.
 unsafe fn primary_gone(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
     let rc = real.call();
-    let Ok(d) = usize::try_from(dev) else { return rc };
-    let Some(slot) = state().primary.get(d) else { return rc };
+    let Ok(d) = usize::try_from(dev) else {
+        return rc;
+    };
+    let Some(slot) = state().primary.get(d) else {
+        return rc;
+    };
     if rc.is_success() && !driver::primary_context_active(d).unwrap_or(true) {
         let ctx = slot.swap(0, Ordering::AcqRel);
         if ctx != 0 {

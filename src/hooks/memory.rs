@@ -6,7 +6,7 @@
 use std::ffi::c_uint;
 
 use cuda_types::*;
-use vgpu_core::ledger::{Denied, Key, Reservation, ProcessAccounting};
+use vgpu_core::ledger::{Denied, Key, ProcessAccounting, Reservation};
 
 use crate::driver;
 use crate::intercept::Real;
@@ -28,15 +28,22 @@ fn deny(d: Denied) -> CUresult {
 /// Reserve on the current context's device; `Err` carries what to return without the driver.
 /// No current context (or anything else odd) is the driver's error to report, so we let it.
 fn reserve_current(bytes: u64) -> Result<Option<(Res, u64)>, CUresult> {
-    let Ok((ctx, dev)) = driver::current_context() else { return Ok(None) };
+    let Ok((ctx, dev)) = driver::current_context() else {
+        return Ok(None);
+    };
     match state().ledger.reserve(dev, bytes) {
         Ok(r) => Ok(Some((r, ctx as u64))),
         Err(d) => Err(deny(d)),
     }
 }
 
-/// The common shape: reserve, call, commit under the returned pointer.
-unsafe fn alloc_ptr(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: u64) -> CUresult {
+/// The common shape: reserve, call, commit under the returned pointer. `P` is the pointer width
+/// the API writes (the 32-bit `cuMemAlloc` of CUDA < 3.2 writes 4 bytes).
+unsafe fn alloc_ptr<P: Copy + Into<u64>>(
+    real: Real<'_, CUresult>,
+    dptr: *mut P,
+    bytes: u64,
+) -> CUresult {
     if dptr.is_null() || bytes == 0 {
         return real.call();
     }
@@ -49,7 +56,7 @@ unsafe fn alloc_ptr(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: u64
     if rc.is_success() {
         let (r, ctx) = reservation;
         // SAFETY: the driver wrote the new pointer through the caller's non-null `dptr`.
-        r.commit(Key::DevicePtr(unsafe { *dptr }), ctx);
+        r.commit(Key::DevicePtr(unsafe { *dptr }.into()), ctx);
     }
     rc
 }
@@ -58,17 +65,27 @@ pub unsafe fn alloc(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usi
     unsafe { alloc_ptr(real, dptr, bytes as u64) }
 }
 
-pub unsafe fn alloc_v1(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: c_uint) -> CUresult {
+pub unsafe fn alloc_v1(real: Real<'_, CUresult>, dptr: *mut c_uint, bytes: c_uint) -> CUresult {
     unsafe { alloc_ptr(real, dptr, bytes as u64) }
 }
 
 /// Managed memory may migrate to the host, but it can occupy the whole request on the device,
 /// so it is charged in full to the current device.
-pub unsafe fn alloc_managed(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usize, _flags: c_uint) -> CUresult {
+pub unsafe fn alloc_managed(
+    real: Real<'_, CUresult>,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    _flags: c_uint,
+) -> CUresult {
     unsafe { alloc_ptr(real, dptr, bytes as u64) }
 }
 
-pub unsafe fn alloc_async(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usize, _stream: CUstream) -> CUresult {
+pub unsafe fn alloc_async(
+    real: Real<'_, CUresult>,
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    _stream: CUstream,
+) -> CUresult {
     unsafe { alloc_ptr(real, dptr, bytes as u64) }
 }
 
@@ -95,7 +112,9 @@ pub unsafe fn alloc_pitch(
     if dptr.is_null() || pitch.is_null() || width == 0 || height == 0 {
         return real.call();
     }
-    let estimate = (width as u64).next_multiple_of(512).saturating_mul(height as u64);
+    let estimate = (width as u64)
+        .next_multiple_of(512)
+        .saturating_mul(height as u64);
     let (mut r, ctx) = match reserve_current(estimate) {
         Ok(Some(r)) => r,
         Ok(None) => return real.call(),
@@ -125,11 +144,15 @@ pub unsafe fn create(
     _flags: u64,
 ) -> CUresult {
     // SAFETY: `prop` is read only when non-null, as the driver would.
-    let Some(prop) = (unsafe { prop.as_ref() }) else { return real.call() };
+    let Some(prop) = (unsafe { prop.as_ref() }) else {
+        return real.call();
+    };
     if handle.is_null() || size == 0 || prop.location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return real.call();
     }
-    let Ok(dev) = usize::try_from(prop.location.id) else { return real.call() };
+    let Ok(dev) = usize::try_from(prop.location.id) else {
+        return real.call();
+    };
     let r = match state().ledger.reserve(dev, size as u64) {
         Ok(r) => r,
         Err(d) => return deny(d),
@@ -143,11 +166,10 @@ pub unsafe fn create(
 }
 
 fn array_estimate(width: usize, height: usize, depth: usize, format: u32, channels: u32) -> u64 {
-    [width, height.max(1), depth.max(1)]
-        .iter()
-        .fold(array_format::channel_bytes(format).saturating_mul(channels.max(1) as u64), |acc, &n| {
-            acc.saturating_mul(n as u64)
-        })
+    [width, height.max(1), depth.max(1)].iter().fold(
+        array_format::channel_bytes(format).saturating_mul(channels.max(1) as u64),
+        |acc, &n| acc.saturating_mul(n as u64),
+    )
 }
 
 /// Arrays: reserve the element-size estimate, then settle on the driver's own size where it
@@ -163,7 +185,9 @@ unsafe fn array_common(
     if out.is_null() {
         return real.call();
     }
-    let Ok((ctx, dev)) = driver::current_context() else { return real.call() };
+    let Ok((ctx, dev)) = driver::current_context() else {
+        return real.call();
+    };
     let mut r = match state().ledger.reserve(dev, estimate) {
         Ok(r) => r,
         Err(d) => return deny(d),
@@ -184,18 +208,48 @@ unsafe fn array_common(
     rc
 }
 
-pub unsafe fn array_create(real: Real<'_, CUresult>, array: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult {
+pub unsafe fn array_create(
+    real: Real<'_, CUresult>,
+    array: *mut CUarray,
+    desc: *const CUDA_ARRAY_DESCRIPTOR,
+) -> CUresult {
     // SAFETY: read only when non-null.
-    let Some(d) = (unsafe { desc.as_ref() }) else { return real.call() };
+    let Some(d) = (unsafe { desc.as_ref() }) else {
+        return real.call();
+    };
     let estimate = array_estimate(d.Width, d.Height, 1, d.Format, d.NumChannels);
-    unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
+    unsafe {
+        array_common(
+            real,
+            array,
+            estimate,
+            Key::Array,
+            driver::array_size,
+            driver::destroy_array,
+        )
+    }
 }
 
-pub unsafe fn array3d_create(real: Real<'_, CUresult>, array: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult {
+pub unsafe fn array3d_create(
+    real: Real<'_, CUresult>,
+    array: *mut CUarray,
+    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
+) -> CUresult {
     // SAFETY: read only when non-null.
-    let Some(d) = (unsafe { desc.as_ref() }) else { return real.call() };
+    let Some(d) = (unsafe { desc.as_ref() }) else {
+        return real.call();
+    };
     let estimate = array_estimate(d.Width, d.Height, d.Depth, d.Format, d.NumChannels);
-    unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
+    unsafe {
+        array_common(
+            real,
+            array,
+            estimate,
+            Key::Array,
+            driver::array_size,
+            driver::destroy_array,
+        )
+    }
 }
 
 pub unsafe fn mipmapped_create(
@@ -205,11 +259,19 @@ pub unsafe fn mipmapped_create(
     levels: c_uint,
 ) -> CUresult {
     // SAFETY: read only when non-null.
-    let Some(d) = (unsafe { desc.as_ref() }) else { return real.call() };
+    let Some(d) = (unsafe { desc.as_ref() }) else {
+        return real.call();
+    };
     let estimate = (0..levels.clamp(1, 64))
         .map(|l| {
             let shrink = |n: usize| (n >> l).max(1);
-            array_estimate(shrink(d.Width), shrink(d.Height), shrink(d.Depth), d.Format, d.NumChannels)
+            array_estimate(
+                shrink(d.Width),
+                shrink(d.Height),
+                shrink(d.Depth),
+                d.Format,
+                d.NumChannels,
+            )
         })
         .fold(0u64, u64::saturating_add);
     unsafe {
@@ -236,7 +298,11 @@ pub unsafe fn free(real: Real<'_, CUresult>, dptr: CUdeviceptr) -> CUresult {
     free_then_release(real, Key::DevicePtr(dptr))
 }
 
-pub unsafe fn free_async(real: Real<'_, CUresult>, dptr: CUdeviceptr, _stream: CUstream) -> CUresult {
+pub unsafe fn free_async(
+    real: Real<'_, CUresult>,
+    dptr: CUdeviceptr,
+    _stream: CUstream,
+) -> CUresult {
     free_then_release(real, Key::DevicePtr(dptr))
 }
 
@@ -261,7 +327,13 @@ mod tests {
     fn array_estimates() {
         assert_eq!(array_estimate(1024, 0, 0, FLOAT, 1), 4096);
         assert_eq!(array_estimate(1024, 512, 0, HALF, 4), 1024 * 512 * 8);
-        assert_eq!(array_estimate(64, 64, 64, UNSIGNED_INT8, 2), 64 * 64 * 64 * 2);
-        assert_eq!(array_estimate(usize::MAX, usize::MAX, 2, FLOAT, 4), u64::MAX);
+        assert_eq!(
+            array_estimate(64, 64, 64, UNSIGNED_INT8, 2),
+            64 * 64 * 64 * 2
+        );
+        assert_eq!(
+            array_estimate(usize::MAX, usize::MAX, 2, FLOAT, 4),
+            u64::MAX
+        );
     }
 }

@@ -18,12 +18,22 @@ fn capped_view(device: nvmlDevice_t, total: u64, free: u64) -> Option<MemoryView
     Some(virtual_view(Some(cap), ledger.used(dev), total, free))
 }
 
-pub unsafe fn memory_info(real: Real<'_, nvmlReturn_t>, device: nvmlDevice_t, memory: *mut nvmlMemory_t) -> nvmlReturn_t {
+pub unsafe fn memory_info(
+    real: Real<'_, nvmlReturn_t>,
+    device: nvmlDevice_t,
+    memory: *mut nvmlMemory_t,
+) -> nvmlReturn_t {
     let rc = real.call();
     // SAFETY: written by NVML on success; read only when non-null.
-    let Some(m) = (unsafe { memory.as_mut() }).filter(|_| rc.is_success()) else { return rc };
+    let Some(m) = (unsafe { memory.as_mut() }).filter(|_| rc.is_success()) else {
+        return rc;
+    };
     if let Some(v) = capped_view(device, m.total, m.free) {
-        *m = nvmlMemory_t { total: v.total, free: v.free, used: v.used };
+        *m = nvmlMemory_t {
+            total: v.total,
+            free: v.free,
+            used: v.used,
+        };
     }
     rc
 }
@@ -35,7 +45,9 @@ pub unsafe fn memory_info_v2(
 ) -> nvmlReturn_t {
     let rc = real.call();
     // SAFETY: written by NVML on success; read only when non-null.
-    let Some(m) = (unsafe { memory.as_mut() }).filter(|_| rc.is_success()) else { return rc };
+    let Some(m) = (unsafe { memory.as_mut() }).filter(|_| rc.is_success()) else {
+        return rc;
+    };
     if let Some(v) = capped_view(device, m.total, m.free) {
         // The driver's reserved memory is outside any container's slice; a capped view shows
         // total = used + free.

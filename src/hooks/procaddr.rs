@@ -23,7 +23,10 @@ unsafe fn swap(pfn: *mut *mut c_void, symbol: *const c_char, version: c_int, fla
         if tracing::enabled!(tracing::Level::DEBUG) {
             // SAFETY: the driver just read `symbol` as a C string.
             let name = unsafe { CStr::from_ptr(symbol) }.to_string_lossy();
-            tracing::debug!("cuGetProcAddress {name}@{version} flags={flags} -> {}", hook_name(hook));
+            tracing::debug!(
+                "cuGetProcAddress {name}@{version} flags={flags} -> {}",
+                hook_name(hook)
+            );
         }
     }
 }

@@ -44,7 +44,11 @@ pub struct RealFn {
 
 impl RealFn {
     pub const fn new(lib: Lib, name: &'static CStr) -> Self {
-        RealFn { lib, name, addr: AtomicUsize::new(UNRESOLVED) }
+        RealFn {
+            lib,
+            name,
+            addr: AtomicUsize::new(UNRESOLVED),
+        }
     }
 
     /// The real address, or `None` when the library or the symbol is missing.
@@ -113,7 +117,11 @@ impl<R: Copy> Real<'_, R> {
 
 /// Runs a handler; if our code panics, logs once and falls back to the driver (fail open).
 #[inline]
-pub fn guard<R: Code>(name: &'static str, call: &dyn Fn() -> R, handler: impl FnOnce(Real<'_, R>) -> R) -> R {
+pub fn guard<R: Code>(
+    name: &'static str,
+    call: &dyn Fn() -> R,
+    handler: impl FnOnce(Real<'_, R>) -> R,
+) -> R {
     let done = Cell::new(None);
     match catch_unwind(AssertUnwindSafe(|| handler(Real { call, done: &done }))) {
         Ok(r) => r,
@@ -161,5 +169,8 @@ pub fn hook_for(lib: Lib, real: *mut c_void) -> Option<*mut c_void> {
 
 /// The hook's name for a hook address (for debug logs and tests).
 pub fn hook_name(hook: *mut c_void) -> &'static str {
-    table::HOOKS.iter().find(|h| h.hook == hook as *const c_void).map_or("?", |h| h.name)
+    table::HOOKS
+        .iter()
+        .find(|h| h.hook == hook as *const c_void)
+        .map_or("?", |h| h.name)
 }

@@ -57,7 +57,7 @@ hooks! {
 
     // Allocations: reserve against the cap before the driver call.
     Cuda fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult => memory::alloc;
-    Cuda fn cuMemAlloc(dptr: *mut CUdeviceptr, bytes: c_uint) -> CUresult => memory::alloc_v1;
+    Cuda fn cuMemAlloc(dptr: *mut c_uint, bytes: c_uint) -> CUresult => memory::alloc_v1;
     Cuda fn cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, element: c_uint) -> CUresult => memory::alloc_pitch;
     Cuda fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytes: usize, flags: c_uint) -> CUresult => memory::alloc_managed;
     Cuda fn cuMemAllocAsync(dptr: *mut CUdeviceptr, bytes: usize, stream: CUstream) -> CUresult | cuMemAllocAsync_ptsz => memory::alloc_async;

@@ -5,8 +5,8 @@
 //! value and what is accepted, and that one limit is then not applied — never read as 1 byte.
 //! Parsing is a pure function of the variables so tests never touch the process environment.
 
-use crate::size::{ACCEPTED_SIZES, parse_size};
 use crate::MAX_DEVICES;
+use crate::size::{ACCEPTED_SIZES, parse_size};
 
 pub const MEMORY_LIMIT: &str = "CUDA_DEVICE_MEMORY_LIMIT";
 pub const SM_LIMIT: &str = "CUDA_DEVICE_SM_LIMIT";
@@ -87,7 +87,9 @@ enum Target {
 
 impl Config {
     /// Parses the variables we know; unrelated ones are ignored.
-    pub fn from_vars<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> (Config, Vec<ConfigError>) {
+    pub fn from_vars<'a>(
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> (Config, Vec<ConfigError>) {
         let mut config = Config::default();
         let mut errors = Vec::new();
         let mut memory_all = None;
@@ -168,7 +170,9 @@ impl Config {
     pub fn from_env() -> (Config, Vec<ConfigError>) {
         let vars: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| k.starts_with("CUDA_") || k.starts_with("LIBCUDA_") || k.starts_with("LIBVGPU_"))
+            .filter(|(k, _)| {
+                k.starts_with("CUDA_") || k.starts_with("LIBCUDA_") || k.starts_with("LIBVGPU_")
+            })
             .collect();
         Config::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
@@ -180,14 +184,21 @@ impl Config {
 
 /// `CUDA_DEVICE_MEMORY_LIMIT` → all devices, `CUDA_DEVICE_MEMORY_LIMIT_3` → device 3; a bad
 /// suffix is reported rather than ignored, since it is almost certainly a typo'd limit.
-fn limit_target(name: &str, base: &str, errors: &mut Vec<ConfigError>, value: &str) -> Option<Target> {
+fn limit_target(
+    name: &str,
+    base: &str,
+    errors: &mut Vec<ConfigError>,
+    value: &str,
+) -> Option<Target> {
     let rest = name.strip_prefix(base)?;
     if rest.is_empty() {
         return Some(Target::All);
     }
     let index = rest.strip_prefix('_')?;
     match index.parse::<usize>() {
-        Ok(i) if i < MAX_DEVICES && (index == "0" || !index.starts_with('0')) => Some(Target::Device(i)),
+        Ok(i) if i < MAX_DEVICES && (index == "0" || !index.starts_with('0')) => {
+            Some(Target::Device(i))
+        }
         _ => {
             errors.push(ConfigError {
                 variable: name.to_string(),
@@ -223,7 +234,10 @@ mod tests {
 
     #[test]
     fn general_limit_applies_to_every_device_and_per_device_overrides() {
-        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "4g"), ("CUDA_DEVICE_MEMORY_LIMIT_1", "1024m")]);
+        let (c, e) = parse(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT", "4g"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_1", "1024m"),
+        ]);
         assert!(e.is_empty());
         assert_eq!(c.memory_limit[0], Some(4 * GIB));
         assert_eq!(c.memory_limit[1], Some(GIB));
@@ -232,7 +246,10 @@ mod tests {
 
     #[test]
     fn per_device_zero_uncaps_one_device() {
-        let (c, _) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "4g"), ("CUDA_DEVICE_MEMORY_LIMIT_2", "0")]);
+        let (c, _) = parse(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT", "4g"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_2", "0"),
+        ]);
         assert_eq!(c.memory_limit[2], None);
         assert_eq!(c.memory_limit[1], Some(4 * GIB));
     }
@@ -251,7 +268,10 @@ mod tests {
 
     #[test]
     fn bad_general_limit_leaves_valid_per_device_limit() {
-        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "lots"), ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g")]);
+        let (c, e) = parse(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT", "lots"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"),
+        ]);
         assert_eq!(e.len(), 1);
         assert_eq!(c.memory_limit[0], Some(GIB));
         assert_eq!(c.memory_limit[1], None);
@@ -259,7 +279,11 @@ mod tests {
 
     #[test]
     fn bad_index_suffix_is_reported() {
-        for name in ["CUDA_DEVICE_MEMORY_LIMIT_16", "CUDA_DEVICE_MEMORY_LIMIT_x", "CUDA_DEVICE_SM_LIMIT_01"] {
+        for name in [
+            "CUDA_DEVICE_MEMORY_LIMIT_16",
+            "CUDA_DEVICE_MEMORY_LIMIT_x",
+            "CUDA_DEVICE_SM_LIMIT_01",
+        ] {
             let (_, e) = parse(&[(name, "1g")]);
             assert_eq!(e.len(), 1, "{name}");
             assert!(e[0].to_string().contains("device index"));
@@ -268,7 +292,11 @@ mod tests {
 
     #[test]
     fn sm_limits() {
-        let (c, e) = parse(&[("CUDA_DEVICE_SM_LIMIT", "30"), ("CUDA_DEVICE_SM_LIMIT_1", "100"), ("CUDA_DEVICE_SM_LIMIT_2", "50%")]);
+        let (c, e) = parse(&[
+            ("CUDA_DEVICE_SM_LIMIT", "30"),
+            ("CUDA_DEVICE_SM_LIMIT_1", "100"),
+            ("CUDA_DEVICE_SM_LIMIT_2", "50%"),
+        ]);
         assert!(e.is_empty());
         assert_eq!(c.sm_limit[0], Some(30));
         assert_eq!(c.sm_limit[1], None);
@@ -280,7 +308,10 @@ mod tests {
 
     #[test]
     fn log_levels_and_paths() {
-        let (c, e) = parse(&[("LIBCUDA_LOG_LEVEL", "4"), ("CUDA_DEVICE_MEMORY_SHARED_CACHE", "/x/y")]);
+        let (c, e) = parse(&[
+            ("LIBCUDA_LOG_LEVEL", "4"),
+            ("CUDA_DEVICE_MEMORY_SHARED_CACHE", "/x/y"),
+        ]);
         assert!(e.is_empty());
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.shared_cache, "/x/y");
@@ -291,14 +322,20 @@ mod tests {
 
     #[test]
     fn empty_values_mean_unset() {
-        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", ""), ("CUDA_DEVICE_SM_LIMIT", " ")]);
+        let (c, e) = parse(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT", ""),
+            ("CUDA_DEVICE_SM_LIMIT", " "),
+        ]);
         assert!(e.is_empty());
         assert_eq!(c, Config::default());
     }
 
     #[test]
     fn unrelated_variables_are_ignored() {
-        let (c, e) = parse(&[("CUDA_DEVICE_ORDER", "PCI_BUS_ID"), ("CUDA_DEVICE_MEMORY_LIMITX", "1")]);
+        let (c, e) = parse(&[
+            ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
+            ("CUDA_DEVICE_MEMORY_LIMITX", "1"),
+        ]);
         assert!(e.is_empty());
         assert_eq!(c, Config::default());
     }

@@ -42,7 +42,9 @@ pub fn ordinal_uuids(visible: Option<&str>, physical: &[String]) -> Vec<Option<S
         .map(|entry| match entry {
             VisibleEntry::Index(i) => physical.get(i).cloned(),
             VisibleEntry::Uuid(prefix) => {
-                let mut matches = physical.iter().filter(|u| u.to_ascii_lowercase().starts_with(&prefix));
+                let mut matches = physical
+                    .iter()
+                    .filter(|u| u.to_ascii_lowercase().starts_with(&prefix));
                 match (matches.next(), matches.next()) {
                     (Some(u), None) => Some(u.clone()),
                     _ => None,
@@ -56,7 +58,14 @@ pub fn ordinal_uuids(visible: Option<&str>, physical: &[String]) -> Vec<Option<S
 /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, the form NVML and `nvidia-smi -L` print.
 pub fn format_uuid(bytes: &[u8; 16]) -> String {
     let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("GPU-{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -86,8 +95,18 @@ mod tests {
 
     #[test]
     fn uuid_forms_full_prefix_and_mixed_case() {
-        let m = ordinal_uuids(Some("GPU-bbbb2222-0000-4000-8000-000000000001,gpu-CCCC,1"), &phys());
-        assert_eq!(m, vec![Some(phys()[1].clone()), Some(phys()[2].clone()), Some(phys()[1].clone())]);
+        let m = ordinal_uuids(
+            Some("GPU-bbbb2222-0000-4000-8000-000000000001,gpu-CCCC,1"),
+            &phys(),
+        );
+        assert_eq!(
+            m,
+            vec![
+                Some(phys()[1].clone()),
+                Some(phys()[2].clone()),
+                Some(phys()[1].clone())
+            ]
+        );
     }
 
     #[test]

@@ -64,9 +64,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
         let numerator: u128 = digits.parse().map_err(|_| SizeError::NotANumber)?;
         let denominator = 10u128.pow(digits.len() as u32);
         let extra = (numerator << shift) / denominator;
-        bytes = bytes
-            .checked_add(extra as u64)
-            .ok_or(SizeError::TooLarge)?;
+        bytes = bytes.checked_add(extra as u64).ok_or(SizeError::TooLarge)?;
     }
     Ok(bytes)
 }
@@ -134,7 +132,10 @@ mod tests {
         assert_eq!(parse_size("1.2.3g"), Err(SizeError::NotANumber));
         assert!(matches!(parse_size("1x"), Err(SizeError::UnknownUnit(_))));
         assert!(matches!(parse_size("1gg"), Err(SizeError::UnknownUnit(_))));
-        assert!(matches!(parse_size("1 g b"), Err(SizeError::UnknownUnit(_))));
+        assert!(matches!(
+            parse_size("1 g b"),
+            Err(SizeError::UnknownUnit(_))
+        ));
         assert_eq!(parse_size("99999999999999999999"), Err(SizeError::TooLarge));
         assert_eq!(parse_size("99999999999t"), Err(SizeError::TooLarge));
     }

@@ -1,0 +1,274 @@
+//! Linear device memory, managed memory, pinned host memory, and the copy/set stubs.
+
+use std::collections::HashSet;
+use std::ffi::{c_uchar, c_uint, c_void};
+use std::sync::Mutex;
+
+use cuda_types::{CUdeviceptr, CUresult};
+
+use super::{guard, nn, with_ctx};
+use crate::state::{AllocKind, Res, round_up};
+
+const PITCH_ALIGN: u64 = 512;
+
+fn alloc(size: u64, kind: AllocKind) -> Res<u64> {
+    with_ctx(|st, ctx, dev| st.alloc(ctx, dev, size, kind))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult {
+    crate::tally("cuMemAlloc_v2");
+    guard(|| {
+        let out = nn(dptr)?;
+        let p = alloc(bytesize as u64, AllocKind::Linear)?;
+        unsafe { out.write(p) };
+        Ok(())
+    })
+}
+
+/// The pre-3.2 entry point: 32-bit pointer and size. Its pointers come from a low window.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAlloc(dptr: *mut c_uint, bytesize: c_uint) -> CUresult {
+    crate::tally("cuMemAlloc");
+    guard(|| {
+        let out = nn(dptr)?;
+        let p = with_ctx(|st, ctx, dev| st.alloc_v1(ctx, dev, bytesize as u64))?;
+        unsafe { out.write(p as c_uint) };
+        Ok(())
+    })
+}
+
+/// Rows padded to 512 bytes; the charge is pitch × height.
+fn pitched(width: u64, height: u64, elem: u32, v1: bool) -> Res<(u64, u64)> {
+    if width == 0 || height == 0 || !matches!(elem, 4 | 8 | 16) {
+        return Err(CUresult::ERROR_INVALID_VALUE);
+    }
+    let pitch = round_up(width, PITCH_ALIGN);
+    let size = pitch
+        .checked_mul(height)
+        .ok_or(CUresult::ERROR_OUT_OF_MEMORY)?;
+    let p = with_ctx(|st, ctx, dev| {
+        if v1 {
+            st.alloc_v1(ctx, dev, size)
+        } else {
+            st.alloc(ctx, dev, size, AllocKind::Pitch)
+        }
+    })?;
+    Ok((p, pitch))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocPitch_v2(
+    dptr: *mut CUdeviceptr,
+    ppitch: *mut usize,
+    width: usize,
+    height: usize,
+    elem: c_uint,
+) -> CUresult {
+    crate::tally("cuMemAllocPitch_v2");
+    guard(|| {
+        let (out, pout) = (nn(dptr)?, nn(ppitch)?);
+        let (p, pitch) = pitched(width as u64, height as u64, elem, false)?;
+        unsafe {
+            out.write(p);
+            pout.write(pitch as usize);
+        }
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocPitch(
+    dptr: *mut c_uint,
+    ppitch: *mut c_uint,
+    width: c_uint,
+    height: c_uint,
+    elem: c_uint,
+) -> CUresult {
+    crate::tally("cuMemAllocPitch");
+    guard(|| {
+        let (out, pout) = (nn(dptr)?, nn(ppitch)?);
+        let (p, pitch) = pitched(width as u64, height as u64, elem, true)?;
+        unsafe {
+            out.write(p as c_uint);
+            pout.write(pitch as c_uint);
+        }
+        Ok(())
+    })
+}
+
+/// Managed memory is charged in full to the current device, the worst case a limiter has to
+/// assume.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocManaged(
+    dptr: *mut CUdeviceptr,
+    bytesize: usize,
+    flags: c_uint,
+) -> CUresult {
+    crate::tally("cuMemAllocManaged");
+    guard(|| {
+        let out = nn(dptr)?;
+        // CU_MEM_ATTACH_GLOBAL (1) or CU_MEM_ATTACH_HOST (2), exactly one.
+        if flags != 1 && flags != 2 {
+            return Err(CUresult::ERROR_INVALID_VALUE);
+        }
+        let p = alloc(bytesize as u64, AllocKind::Managed)?;
+        unsafe { out.write(p) };
+        Ok(())
+    })
+}
+
+/// Freeing 0 succeeds and does nothing, as `free(NULL)` does.
+fn free(ptr: u64) -> Res<()> {
+    with_ctx(|st, _, _| {
+        if ptr == 0 {
+            Ok(())
+        } else {
+            st.free(ptr).map(|_| ())
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    crate::tally("cuMemFree_v2");
+    guard(|| free(dptr))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFree(dptr: c_uint) -> CUresult {
+    crate::tally("cuMemFree");
+    guard(|| free(dptr as u64))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    crate::tally("cuMemGetInfo_v2");
+    guard(|| {
+        let (fo, to) = (nn(free)?, nn(total)?);
+        let (f, t) = with_ctx(|st, _, dev| Ok(st.mem_info(dev)))?;
+        unsafe {
+            fo.write(f as usize);
+            to.write(t as usize);
+        }
+        Ok(())
+    })
+}
+
+/// 32-bit out-parameters: clamped.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CUresult {
+    crate::tally("cuMemGetInfo");
+    guard(|| {
+        let (fo, to) = (nn(free)?, nn(total)?);
+        let (f, t) = with_ctx(|st, _, dev| Ok(st.mem_info(dev)))?;
+        let clamp = |v: u64| v.min(u32::MAX as u64) as c_uint;
+        unsafe {
+            fo.write(clamp(f));
+            to.write(clamp(t));
+        }
+        Ok(())
+    })
+}
+
+/// Pinned host memory is ordinary malloc memory here and costs the device nothing; the set
+/// remembers what we handed out so cuMemFreeHost can refuse anything else.
+static HOST: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+fn alloc_host(pp: *mut *mut c_void, size: usize) -> Res<()> {
+    let out = nn(pp)?;
+    with_ctx(|_, _, _| Ok(()))?;
+    if size == 0 {
+        return Err(CUresult::ERROR_INVALID_VALUE);
+    }
+    let p = unsafe { libc::malloc(size) };
+    if p.is_null() {
+        return Err(CUresult::ERROR_OUT_OF_MEMORY);
+    }
+    HOST.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_default()
+        .insert(p as usize);
+    unsafe { out.write(p) };
+    Ok(())
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytesize: usize) -> CUresult {
+    crate::tally("cuMemAllocHost_v2");
+    guard(|| alloc_host(pp, bytesize))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAllocHost(pp: *mut *mut c_void, bytesize: c_uint) -> CUresult {
+    crate::tally("cuMemAllocHost");
+    guard(|| alloc_host(pp, bytesize as usize))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
+    crate::tally("cuMemFreeHost");
+    guard(|| {
+        with_ctx(|_, _, _| Ok(()))?;
+        let mut host = HOST.lock().unwrap_or_else(|e| e.into_inner());
+        if !host.get_or_insert_default().remove(&(p as usize)) {
+            return Err(CUresult::ERROR_INVALID_VALUE);
+        }
+        unsafe { libc::free(p) };
+        Ok(())
+    })
+}
+
+/// Copies and sets move no data (there is none); they only check the device range.
+fn touch(dptr: u64, len: u64, host_null: bool) -> Res<()> {
+    if host_null && len > 0 {
+        return Err(CUresult::ERROR_INVALID_VALUE);
+    }
+    with_ctx(|st, _, _| {
+        if st.valid_range(dptr, len) {
+            Ok(())
+        } else {
+            Err(CUresult::ERROR_INVALID_VALUE)
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    n: usize,
+) -> CUresult {
+    crate::tally("cuMemcpyHtoD_v2");
+    guard(|| touch(dst, n as u64, src.is_null()))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyHtoD(dst: c_uint, src: *const c_void, n: c_uint) -> CUresult {
+    crate::tally("cuMemcpyHtoD");
+    guard(|| touch(dst as u64, n as u64, src.is_null()))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize) -> CUresult {
+    crate::tally("cuMemcpyDtoH_v2");
+    guard(|| touch(src, n as u64, dst.is_null()))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemcpyDtoH(dst: *mut c_void, src: c_uint, n: c_uint) -> CUresult {
+    crate::tally("cuMemcpyDtoH");
+    guard(|| touch(src as u64, n as u64, dst.is_null()))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, _value: c_uchar, n: usize) -> CUresult {
+    crate::tally("cuMemsetD8_v2");
+    guard(|| touch(dst, n as u64, false))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemsetD8(dst: c_uint, _value: c_uchar, n: c_uint) -> CUresult {
+    crate::tally("cuMemsetD8");
+    guard(|| touch(dst as u64, n as u64, false))
+}

@@ -1,0 +1,95 @@
+//! The CUDA driver entry points. Each `extern "C"` function validates its pointers, then
+//! runs its body inside [`guard`], so a bug in the fake becomes `CUDA_ERROR_UNKNOWN` rather
+//! than unwinding into C (which Rust turns into an abort).
+
+pub mod array;
+pub mod context;
+pub mod device;
+pub mod memory;
+pub mod misc;
+pub mod pool;
+pub mod procaddr;
+pub mod vmm;
+
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cuda_types::CUresult;
+
+use crate::state::{Res, State, state};
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This thread's context stack; the top is the current context. Handles are plain
+    /// numbers: validity is checked against the shared state on every use, so a context
+    /// destroyed by another thread is noticed.
+    static CTX_STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+pub fn set_initialized() {
+    INITIALIZED.store(true, Ordering::Release);
+}
+
+/// Like the driver, almost everything fails with `CUDA_ERROR_NOT_INITIALIZED` before cuInit.
+pub fn need_init() -> Res<()> {
+    if INITIALIZED.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(CUresult::ERROR_NOT_INITIALIZED)
+    }
+}
+
+pub fn guard(f: impl FnOnce() -> Res<()>) -> CUresult {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => CUresult::SUCCESS,
+        Ok(Err(e)) => e,
+        Err(_) => CUresult::ERROR_UNKNOWN,
+    }
+}
+
+/// Rejects a NULL out-pointer before any side effect happens.
+pub fn nn<T>(p: *mut T) -> Res<*mut T> {
+    if p.is_null() {
+        Err(CUresult::ERROR_INVALID_VALUE)
+    } else {
+        Ok(p)
+    }
+}
+
+pub fn current_ctx() -> Option<u64> {
+    CTX_STACK.with(|s| s.borrow().last().copied())
+}
+
+pub fn with_stack<T>(f: impl FnOnce(&mut Vec<u64>) -> T) -> T {
+    CTX_STACK.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// Runs `f` on the state with the current context and its device; memory calls need one.
+pub fn with_ctx<T>(f: impl FnOnce(&mut State, u64, usize) -> Res<T>) -> Res<T> {
+    need_init()?;
+    let ctx = current_ctx().ok_or(CUresult::ERROR_INVALID_CONTEXT)?;
+    let mut st = state();
+    let dev = st.ctx_device(ctx)?;
+    f(&mut st, ctx, dev)
+}
+
+/// Copies `text` into a caller buffer of `len` bytes, truncating and always terminating.
+///
+/// # Safety
+/// `buf` must be valid for `len` bytes.
+pub unsafe fn write_cstr(buf: *mut std::ffi::c_char, len: usize, text: &str) -> Res<()> {
+    if buf.is_null() || len == 0 {
+        return Err(CUresult::ERROR_INVALID_VALUE);
+    }
+    let n = text.len().min(len - 1);
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr().cast(), buf, n);
+        *buf.add(n) = 0;
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! fakegpu: a fake CUDA driver (`libcuda.so.1`) and NVML (`libnvidia-ml.so.1`) in one shared
+//! library, so libvgpu's tests run on machines without a GPU.
+//!
+//! # Using it
+//!
+//! ```text
+//! cargo build -p fakegpu
+//! crates/fakegpu/make-driver-dir.sh target/debug /tmp/fakedriver
+//! LD_LIBRARY_PATH=/tmp/fakedriver ./program
+//! ```
+//!
+//! `make-driver-dir.sh <profile-dir> <out-dir>` creates `libcuda.so.1`, `libcuda.so`,
+//! `libnvidia-ml.so.1` and `libnvidia-ml.so` in `<out-dir>`, absolute symlinks to
+//! `<profile-dir>/libfakegpu.so`. The library's soname is `libcuda.so.1` (see build.rs), so
+//! whichever name a program loads first, glibc maps the file once and the CUDA and NVML
+//! entry points share one in-process state.
+//!
+//! # Configuration (environment, read once on first use)
+//!
+//! - `FAKEGPU_DEVICES`: number of devices, default 2, at most 16.
+//! - `FAKEGPU_MEMORY`: memory per device, `80g`, `512m`, `4096` (binary units) or a comma
+//!   list, one per device, the last value repeating; default `16g`.
+//! - `FAKEGPU_CONTEXT_OVERHEAD`: device memory each live context costs; default `300m`.
+//! - `FAKEGPU_UUIDS`: comma list of UUID strings; default
+//!   `GPU-fa4e0000-0000-4000-8000-00000000000N` (N the device index in hex). `CUuuid` bytes
+//!   are the 16 bytes those hex digits spell.
+//! - `FAKEGPU_LOG`: a file that gets one line per cuGetProcAddress request,
+//!   `procaddr <symbol> <version> <flags> -> <exported name or NULL>`.
+//!
+//! Besides the CUDA and NVML symbols the library exports one of its own,
+//! `uint64_t fakegpu_call_count(const char *name)`: how often the exported function `name`
+//! was entered, so a test can tell which variant a call through an interposer reached; and
+//! `size_t fakegpu_call_summary(char *buf, size_t len)`, all counts as `name=n ...`.
+//!
+//! # The model
+//!
+//! Each device has a total; used = live allocations + live contexts' overhead, and a request
+//! beyond the remainder fails with `CUDA_ERROR_OUT_OF_MEMORY`. Nothing is enforced beyond
+//! that physical size: caps are the interposer's job. Pointers are fake (never
+//! dereferenceable), unique per device and not reused while the address window lasts.
+//! Memory calls need a current context; destroying a context frees what was made under it.
+//! There is no execution timeline yet: async frees release at once, kernels complete
+//! instantly.
+
+#![allow(non_snake_case)]
+#![allow(clippy::missing_safety_doc)]
+
+pub mod config;
+pub mod cuda;
+pub mod nvml;
+pub mod state;
+mod tally;
+
+pub use tally::tally;
+
+/// The name both cuDeviceGetName and nvmlDeviceGetName report.
+pub const DEVICE_NAME: &str = "NVIDIA H200 (fakegpu)";
+
+/// Device N sits on PCI bus N of domain 0, in NVML's long form.
+pub fn pci_bus_id(dev: usize) -> String {
+    format!("00000000:{dev:02X}:00.0")
+}
+
+/// (domain, bus, device, function) of `dddd:bb:dd.f` or `dddddddd:bb:dd.f` (hex).
+pub fn parse_pci_bus_id(s: &str) -> Option<(u32, u32, u32, u32)> {
+    let s = s.trim();
+    let (rest, function) = s.rsplit_once('.')?;
+    let mut parts = rest.split(':');
+    let (domain, bus, device) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let hex = |t: &str| u32::from_str_radix(t, 16).ok();
+    Some((hex(domain)?, hex(bus)?, hex(device)?, hex(function)?))
+}

@@ -1,0 +1,191 @@
+//! Shared by the end-to-end tests: builds the preload library, the fake driver and the C test
+//! programs once per test binary, and runs programs under `LD_PRELOAD` against the fake driver
+//! with a clean CUDA environment (the test process's own environment is never modified).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+
+pub struct Artifacts {
+    /// `target/<profile>/libvgpu.so`
+    pub lib: PathBuf,
+    /// Directory with `libcuda.so.1` & co. pointing at the fake driver.
+    pub driver_dir: PathBuf,
+    /// Compiled C test programs.
+    pub bin_dir: PathBuf,
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/<profile>`, from where this test binary lives (`target/<profile>/deps/…`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+fn check(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| {
+        let profile = profile_dir();
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .current_dir(repo())
+            .args(["build", "-p", "libvgpu", "-p", "fakegpu"]);
+        if profile.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        check(&mut build);
+        let e2e = profile.join("e2e");
+        let driver_dir = e2e.join("driver");
+        let bin_dir = e2e.join("bin");
+        check(
+            Command::new("sh")
+                .arg(repo().join("crates/fakegpu/make-driver-dir.sh"))
+                .arg(&profile)
+                .arg(&driver_dir),
+        );
+        check(
+            Command::new("sh")
+                .arg(repo().join("tests/c/build.sh"))
+                .arg(&driver_dir)
+                .arg(&bin_dir),
+        );
+        Artifacts {
+            lib: profile.join("libvgpu.so"),
+            driver_dir,
+            bin_dir,
+        }
+    })
+}
+
+/// A program run under the preload against the fake driver.
+pub struct Run {
+    cmd: Command,
+}
+
+impl Run {
+    /// `program` is a compiled test program's name (or a path).
+    pub fn new(program: &str) -> Run {
+        let a = artifacts();
+        let path = if program.contains('/') {
+            PathBuf::from(program)
+        } else {
+            a.bin_dir.join(program)
+        };
+        let mut cmd = Command::new(path);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("CUDA_")
+                || k.starts_with("LIBVGPU_")
+                || k.starts_with("FAKEGPU_")
+                || k.starts_with("LIBCUDA_")
+                || k == "LD_PRELOAD"
+            {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env("LD_LIBRARY_PATH", &a.driver_dir)
+            .env("LD_PRELOAD", &a.lib)
+            .env("FAKEGPU_MEMORY", "16g");
+        Run { cmd }
+    }
+
+    pub fn without_preload(mut self) -> Run {
+        self.cmd.env_remove("LD_PRELOAD");
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Run {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(mut self, args: I) -> Run {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn output(mut self) -> Result {
+        let out: Output = self.cmd.output().expect("spawn test program");
+        Result {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs and insists on a clean exit.
+    pub fn ok(self) -> Result {
+        let r = self.output();
+        assert!(
+            r.status.success(),
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            r.status,
+            r.stdout,
+            r.stderr
+        );
+        r
+    }
+}
+
+pub struct Result {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Result {
+    /// Lines of stdout starting with `prefix` (the C programs print `<command> <code> …`).
+    pub fn lines(&self, prefix: &str) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+
+    pub fn line(&self, prefix: &str) -> &str {
+        let l = self.lines(prefix);
+        assert_eq!(
+            l.len(),
+            1,
+            "expected one line starting with {prefix:?} in:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        l[0]
+    }
+
+    /// The value of `key=` on the one line starting with `prefix`.
+    pub fn field(&self, prefix: &str, key: &str) -> u64 {
+        field(self.line(prefix), key)
+    }
+}
+
+pub fn field(line: &str, key: &str) -> u64 {
+    let pat = format!("{key}=");
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&pat))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    v.parse()
+        .unwrap_or_else(|_| panic!("{key}={v} is not a number in {line:?}"))
+}
