@@ -27,13 +27,12 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
     for e in &errors {
         tracing::error!("{e}");
     }
-    let caps: Vec<String> = config
-        .memory_limit
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| c.map(|c| format!("{i}:{}MiB", c >> 20)))
-        .collect();
-    tracing::info!("memory caps by device ordinal: [{}]", caps.join(", "));
+    if config.any_memory_limit() {
+        tracing::info!(
+            "memory caps by CUDA device ordinal: {}",
+            describe_caps(&config.memory_limit)
+        );
+    }
     let ledger = MemoryLedger::new(ProcessAccounting::new(config.memory_limit));
     State {
         config,
@@ -63,4 +62,19 @@ pub fn ordinal_of_uuid(uuid: &str) -> Option<usize> {
     ordinals
         .iter()
         .position(|u| u.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(uuid)))
+}
+
+/// `all 2048 MiB` when every device has the same cap, else `0: 20480 MiB, 1: none, …`.
+fn describe_caps(caps: &[Option<u64>; MAX_DEVICES]) -> String {
+    let show = |c: &Option<u64>| c.map_or("none".to_string(), |b| format!("{} MiB", b >> 20));
+    if caps.iter().all(|c| *c == caps[0]) {
+        return format!("all {}", show(&caps[0]));
+    }
+    let last = caps.iter().rposition(Option::is_some).unwrap_or(0);
+    caps[..=last]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{i}: {}", show(c)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

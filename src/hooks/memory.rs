@@ -298,6 +298,10 @@ pub unsafe fn free(real: Real<'_, CUresult>, dptr: CUdeviceptr) -> CUresult {
     free_then_release(real, Key::DevicePtr(dptr))
 }
 
+pub unsafe fn free_v1(real: Real<'_, CUresult>, dptr: c_uint) -> CUresult {
+    free_then_release(real, Key::DevicePtr(dptr.into()))
+}
+
 pub unsafe fn free_async(
     real: Real<'_, CUresult>,
     dptr: CUdeviceptr,

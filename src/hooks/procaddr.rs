@@ -10,6 +10,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use cuda_types::*;
 
 use crate::intercept::{Lib, Real, hook_for, hook_name};
+use crate::state::state;
 
 unsafe fn swap(pfn: *mut *mut c_void, symbol: *const c_char, version: c_int, flags: u64) {
     // SAFETY: the driver wrote `*pfn` on success; `pfn` is non-null (checked by the caller).
@@ -20,14 +21,13 @@ unsafe fn swap(pfn: *mut *mut c_void, symbol: *const c_char, version: c_int, fla
     if let Some(hook) = hook_for(Lib::Cuda, found) {
         // SAFETY: same out-pointer.
         unsafe { *pfn = hook };
-        if tracing::enabled!(tracing::Level::DEBUG) {
+        // Arguments are evaluated only when debug logging is on.
+        tracing::debug!(
+            "cuGetProcAddress {}@{version} flags={flags} -> {}",
             // SAFETY: the driver just read `symbol` as a C string.
-            let name = unsafe { CStr::from_ptr(symbol) }.to_string_lossy();
-            tracing::debug!(
-                "cuGetProcAddress {name}@{version} flags={flags} -> {}",
-                hook_name(hook)
-            );
-        }
+            unsafe { CStr::from_ptr(symbol) }.to_string_lossy(),
+            hook_name(hook)
+        );
     }
 }
 
@@ -38,6 +38,8 @@ pub unsafe fn get_proc_address(
     version: c_int,
     flags: u64,
 ) -> CUresult {
+    // The first thing the runtime does: the configuration (and the logger) start here.
+    state();
     let rc = real.call();
     if rc.is_success() && !pfn.is_null() {
         unsafe { swap(pfn, symbol, version, flags) };

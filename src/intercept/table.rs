@@ -1,8 +1,9 @@
 //! Every function libvgpu changes, declared once. Everything else reaches the driver untouched.
 //!
-//! `Lib fn name(args) -> Ret | variant… => handler;` exports `name` and each variant (e.g. the
-//! `_ptsz` per-thread-stream form, which has the same signature and shares the handler but calls
-//! its own real function), gives each a real-function slot in [`real`], and lists each in
+//! `Lib fn name(args) -> Ret | variant… => handler;` exports `name` and each variant (the `_ptsz`
+//! per-thread-stream form, or an older version with the same signature that the runtime still
+//! asks for, e.g. `cuDevicePrimaryCtxRelease`@7000; each shares the handler but calls its own real
+//! function), gives each a real-function slot in [`real`], and lists each in
 //! [`HOOKS`] for the `dlsym`/`cuGetProcAddress` doors.
 
 use std::ffi::{c_char, c_int, c_uint, c_void};
@@ -69,6 +70,7 @@ hooks! {
 
     // Frees always reach the driver and return its code.
     Cuda fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult => memory::free;
+    Cuda fn cuMemFree(dptr: c_uint) -> CUresult => memory::free_v1;
     Cuda fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) -> CUresult | cuMemFreeAsync_ptsz => memory::free_async;
     Cuda fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult => memory::release;
     Cuda fn cuArrayDestroy(array: CUarray) -> CUresult => memory::array_destroy;
@@ -76,12 +78,12 @@ hooks! {
 
     // Contexts cost device memory that never passes through an allocation API.
     Cuda fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult => context::primary_retain;
-    Cuda fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult => context::primary_release;
-    Cuda fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult => context::primary_reset;
-    Cuda fn cuCtxCreate_v2(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult => context::create_v2;
+    Cuda fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult | cuDevicePrimaryCtxRelease => context::primary_release;
+    Cuda fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult | cuDevicePrimaryCtxReset => context::primary_reset;
+    Cuda fn cuCtxCreate_v2(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult | cuCtxCreate => context::create_v2;
     Cuda fn cuCtxCreate_v3(pctx: *mut CUcontext, params: *mut c_void, count: c_int, flags: c_uint, dev: CUdevice) -> CUresult => context::create_v3;
     Cuda fn cuCtxCreate_v4(pctx: *mut CUcontext, params: *mut c_void, flags: c_uint, dev: CUdevice) -> CUresult => context::create_v4;
-    Cuda fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult => context::destroy;
+    Cuda fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult | cuCtxDestroy => context::destroy;
 
     // One virtual view of memory.
     Cuda fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult => info::mem_get_info;

@@ -1,0 +1,110 @@
+//! The real CUDA runtime (`libcudart.so` from the `nvidia-cuda-runtime` wheel, installed by
+//! `.ci/run`) against the fake driver under the preload. cudart resolves every driver entry point
+//! through `cuGetProcAddress_v2` (versions, and flags 2 for per-thread streams); it then stops at
+//! the driver's private export tables, which the fake does not emulate — so this test covers the
+//! resolution phase: every answer that is a function we hook must reach cudart as our hook.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::Run;
+
+const HOOKED: &str = include_str!("exports.allowlist");
+
+fn cudart() -> Option<String> {
+    match std::env::var("LIBVGPU_TEST_CUDART") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => {
+            assert!(
+                std::env::var_os("LIBVGPU_REQUIRE_CUDART").is_none(),
+                "LIBVGPU_REQUIRE_CUDART is set but LIBVGPU_TEST_CUDART is not (see .ci/run)"
+            );
+            eprintln!(
+                "skipped: set LIBVGPU_TEST_CUDART to a libcudart.so (pip install nvidia-cuda-runtime)"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn real_cudart_receives_our_hooks_for_every_hooked_entry_point() {
+    let Some(lib) = cudart() else { return };
+    let log = std::env::temp_dir().join(format!("libvgpu-cudart-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let r = Run::new("cudart_real")
+        .env("LIBCUDA_LOG_LEVEL", "4")
+        .env("CUDA_DEVICE_MEMORY_LIMIT", "2g")
+        .env("FAKEGPU_LOG", &log)
+        .args([&lib])
+        .output();
+    let driver_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        r.status.success(),
+        "cudart must not crash: {:?}\n{}\n{}",
+        r.status,
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout.starts_with("cudaDriverGetVersion 0"),
+        "{}",
+        r.stdout
+    );
+
+    // What the driver answered with a function we hook …
+    let answered: Vec<&str> = driver_log
+        .lines()
+        .filter_map(|l| l.strip_prefix("procaddr "))
+        .filter_map(|l| l.rsplit_once(" -> ").map(|(_, name)| name))
+        .filter(|name| HOOKED.lines().any(|h| h == *name))
+        .collect();
+    // … and what we swapped, as our debug log says: `cuGetProcAddress BASE@VER flags=F -> HOOK`.
+    let swaps: Vec<(&str, &str, &str)> = r
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            l.split_once("DEBUG: cuGetProcAddress ")
+                .map(|(_, rest)| rest)
+        })
+        .filter_map(|rest| {
+            let (req, hook) = rest.split_once(" -> ")?;
+            let (base, flags) = req.split_once(' ')?;
+            Some((base.split('@').next()?, flags, hook))
+        })
+        .collect();
+    assert!(
+        answered.len() > 20,
+        "cudart resolved through the driver:\n{driver_log}"
+    );
+    assert_eq!(
+        swaps.len(),
+        answered.len(),
+        "every hooked answer was swapped:\n{}",
+        r.stderr
+    );
+
+    let got: BTreeSet<(&str, &str)> = swaps.iter().map(|&(base, _, hook)| (base, hook)).collect();
+    for want in [
+        ("cuGetProcAddress", "cuGetProcAddress_v2"),
+        ("cuMemAlloc", "cuMemAlloc_v2"),
+        ("cuMemFree", "cuMemFree_v2"),
+        ("cuMemGetInfo", "cuMemGetInfo_v2"),
+        ("cuDeviceTotalMem", "cuDeviceTotalMem_v2"),
+        ("cuMemAllocPitch", "cuMemAllocPitch_v2"),
+        ("cuMemAllocManaged", "cuMemAllocManaged"),
+        ("cuDevicePrimaryCtxRelease", "cuDevicePrimaryCtxRelease"),
+        ("cuArrayCreate", "cuArrayCreate_v2"),
+        ("cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRetain"),
+        ("cuMemAllocAsync", "cuMemAllocAsync"),
+        ("cuMemAllocAsync", "cuMemAllocAsync_ptsz"),
+        ("cuMemFreeAsync", "cuMemFreeAsync_ptsz"),
+    ] {
+        assert!(
+            got.contains(&want),
+            "cudart did not receive {want:?}; got {got:?}"
+        );
+    }
+}
