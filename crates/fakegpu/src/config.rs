@@ -15,6 +15,9 @@ pub struct Config {
     /// UUID strings (`GPU-…`), one per device.
     pub uuids: Vec<String>,
     pub log: Option<PathBuf>,
+    /// The physical devices CUDA sees, in CUDA ordinal order (`CUDA_VISIBLE_DEVICES`). NVML
+    /// ignores it and lists every device, as the real one does.
+    pub visible: Vec<usize>,
 }
 
 impl Config {
@@ -26,6 +29,10 @@ impl Config {
             get("FAKEGPU_CONTEXT_OVERHEAD").as_deref(),
             get("FAKEGPU_UUIDS").as_deref(),
             get("FAKEGPU_LOG").map(PathBuf::from),
+            // Not through `get`: set but empty means "no devices", not "unset".
+            std::env::var_os("CUDA_VISIBLE_DEVICES")
+                .map(|v| v.to_string_lossy().into_owned())
+                .as_deref(),
         )
     }
 
@@ -38,6 +45,7 @@ impl Config {
         overhead: Option<&str>,
         uuids: Option<&str>,
         log: Option<PathBuf>,
+        visible: Option<&str>,
     ) -> Config {
         let devices = match devices {
             None => 2,
@@ -95,11 +103,12 @@ impl Config {
                 }
                 None => default_uuid(i),
             })
-            .collect();
+            .collect::<Vec<_>>();
         Config {
             devices,
             memory,
             context_overhead,
+            visible: parse_visible(visible, &uuids),
             uuids,
             log,
         }
@@ -126,6 +135,43 @@ pub fn parse_size(s: &str) -> Option<u64> {
     };
     let n: u64 = digits.trim().parse().ok()?;
     n.checked_mul(1u64 << shift)
+}
+
+/// The physical devices a `CUDA_VISIBLE_DEVICES` value selects, in the order CUDA numbers
+/// them; `uuids` holds every physical device's UUID string. Unset means all devices in
+/// physical order. Otherwise each comma-separated entry is a physical index or `GPU-` and a
+/// unique, case-insensitive prefix of a UUID, and like the driver the list silently ends at
+/// the first entry that names no device (out of range, unknown or ambiguous UUID, a `MIG-`
+/// entry, which the fake has no instances for, garbage, a repeat): `-1` or an empty value
+/// hiding every device are idioms, not mistakes, so unlike `FAKEGPU_*` nothing is printed.
+/// Blanks around an entry are ignored.
+pub fn parse_visible(text: Option<&str>, uuids: &[String]) -> Vec<usize> {
+    let Some(text) = text else {
+        return (0..uuids.len()).collect();
+    };
+    let mut out = Vec::new();
+    for entry in text.split(',') {
+        match visible_entry(entry.trim(), uuids) {
+            Some(dev) if !out.contains(&dev) => out.push(dev),
+            _ => break,
+        }
+    }
+    out
+}
+
+fn visible_entry(entry: &str, uuids: &[String]) -> Option<usize> {
+    // Digits only: `+1` or `1a` are garbage to the driver, not device 1.
+    if !entry.is_empty() && entry.bytes().all(|b| b.is_ascii_digit()) {
+        return entry.parse().ok().filter(|&i: &usize| i < uuids.len());
+    }
+    let entry = entry.to_ascii_lowercase();
+    let want = entry.strip_prefix("gpu-").filter(|w| !w.is_empty())?;
+    let mut hits = uuids.iter().enumerate().filter(|(_, u)| {
+        let u = u.to_ascii_lowercase();
+        u.strip_prefix("gpu-").unwrap_or(&u).starts_with(want)
+    });
+    let (first, _) = hits.next()?;
+    hits.next().is_none().then_some(first)
 }
 
 pub fn default_uuid(index: usize) -> String {
@@ -165,7 +211,7 @@ mod tests {
 
     #[test]
     fn defaults_and_lists() {
-        let c = Config::from_values(Some("3"), Some("8g,4g"), None, None, None);
+        let c = Config::from_values(Some("3"), Some("8g,4g"), None, None, None, None);
         assert_eq!(c.memory, vec![8 * GIB, 4 * GIB, 4 * GIB]);
         assert_eq!(c.context_overhead, 300 * MIB);
         assert_eq!(c.uuids[2], "GPU-fa4e0000-0000-4000-8000-000000000002");
@@ -178,10 +224,72 @@ mod tests {
             Some("0"),
             Some("GPU-x,GPU-11111111-2222-3333-4444-555555555555"),
             None,
+            Some("1"),
         );
         assert_eq!(d.devices, 2);
         assert_eq!(d.uuids[0], default_uuid(0));
         assert_eq!(d.uuids[1], "GPU-11111111-2222-3333-4444-555555555555");
         assert_eq!(d.context_overhead, 0);
+        assert_eq!(d.visible, vec![1]);
+        assert_eq!(c.visible, vec![0, 1, 2], "unset: every device");
+    }
+
+    fn uuids() -> Vec<String> {
+        vec![
+            "GPU-aaaa1111-0000-4000-8000-000000000000".into(),
+            "GPU-AAAA2222-0000-4000-8000-000000000000".into(),
+            "GPU-bbbb0000-0000-4000-8000-000000000000".into(),
+        ]
+    }
+
+    fn visible(text: &str) -> Vec<usize> {
+        parse_visible(Some(text), &uuids())
+    }
+
+    #[test]
+    fn visible_indices() {
+        assert_eq!(parse_visible(None, &uuids()), vec![0, 1, 2]);
+        assert_eq!(visible("0,1,2"), vec![0, 1, 2]);
+        assert_eq!(visible("1,0"), vec![1, 0]);
+        assert_eq!(visible(" 2 , 0"), vec![2, 0]);
+        assert_eq!(visible("2"), vec![2]);
+    }
+
+    #[test]
+    fn visible_uuids() {
+        assert_eq!(
+            visible("GPU-bbbb0000-0000-4000-8000-000000000000,0"),
+            vec![2, 0]
+        );
+        assert_eq!(visible("GPU-aaaa2,gpu-B"), vec![1, 2], "prefixes, any case");
+        assert_eq!(visible("GPU-aaaa"), Vec::<usize>::new(), "ambiguous");
+        assert_eq!(visible("1,GPU-aaaa,0"), vec![1], "ambiguous ends the list");
+        assert_eq!(visible("GPU-c"), Vec::<usize>::new(), "unknown");
+        assert_eq!(
+            visible("GPU-,0"),
+            Vec::<usize>::new(),
+            "an empty prefix names nothing"
+        );
+        assert_eq!(visible("aaaa1111"), Vec::<usize>::new(), "no GPU- prefix");
+    }
+
+    #[test]
+    fn visible_stops_at_the_first_bad_entry() {
+        assert_eq!(visible("1,3,0"), vec![1], "out of range");
+        assert_eq!(visible("0,x,1"), vec![0]);
+        assert_eq!(visible("0,-1"), vec![0]);
+        assert_eq!(visible("-1"), Vec::<usize>::new());
+        assert_eq!(visible("2,1a"), vec![2]);
+        assert_eq!(visible("0,1,"), vec![0, 1], "trailing comma");
+        assert_eq!(visible("0,MIG-aaaa1111,1"), vec![0], "no MIG instances");
+        assert_eq!(visible("1,0,1,2"), vec![1, 0], "duplicate index");
+        assert_eq!(visible("2,GPU-bbbb,0"), vec![2], "duplicate via UUID");
+    }
+
+    #[test]
+    fn visible_empty_means_none() {
+        assert_eq!(visible(""), Vec::<usize>::new());
+        assert_eq!(visible("  "), Vec::<usize>::new());
+        assert_eq!(parse_visible(Some("0"), &[]), Vec::<usize>::new());
     }
 }

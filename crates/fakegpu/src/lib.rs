@@ -24,6 +24,14 @@
 //! - `FAKEGPU_UUIDS`: comma list of UUID strings; default
 //!   `GPU-fa4e0000-0000-4000-8000-00000000000N` (N the device index in hex). `CUuuid` bytes
 //!   are the 16 bytes those hex digits spell.
+//! - `CUDA_VISIBLE_DEVICES`: which devices the CUDA side sees, in which order, as in the
+//!   driver: a comma list of physical indices or `GPU-<uuid>` (a unique prefix will do, any
+//!   case), ending silently at the first entry that names no device (out of range, unknown or
+//!   ambiguous UUID, `MIG-…`, garbage, a repeat). Empty hides every device (cuInit then fails
+//!   with `CUDA_ERROR_NO_DEVICE`); unset shows all in physical order. CUDA ordinals count the
+//!   visible devices, while memory is accounted per physical device and NVML lists every
+//!   device by physical index, as the real one does: under `2,0`, an allocation on ordinal 0
+//!   shows up in NVML's device 2.
 //! - `FAKEGPU_LOG`: a file that gets one line per cuGetProcAddress request,
 //!   `procaddr <symbol> <version> <flags> -> <exported name or NULL>`.
 //!

@@ -272,7 +272,7 @@ pub unsafe extern "C" fn cuCtxGetDevice(device: *mut CUdevice) -> CUresult {
     crate::tally("cuCtxGetDevice");
     guard(|| {
         let out = nn(device)?;
-        let dev = with_ctx(|_, _, dev| Ok(dev))?;
+        let dev = with_ctx(|st, _, dev| st.ordinal(dev))?;
         unsafe { out.write(dev as CUdevice) };
         Ok(())
     })

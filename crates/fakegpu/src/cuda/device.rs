@@ -17,8 +17,10 @@ pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
         if flags != 0 {
             return Err(CUresult::ERROR_INVALID_VALUE);
         }
-        // Touch the state so a bad configuration is reported at cuInit time.
-        if state().devices.is_empty() {
+        // Touch the state so a bad configuration is reported at cuInit time. No visible
+        // device (FAKEGPU_DEVICES=0, CUDA_VISIBLE_DEVICES empty or invalid) fails as in the
+        // driver.
+        if state().cfg.visible.is_empty() {
             return Err(CUresult::ERROR_NO_DEVICE);
         }
         set_initialized();
@@ -41,8 +43,10 @@ pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> C
     guard(|| {
         let out = nn(device)?;
         need_init()?;
-        let dev = state().device(ordinal)?;
-        unsafe { out.write(dev as CUdevice) };
+        // A CUdevice is the ordinal itself, as in the driver; every call that takes one
+        // maps it to the physical device through State::device.
+        state().device(ordinal)?;
+        unsafe { out.write(ordinal as CUdevice) };
         Ok(())
     })
 }
@@ -53,7 +57,7 @@ pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
     guard(|| {
         let out = nn(count)?;
         need_init()?;
-        let n = state().devices.len();
+        let n = state().cfg.visible.len();
         unsafe { out.write(n as c_int) };
         Ok(())
     })
@@ -148,7 +152,7 @@ fn attribute(attrib: c_int, dev: usize) -> c_int {
         19 => 1,                // can map host memory
         31 => 1,                // concurrent kernels
         32 => 1,                // ECC enabled
-        33 => dev as c_int,     // PCI bus id (matches cuDeviceGetPCIBusId)
+        33 => dev as c_int,     // PCI bus id of the physical device, as NVML reports it
         36 => 3_201_000,        // memory clock rate (kHz)
         37 => 6144,             // memory bus width
         38 => 60 * 1024 * 1024, // L2 cache size
@@ -197,6 +201,7 @@ pub unsafe extern "C" fn cuDeviceGetPCIBusId(
     crate::tally("cuDeviceGetPCIBusId");
     guard(|| {
         need_init()?;
+        // The physical device's bus, so a program can find the device in NVML by it.
         let d = state().device(dev)?;
         let len = usize::try_from(len).map_err(|_| CUresult::ERROR_INVALID_VALUE)?;
         unsafe { write_cstr(bus_id, len, &crate::pci_bus_id(d)) }

@@ -11,6 +11,7 @@ fn state(mem: &str, overhead: &str) -> State {
         Some(overhead),
         None,
         None,
+        None,
     ))
 }
 
@@ -134,4 +135,32 @@ fn pools_vmm_and_arrays() {
     );
     st.array_destroy(a, false).unwrap();
     assert_eq!(st.devices[0].used, 0);
+}
+
+#[test]
+fn visible_devices_map_ordinals_to_physical_devices() {
+    let cfg = Config::from_values(Some("3"), Some("1g"), Some("100m"), None, None, Some("2,0"));
+    let mut st = State::new(cfg);
+    assert_eq!(
+        st.devices.len(),
+        3,
+        "every physical device is still modelled"
+    );
+    assert_eq!(st.device(0), Ok(2));
+    assert_eq!(st.device(1), Ok(0));
+    assert_eq!(st.device(2), Err(CUresult::ERROR_INVALID_DEVICE));
+    assert_eq!(st.device(-1), Err(CUresult::ERROR_INVALID_DEVICE));
+    assert_eq!(st.ordinal(2), Ok(0));
+    assert_eq!(st.ordinal(1), Err(CUresult::ERROR_INVALID_DEVICE));
+
+    let dev = st.device(0).unwrap();
+    let ctx = st.primary_retain(dev).unwrap();
+    st.alloc(ctx, dev, 200 * MIB, AllocKind::Linear).unwrap();
+    assert_eq!(
+        st.devices[2].used,
+        300 * MIB,
+        "charged to physical device 2"
+    );
+    assert_eq!(st.devices[0].used, 0);
+    assert_eq!(st.ordinal(st.ctx_device(ctx).unwrap()), Ok(0));
 }
