@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cuda_types::*;
 use vgpu_core::devices::format_uuid;
-use vgpu_core::ledger::{Allocation, Key};
+use vgpu_core::ledger::{Allocation, Key, Kind};
 
 use crate::driver;
 use crate::intercept::Real;

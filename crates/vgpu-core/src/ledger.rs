@@ -16,17 +16,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::MAX_DEVICES;
 
+/// What a charge is for (HAMi's region keeps context and data sizes apart; both count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Data,
+    Context,
+}
+
 /// Where usage is counted and limits are read.
 pub trait Accounting: Send + Sync {
     /// The cap for `dev`, read live (`None` = uncapped).
     fn limit(&self, dev: usize) -> Option<u64>;
-    /// Adds `bytes` to `dev` if the total then stays within `limit`; all or nothing.
+    /// Adds `bytes` of data to `dev` if the total then stays within `limit`; all or nothing.
     fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool;
     /// Adds `bytes` unconditionally (memory the driver already handed out, e.g. a context).
-    fn charge(&self, dev: usize, bytes: u64);
-    fn uncharge(&self, dev: usize, bytes: u64);
+    fn charge(&self, dev: usize, bytes: u64, kind: Kind);
+    fn uncharge(&self, dev: usize, bytes: u64, kind: Kind);
     /// Bytes in use on `dev` by everyone this store accounts for.
     fn used(&self, dev: usize) -> u64;
+    /// The cap refused an allocation (counted for operators; nothing to do per process).
+    fn record_denial(&self, _dev: usize) {}
 }
 
 /// Per-process counters with fixed limits.
@@ -61,13 +70,13 @@ impl Accounting for ProcessAccounting {
             .is_ok()
     }
 
-    fn charge(&self, dev: usize, bytes: u64) {
+    fn charge(&self, dev: usize, bytes: u64, _kind: Kind) {
         if let Some(counter) = self.used.get(dev) {
             counter.fetch_add(bytes, Ordering::SeqCst);
         }
     }
 
-    fn uncharge(&self, dev: usize, bytes: u64) {
+    fn uncharge(&self, dev: usize, bytes: u64, _kind: Kind) {
         if let Some(counter) = self.used.get(dev) {
             // Saturating: an accounting bug must never show 2^64 bytes in use.
             let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
@@ -95,6 +104,7 @@ pub enum Key {
 pub struct Allocation {
     pub dev: usize,
     pub bytes: u64,
+    pub kind: Kind,
     /// The context that owns it (0 = not context-bound); destroying the context frees it.
     pub context: u64,
 }
@@ -155,14 +165,14 @@ impl<A: Accounting> MemoryLedger<A> {
 
     /// Records memory that exists already and cannot be refused (a context's own cost).
     pub fn record(&self, key: Key, alloc: Allocation) {
-        self.accounting.charge(alloc.dev, alloc.bytes);
+        self.accounting.charge(alloc.dev, alloc.bytes, alloc.kind);
         self.insert(key, alloc);
     }
 
     /// Releases what `key` holds; `None` if we never charged it (a free of foreign memory).
     pub fn release(&self, key: Key) -> Option<Allocation> {
         let alloc = self.lock().remove(&key)?;
-        self.accounting.uncharge(alloc.dev, alloc.bytes);
+        self.accounting.uncharge(alloc.dev, alloc.bytes, alloc.kind);
         Some(alloc)
     }
 
@@ -180,7 +190,7 @@ impl<A: Accounting> MemoryLedger<A> {
         freed
             .iter()
             .map(|a| {
-                self.accounting.uncharge(a.dev, a.bytes);
+                self.accounting.uncharge(a.dev, a.bytes, a.kind);
                 a.bytes
             })
             .sum()
@@ -203,7 +213,7 @@ impl<A: Accounting> MemoryLedger<A> {
         // The driver handed out a key we still hold: the old memory was freed behind our back
         // (e.g. with its context), so drop the stale charge instead of leaking it forever.
         if let Some(stale) = self.lock().insert(key, alloc) {
-            self.accounting.uncharge(stale.dev, stale.bytes);
+            self.accounting.uncharge(stale.dev, stale.bytes, stale.kind);
         }
     }
 
@@ -237,6 +247,7 @@ impl<A: Accounting> Reservation<'_, A> {
             let extra = bytes - self.bytes;
             let limit = acc.limit(self.dev);
             if !acc.try_charge(self.dev, extra, limit) {
+                acc.record_denial(self.dev);
                 return Err(Denied {
                     dev: self.dev,
                     requested: bytes,
@@ -245,7 +256,7 @@ impl<A: Accounting> Reservation<'_, A> {
                 });
             }
         } else {
-            acc.uncharge(self.dev, self.bytes - bytes);
+            acc.uncharge(self.dev, self.bytes - bytes, Kind::Data);
         }
         self.bytes = bytes;
         Ok(())
@@ -259,6 +270,7 @@ impl<A: Accounting> Reservation<'_, A> {
             Allocation {
                 dev: self.dev,
                 bytes: self.bytes,
+                kind: Kind::Data,
                 context,
             },
         );
@@ -268,7 +280,7 @@ impl<A: Accounting> Reservation<'_, A> {
 impl<A: Accounting> Drop for Reservation<'_, A> {
     fn drop(&mut self) {
         if !self.settled {
-            self.ledger.accounting.uncharge(self.dev, self.bytes);
+            self.ledger.accounting.uncharge(self.dev, self.bytes, Kind::Data);
         }
     }
 }
@@ -360,6 +372,7 @@ mod tests {
             Allocation {
                 dev: 0,
                 bytes: 10 * MIB,
+                kind: Kind::Context,
                 context: 0,
             },
         );
@@ -374,7 +387,7 @@ mod tests {
     #[test]
     fn uncharge_saturates() {
         let acc = ProcessAccounting::new([None; MAX_DEVICES]);
-        acc.uncharge(0, 5);
+        acc.uncharge(0, 5, Kind::Data);
         assert_eq!(acc.used(0), 0);
     }
 

@@ -1,0 +1,109 @@
+//! Container-wide accounting over the region: the reservation protocol of DESIGN §3.
+//!
+//! A charge adds to this process's own counter (its slot's `used[dev].total`, SeqCst), *then*
+//! sums every slot's counter for the device and compares with the live `limit[dev]`; over the
+//! cap, it takes its bytes back and fails. In the single total order of SeqCst operations, of two
+//! racing charges the later sum sees both additions, so two processes can both fail but never
+//! both pass. After a refusal, dead processes' slots are reaped and the charge retried once
+//! (a racing refusal, or a crashed neighbour's stale usage, must not fail an allocation that fits).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
+
+use vgpu_core::MAX_DEVICES;
+use vgpu_core::ledger::{Accounting, Kind};
+
+use crate::layout::{DeviceUsage, MAX_PROCS};
+use crate::map::Region;
+
+pub struct RegionAccounting {
+    region: Region,
+    slot: usize,
+}
+
+impl RegionAccounting {
+    /// Accounting through `slot`, which this process has claimed.
+    pub fn new(region: Region, slot: usize) -> Self {
+        RegionAccounting { region, slot }
+    }
+
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    fn own(&self, dev: usize) -> Option<&DeviceUsage> {
+        self.region.shared().procs[self.slot].used.get(dev)
+    }
+
+    fn sum(&self, dev: usize) -> u64 {
+        let s = self.region.shared();
+        let n = s.proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
+        s.procs[..n].iter().map(|p| p.used[dev].total.load(SeqCst)).fold(0, u64::saturating_add)
+    }
+
+    fn attempt(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
+        let Some(own) = self.own(dev) else { return limit.is_none() };
+        own.total.fetch_add(bytes, SeqCst);
+        if limit.is_none_or(|cap| self.sum(dev) <= cap) {
+            own.data_size.fetch_add(bytes, SeqCst);
+            return true;
+        }
+        sub(&own.total, bytes);
+        false
+    }
+}
+
+fn sub(counter: &AtomicU64, bytes: u64) {
+    // Saturating: an accounting bug must never show 2^64 bytes in use.
+    let _ = counter.fetch_update(SeqCst, SeqCst, |v| Some(v.saturating_sub(bytes)));
+}
+
+impl Accounting for RegionAccounting {
+    fn limit(&self, dev: usize) -> Option<u64> {
+        let cap = self.region.shared().limit.get(dev)?.load(SeqCst);
+        (cap > 0).then_some(cap)
+    }
+
+    fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
+        if self.attempt(dev, bytes, limit) {
+            return true;
+        }
+        self.region.reap(Some(self.slot));
+        self.attempt(dev, bytes, limit)
+    }
+
+    fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
+        let Some(own) = self.own(dev) else { return };
+        own.total.fetch_add(bytes, SeqCst);
+        match kind {
+            Kind::Data => own.data_size.fetch_add(bytes, SeqCst),
+            Kind::Context => own.context_size.fetch_add(bytes, SeqCst),
+        };
+    }
+
+    fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
+        let Some(own) = self.own(dev) else { return };
+        sub(&own.total, bytes);
+        match kind {
+            Kind::Data => sub(&own.data_size, bytes),
+            Kind::Context => sub(&own.context_size, bytes),
+        }
+    }
+
+    fn used(&self, dev: usize) -> u64 {
+        if dev >= MAX_DEVICES {
+            return 0;
+        }
+        self.sum(dev)
+    }
+
+    fn record_denial(&self, dev: usize) {
+        if let Some(c) = self.region.extension().cap_denials.get(dev) {
+            c.fetch_add(1, SeqCst);
+        }
+    }
+}

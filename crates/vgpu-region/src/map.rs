@@ -1,0 +1,263 @@
+//! Opening, creating, validating and mapping the region file.
+//!
+//! Safety contract, stated once: a [`Region`] owns a mapping of at least [`FILE_SIZE`] bytes
+//! whose contents are only ever accessed through the atomics of [`SharedRegion`] and
+//! [`Extension`]; every byte pattern is a valid value of those types, so a corrupt or hostile
+//! file can make the numbers wrong (which validation catches where it can) but never causes
+//! undefined behaviour. The mapping lives as long as the `Region`.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+use memmap2::{MmapMut, MmapOptions, MmapRaw};
+use vgpu_core::MAX_DEVICES;
+
+use crate::layout::*;
+use crate::lock;
+
+/// Why a region could not be used; `Display` is the one stderr line the user sees.
+#[derive(Debug)]
+pub enum RegionError {
+    Io(PathBuf, io::Error),
+    /// A file we did not write: HAMi-core's own (no extension), or something else entirely.
+    Foreign(PathBuf, String),
+    Corrupt(PathBuf, String),
+    WrongVersion(PathBuf, String),
+    Missing(PathBuf),
+}
+
+impl std::fmt::Display for RegionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegionError::Io(p, e) => write!(f, "region file {}: {e}", p.display()),
+            RegionError::Foreign(p, why) => write!(f, "region file {} is not a libvgpu region ({why})", p.display()),
+            RegionError::Corrupt(p, why) => write!(f, "region file {} is corrupt ({why})", p.display()),
+            RegionError::WrongVersion(p, why) => write!(f, "region file {} has an unsupported version ({why})", p.display()),
+            RegionError::Missing(p) => write!(f, "region file {} does not exist", p.display()),
+        }
+    }
+}
+
+/// What a new region starts with.
+#[derive(Clone, Debug, Default)]
+pub struct InitParams {
+    pub limits: [Option<u64>; MAX_DEVICES],
+    pub sm_limits: [Option<u8>; MAX_DEVICES],
+    /// `GPU-…` per CUDA ordinal, as far as known.
+    pub uuids: Vec<String>,
+    /// HAMi's `CUDA_TASK_PRIORITY`: 0 high, 1 low.
+    pub priority: i32,
+}
+
+enum Mapping {
+    File(MmapRaw),
+    Private(MmapMut),
+}
+
+pub struct Region {
+    mapping: Mapping,
+    file: Option<File>,
+    path: Option<PathBuf>,
+}
+
+// SAFETY: the mapping is only accessed through atomics (see the module's contract).
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+/// Byte whose lock serialises initialisation (held for microseconds; see `lock::lock`).
+const INIT_LOCK: u64 = 0;
+
+impl Region {
+    /// Opens the region at `path`, creating and initialising it if it does not exist.
+    /// `mode` is applied with `fchmod` to a file we create (never through the umask).
+    pub fn open_or_create(path: &Path, mode: u32, init: &InitParams) -> Result<Region, RegionError> {
+        let io = |e| RegionError::Io(path.to_path_buf(), e);
+        let (file, created) = match File::options().read(true).write(true).create_new(true).mode(mode).open(path) {
+            Ok(f) => (f, true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                (File::options().read(true).write(true).open(path).map_err(io)?, false)
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if created {
+            file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        }
+        lock::lock(&file, INIT_LOCK).map_err(io)?;
+        let result = Self::init_locked(file, path, init);
+        if let Ok(r) = &result {
+            if let Some(f) = &r.file {
+                let _ = lock::unlock(f, INIT_LOCK);
+            }
+        }
+        result
+    }
+
+    fn init_locked(file: File, path: &Path, init: &InitParams) -> Result<Region, RegionError> {
+        let io = |e| RegionError::Io(path.to_path_buf(), e);
+        let len = file.metadata().map_err(io)?.len();
+        if len == 0 {
+            file.set_len(FILE_SIZE as u64).map_err(io)?;
+        }
+        let region = Self::map_file(file, path)?;
+        let s = region.shared();
+        match s.initialized_flag.load(Acquire) {
+            MAGIC => {}
+            0 if len == 0 || region.is_all_zero() => region.initialise(init),
+            other => return Err(RegionError::Corrupt(path.to_path_buf(), format!("initialized_flag {other}"))),
+        }
+        region.validate()?;
+        Ok(region)
+    }
+
+    /// Opens an existing, initialised region (the `vgpu` command; NVML-only processes).
+    pub fn open_existing(path: &Path) -> Result<Region, RegionError> {
+        let file = match File::options().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RegionError::Missing(path.to_path_buf())),
+            Err(e) => return Err(RegionError::Io(path.to_path_buf(), e)),
+        };
+        let region = Self::map_file(file, path)?;
+        if region.shared().initialized_flag.load(Acquire) != MAGIC {
+            return Err(RegionError::Corrupt(path.to_path_buf(), "not initialised".into()));
+        }
+        region.validate()?;
+        Ok(region)
+    }
+
+    /// A region in private memory: the same protocol, for one process, when no file can be used.
+    pub fn private(init: &InitParams) -> io::Result<Region> {
+        let map = MmapOptions::new().len(FILE_SIZE).map_anon()?;
+        let region = Region { mapping: Mapping::Private(map), file: None, path: None };
+        region.initialise(init);
+        Ok(region)
+    }
+
+    fn map_file(file: File, path: &Path) -> Result<Region, RegionError> {
+        let len = file.metadata().map_err(|e| RegionError::Io(path.to_path_buf(), e))?.len();
+        if len < FILE_SIZE as u64 {
+            let why = if len == size_of::<SharedRegion>() as u64 + 1 || len == HAMI_V0_FILE_SIZE {
+                format!("{len} bytes: a HAMi-core region without libvgpu's extension")
+            } else {
+                format!("{len} bytes, expected at least {FILE_SIZE}")
+            };
+            return Err(RegionError::Foreign(path.to_path_buf(), why));
+        }
+        let map = MmapOptions::new()
+            .len(FILE_SIZE)
+            .map_raw(&file)
+            .map_err(|e| RegionError::Io(path.to_path_buf(), e))?;
+        Ok(Region { mapping: Mapping::File(map), file: Some(file), path: Some(path.to_path_buf()) })
+    }
+
+    fn base(&self) -> *const u8 {
+        match &self.mapping {
+            Mapping::File(m) => m.as_ptr(),
+            Mapping::Private(m) => m.as_ptr(),
+        }
+    }
+
+    pub fn shared(&self) -> &SharedRegion {
+        // SAFETY: the mapping is FILE_SIZE bytes, page-aligned, and only accessed via atomics.
+        unsafe { &*(self.base() as *const SharedRegion) }
+    }
+
+    pub fn extension(&self) -> &Extension {
+        // SAFETY: as above; EXTENSION_OFFSET is 8-aligned and the extension fits in FILE_SIZE.
+        unsafe { &*(self.base().add(EXTENSION_OFFSET) as *const Extension) }
+    }
+
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn is_all_zero(&self) -> bool {
+        let s = self.shared();
+        s.major_version.load(Relaxed) == 0
+            && s.proc_num.load(Relaxed) == 0
+            && self.extension().magic.load(Relaxed) == 0
+    }
+
+    fn initialise(&self, init: &InitParams) {
+        let s = self.shared();
+        s.major_version.store(MAJOR, Relaxed);
+        s.minor_version.store(MINOR, Relaxed);
+        s.owner_pid.store(0, Relaxed);
+        s.device_num.store(init.uuids.len().min(MAX_DEVICES) as u64, Relaxed);
+        for (i, uuid) in init.uuids.iter().take(MAX_DEVICES).enumerate() {
+            store_uuid(&s.uuids[i], uuid);
+        }
+        for i in 0..MAX_DEVICES {
+            s.limit[i].store(init.limits[i].unwrap_or(0), Relaxed);
+            s.sm_limit[i].store(init.sm_limits[i].map_or(0, u64::from), Relaxed);
+        }
+        s.proc_num.store(0, Relaxed);
+        s.priority.store(init.priority, Relaxed);
+        let x = self.extension();
+        x.version.store(EXTENSION_VERSION, Relaxed);
+        x.size.store(size_of::<Extension>() as u32, Relaxed);
+        x.magic.store(EXTENSION_MAGIC, Relaxed);
+        // Last: readers that see the magic see everything above.
+        s.initialized_flag.store(MAGIC, Release);
+    }
+
+    fn validate(&self) -> Result<(), RegionError> {
+        let p = || self.path.clone().unwrap_or_default();
+        let s = self.shared();
+        let (major, minor) = (s.major_version.load(Acquire), s.minor_version.load(Acquire));
+        if major != MAJOR || minor < MINOR {
+            return Err(RegionError::WrongVersion(p(), format!("v{major}.{minor}, expected v{MAJOR}.{MINOR}")));
+        }
+        let x = self.extension();
+        if x.magic.load(Acquire) != EXTENSION_MAGIC {
+            return Err(RegionError::Foreign(p(), "no libvgpu extension after the HAMi v1.2 struct".into()));
+        }
+        let (ver, size) = (x.version.load(Acquire), x.size.load(Acquire) as usize);
+        if ver != EXTENSION_VERSION || size < size_of::<Extension>() {
+            return Err(RegionError::WrongVersion(p(), format!("extension v{ver} of {size} bytes")));
+        }
+        let n = s.proc_num.load(Acquire);
+        if !(0..=MAX_PROCS as i32).contains(&n) {
+            return Err(RegionError::Corrupt(p(), format!("proc_num {n}")));
+        }
+        let d = s.device_num.load(Acquire);
+        if d > MAX_DEVICES as u64 {
+            return Err(RegionError::Corrupt(p(), format!("device_num {d}")));
+        }
+        Ok(())
+    }
+
+    /// The UUID recorded for device `i` (empty if none).
+    pub fn uuid(&self, i: usize) -> String {
+        let Some(words) = self.shared().uuids.get(i) else { return String::new() };
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.load(Acquire).to_le_bytes()).collect();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    }
+
+    /// Fills in UUIDs a region was created without (e.g. by a process that had no CUDA yet).
+    pub fn record_uuids(&self, uuids: &[String]) {
+        let s = self.shared();
+        for (i, uuid) in uuids.iter().take(MAX_DEVICES).enumerate() {
+            if s.uuids[i][0].load(Acquire) == 0 {
+                store_uuid(&s.uuids[i], uuid);
+            }
+        }
+        s.device_num.fetch_max(uuids.len().min(MAX_DEVICES) as u64, SeqCst);
+    }
+}
+
+fn store_uuid(words: &[std::sync::atomic::AtomicU64; UUID_LEN / 8], uuid: &str) {
+    let mut bytes = [0u8; UUID_LEN];
+    let n = uuid.len().min(UUID_LEN - 1);
+    bytes[..n].copy_from_slice(&uuid.as_bytes()[..n]);
+    for (w, chunk) in words.iter().zip(bytes.chunks_exact(8)) {
+        w.store(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])), Release);
+    }
+}

@@ -1,0 +1,228 @@
+//! The region protocol in one process: separate `open()`s are separate OFD lock owners, so
+//! threads each holding their own mapping behave like processes sharing a container.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
+
+use vgpu_core::ledger::{Accounting, Kind};
+use vgpu_region::layout::{FILE_SIZE, MAGIC, SharedRegion};
+use vgpu_region::{InitParams, Region, RegionAccounting, RegionError, SlotState};
+
+const MIB: u64 = 1 << 20;
+
+fn params(cap_mib: u64) -> InitParams {
+    let mut p = InitParams::default();
+    p.limits[0] = Some(cap_mib * MIB);
+    p.uuids = vec!["GPU-aaaa".into(), "GPU-bbbb".into()];
+    p
+}
+
+fn open(path: &std::path::Path, cap_mib: u64) -> Region {
+    Region::open_or_create(path, 0o600, &params(cap_mib)).unwrap()
+}
+
+#[test]
+fn creates_initialises_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    let a = open(&path, 512);
+    assert_eq!(a.shared().initialized_flag.load(SeqCst), MAGIC);
+    assert_eq!(a.shared().limit[0].load(SeqCst), 512 * MIB);
+    assert_eq!(a.uuid(1), "GPU-bbbb");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), FILE_SIZE as u64);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    // A second opener does not re-initialise: the limit set first (or by an operator) wins.
+    a.shared().limit[0].store(1024 * MIB, SeqCst);
+    let b = open(&path, 64);
+    assert_eq!(b.shared().limit[0].load(SeqCst), 1024 * MIB);
+    assert!(Region::open_existing(&path).is_ok());
+}
+
+#[test]
+fn permissions_are_configurable_without_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.cache");
+    Region::open_or_create(&path, 0o666, &params(1)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o666);
+}
+
+#[test]
+fn foreign_truncated_corrupt_and_wrong_version_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hami = dir.path().join("hami.cache");
+    std::fs::write(&hami, vec![0u8; size_of::<SharedRegion>() + 1]).unwrap();
+    assert!(matches!(Region::open_or_create(&hami, 0o600, &params(1)), Err(RegionError::Foreign(..))));
+
+    let short = dir.path().join("short.cache");
+    std::fs::write(&short, b"hello").unwrap();
+    assert!(matches!(Region::open_or_create(&short, 0o600, &params(1)), Err(RegionError::Foreign(..))));
+
+    let garbage = dir.path().join("garbage.cache");
+    std::fs::write(&garbage, vec![0xA5u8; FILE_SIZE]).unwrap();
+    let e = Region::open_or_create(&garbage, 0o600, &params(1)).err().unwrap();
+    assert!(matches!(e, RegionError::Corrupt(..)), "{e}");
+
+    let path = dir.path().join("r.cache");
+    let r = open(&path, 1);
+    r.shared().major_version.store(7, SeqCst);
+    drop(r);
+    let e = Region::open_or_create(&path, 0o600, &params(1)).err().unwrap();
+    assert!(matches!(e, RegionError::WrongVersion(..)), "{e}");
+    assert!(e.to_string().contains("v7.2"), "{e}");
+
+    let path = dir.path().join("noext.cache");
+    let r = open(&path, 1);
+    r.extension().magic.store(0, SeqCst);
+    drop(r);
+    assert!(matches!(Region::open_existing(&path), Err(RegionError::Foreign(..))));
+
+    let path = dir.path().join("procnum.cache");
+    let r = open(&path, 1);
+    r.shared().proc_num.store(5000, SeqCst);
+    drop(r);
+    assert!(matches!(Region::open_existing(&path), Err(RegionError::Corrupt(..))));
+    assert!(matches!(Region::open_existing(&dir.path().join("none")), Err(RegionError::Missing(..))));
+}
+
+#[test]
+fn slots_are_exclusive_reaped_when_their_owner_is_gone_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    let a = open(&path, 1024);
+    let b = open(&path, 1024);
+    let sa = a.claim_slot(100, 0).unwrap();
+    let sb = b.claim_slot(200, 0).unwrap();
+    assert_ne!(sa, sb);
+    assert_eq!(a.shared().proc_num.load(SeqCst), 2);
+    let acc_b = RegionAccounting::new(b, sb);
+    acc_b.charge(0, 300 * MIB, Kind::Context);
+    assert_eq!(a.slot_state(sb, Some(sa)), SlotState::Alive);
+    drop(acc_b); // "kill -9": the description closes, the kernel drops the lock
+    assert_eq!(a.slot_state(sb, Some(sa)), SlotState::Dead);
+    let reaped = a.reap(Some(sa));
+    assert_eq!(reaped, vec![(sb, 200, 300 * MIB)]);
+    assert_eq!(a.slot_state(sb, Some(sa)), SlotState::Free);
+    // PID reuse cannot resurrect it: liveness is the lock, and the next claimer reuses the slot.
+    let c = open(&path, 1024);
+    assert_eq!(c.claim_slot(200, 0).unwrap(), sb);
+    assert_eq!(a.shared().proc_num.load(SeqCst), 2, "high-water mark, no compaction");
+}
+
+#[test]
+fn a_dead_processes_usage_is_reclaimed_by_the_next_refused_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    let live = open(&path, 1024);
+    let slot = live.claim_slot(2, 0).unwrap();
+    let live = RegionAccounting::new(live, slot);
+    let dead = open(&path, 1024);
+    let slot = dead.claim_slot(1, 0).unwrap();
+    let dead = RegionAccounting::new(dead, slot);
+    assert!(dead.try_charge(0, 900 * MIB, dead.limit(0)));
+    drop(dead);
+    assert_eq!(live.used(0), 900 * MIB, "stale until reaped");
+    assert!(live.try_charge(0, 500 * MIB, live.limit(0)), "refusal reaps the dead slot and retries");
+    assert_eq!(live.used(0), 500 * MIB);
+    // A newcomer takes over a dead slot directly, zeroing what it held.
+    let again = open(&path, 1024);
+    assert_eq!(again.claim_slot(3, 0).unwrap(), 1);
+}
+
+#[test]
+fn live_limit_changes_apply_to_the_next_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    let r = open(&path, 100);
+    let slot = r.claim_slot(1, 0).unwrap();
+    let acc = RegionAccounting::new(r, slot);
+    assert!(acc.try_charge(0, 80 * MIB, acc.limit(0)));
+    let operator = Region::open_existing(&path).unwrap();
+    operator.shared().limit[0].store(50 * MIB, SeqCst);
+    assert!(!acc.try_charge(0, MIB, acc.limit(0)), "lowered below usage: new charges fail");
+    assert_eq!(acc.used(0), 80 * MIB, "existing memory stays");
+    operator.shared().limit[0].store(0, SeqCst);
+    assert_eq!(acc.limit(0), None, "0 = unlimited");
+    assert!(acc.try_charge(0, 4096 * MIB, None));
+    assert_eq!(operator.extension().cap_denials[0].load(SeqCst), 0, "denials are counted by the ledger");
+}
+
+/// Many "processes" (threads with their own open) race to charge and free under one cap:
+/// the committed total never exceeds it and ends at zero.
+#[test]
+fn racing_charges_never_exceed_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = Arc::new(dir.path().join("r.cache"));
+    let cap = 256 * MIB;
+    open(&path, 256);
+    let committed = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..12)
+        .map(|t| {
+            let (path, committed) = (Arc::clone(&path), Arc::clone(&committed));
+            std::thread::spawn(move || {
+                let r = open(&path, 256);
+                let slot = r.claim_slot(1000 + t, 0).unwrap();
+                let acc = RegionAccounting::new(r, slot);
+                let mut held = Vec::new();
+                for i in 0..3000u64 {
+                    let bytes = (1 + (i * 7 + t as u64) % 13) * 4 * MIB;
+                    if acc.try_charge(0, bytes, acc.limit(0)) {
+                        let now = committed.fetch_add(bytes, SeqCst) + bytes;
+                        assert!(now <= cap, "committed {now} over the cap");
+                        held.push(bytes);
+                    }
+                    if held.len() > 3 || (i % 5 == 0 && !held.is_empty()) {
+                        let b = held.remove(0);
+                        committed.fetch_sub(b, SeqCst);
+                        acc.uncharge(0, b, Kind::Data);
+                    }
+                }
+                for b in held {
+                    committed.fetch_sub(b, SeqCst);
+                    acc.uncharge(0, b, Kind::Data);
+                }
+                acc.region().release_slot(acc.slot());
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let r = Region::open_existing(&path).unwrap();
+    let total: u64 = r.shared().procs.iter().map(|p| p.used[0].total.load(SeqCst)).sum();
+    assert_eq!(total, 0);
+}
+
+/// Slot claim and release under churn: no two live owners ever share a slot.
+#[test]
+fn slot_claims_under_churn_are_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = Arc::new(dir.path().join("r.cache"));
+    open(&path, 1);
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let path = Arc::clone(&path);
+            std::thread::spawn(move || {
+                for round in 0..200u64 {
+                    let r = open(&path, 1);
+                    let slot = r.claim_slot(1, 0).unwrap();
+                    let token = (t as u64) << 32 | round;
+                    let mark = &r.shared().procs[slot].unused[0];
+                    mark.store(token, SeqCst);
+                    std::thread::yield_now();
+                    assert_eq!(mark.load(SeqCst), token, "slot {slot} shared by two owners");
+                    if round % 3 == 0 {
+                        r.release_slot(slot);
+                    } // otherwise drop without release: a crash, reaped by a later claimer
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let r = Region::open_existing(&path).unwrap();
+    assert!(r.shared().proc_num.load(SeqCst) <= 16, "dead slots are reused, not leaked");
+}
