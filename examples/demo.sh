@@ -18,6 +18,9 @@ fi
 sh tests/c/build.sh "$work/driver" "$work/bin"
 prog=$work/bin/alloc_linked
 run() { echo "\$ $*"; "$@" | sed 's/^/    /'; }
+# Each scenario is its own "container": its own region file (the cap lives there, shared by
+# the container's processes), instead of the default /tmp/cudevshr.cache.
+region() { rm -f "$work/$1.cache"; echo "CUDA_DEVICE_MEMORY_SHARED_CACHE=$work/$1.cache"; }
 
 echo "== libvgpu demo on $what"
 echo
@@ -26,10 +29,11 @@ run "$prog" init meminfo alloc-until-oom 1g
 echo
 echo "-- with LD_PRELOAD=libvgpu.so CUDA_DEVICE_MEMORY_LIMIT=2g"
 echo "   (the context's own memory counts against the cap; see README 'What is counted')"
-run env LD_PRELOAD="$lib" CUDA_DEVICE_MEMORY_LIMIT=2g "$prog" init meminfo totalmem 0 alloc-until-oom 64m alloc 1g free-last meminfo
+cache=$(region capped)
+run env LD_PRELOAD="$lib" "$cache" CUDA_DEVICE_MEMORY_LIMIT=2g "$prog" init meminfo totalmem 0 alloc-until-oom 64m alloc 1g free-last meminfo
 echo
-echo "-- the same cap as nvidia-smi sees it (NVML, dlopen + dlsym like nvidia-smi)"
-run env LD_PRELOAD="$lib" CUDA_DEVICE_MEMORY_LIMIT=2g "$work/bin/nvml_smi"
+echo "-- the same container's cap as nvidia-smi sees it (NVML, dlopen + dlsym like nvidia-smi)"
+run env LD_PRELOAD="$lib" "$cache" "$work/bin/nvml_smi"
 echo
 echo "-- a malformed limit is reported, not guessed (and not applied)"
-run env LD_PRELOAD="$lib" CUDA_DEVICE_MEMORY_LIMIT="2 gigs" "$prog" init meminfo 2>&1
+run env LD_PRELOAD="$lib" "$(region malformed)" CUDA_DEVICE_MEMORY_LIMIT="2 gigs" "$prog" init meminfo 2>&1

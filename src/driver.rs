@@ -37,6 +37,7 @@ mod raw {
         Cuda fn cuArrayGetMemoryRequirements(req: *mut CUDA_ARRAY_MEMORY_REQUIREMENTS, array: CUarray, dev: CUdevice) -> CUresult;
         Cuda fn cuMipmappedArrayGetMemoryRequirements(req: *mut CUDA_ARRAY_MEMORY_REQUIREMENTS, array: CUmipmappedArray, dev: CUdevice) -> CUresult;
         Nvml fn nvmlInit_v2() -> nvmlReturn_t;
+        Nvml fn nvmlShutdown() -> nvmlReturn_t;
         Nvml fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn_t;
         Nvml fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t;
         Nvml fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t;
@@ -63,9 +64,7 @@ pub fn current_context() -> Result<(CUcontext, usize), CUresult> {
     }
     // SAFETY: valid out-pointer.
     check(unsafe { raw::cuCtxGetDevice(&mut dev) })?;
-    usize::try_from(dev)
-        .map(|d| (ctx, d))
-        .map_err(|_| CUresult::ERROR_INVALID_DEVICE)
+    usize::try_from(dev).map(|d| (ctx, d)).map_err(|_| CUresult::ERROR_INVALID_DEVICE)
 }
 
 pub fn device_count() -> Result<usize, CUresult> {
@@ -128,12 +127,40 @@ pub fn destroy_mipmapped_array(array: CUmipmappedArray) {
     }
 }
 
-/// NVML, initialised once for our own queries (we never shut it down: NVML is refcounted, and
-/// the application's own init/shutdown pairs stay balanced).
-pub fn nvml_ready() -> Result<(), nvmlReturn_t> {
-    static INIT: std::sync::OnceLock<nvmlReturn_t> = std::sync::OnceLock::new();
-    // SAFETY: nvmlInit_v2 takes no arguments.
-    check_nvml(*INIT.get_or_init(|| unsafe { raw::nvmlInit_v2() }))
+/// Undo a context we refused after the fact (its cost broke the cap).
+pub fn destroy_context(ctx: CUcontext, _dev: usize) {
+    type Sig = unsafe extern "C" fn(CUcontext) -> CUresult;
+    // SAFETY: the real cuCtxDestroy_v2 on the context the driver just created for us.
+    if let Some(f) = unsafe { real::cuCtxDestroy_v2.get::<Sig>() } {
+        unsafe { f(ctx) };
+    }
+}
+
+pub fn release_primary_context(dev: usize) {
+    type Sig = unsafe extern "C" fn(CUdevice) -> CUresult;
+    // SAFETY: the real cuDevicePrimaryCtxRelease_v2, balancing the retain we just refused.
+    if let Some(f) = unsafe { real::cuDevicePrimaryCtxRelease_v2.get::<Sig>() } {
+        unsafe { f(dev as CUdevice) };
+    }
+}
+
+/// One reference to NVML for our own queries, given back on drop: NVML counts init/shutdown
+/// pairs, so the application's own `nvmlShutdown` still shuts it down.
+pub struct NvmlSession(());
+
+impl NvmlSession {
+    pub fn open() -> Result<Self, nvmlReturn_t> {
+        // SAFETY: nvmlInit_v2 takes no arguments.
+        check_nvml(unsafe { raw::nvmlInit_v2() })?;
+        Ok(NvmlSession(()))
+    }
+}
+
+impl Drop for NvmlSession {
+    fn drop(&mut self) {
+        // SAFETY: balances the nvmlInit_v2 of `open`.
+        unsafe { raw::nvmlShutdown() };
+    }
 }
 
 pub fn nvml_device_uuid(device: nvmlDevice_t) -> Result<String, nvmlReturn_t> {
@@ -146,8 +173,7 @@ pub fn nvml_device_uuid(device: nvmlDevice_t) -> Result<String, nvmlReturn_t> {
 }
 
 /// UUIDs of every device NVML sees, by NVML index.
-pub fn nvml_uuids() -> Result<Vec<String>, nvmlReturn_t> {
-    nvml_ready()?;
+pub fn nvml_uuids(_session: &NvmlSession) -> Result<Vec<String>, nvmlReturn_t> {
     let mut n: c_uint = 0;
     // SAFETY: valid out-pointer.
     check_nvml(unsafe { raw::nvmlDeviceGetCount_v2(&mut n) })?;
@@ -161,8 +187,7 @@ pub fn nvml_uuids() -> Result<Vec<String>, nvmlReturn_t> {
         .collect()
 }
 
-pub fn nvml_device_by_uuid(uuid: &str) -> Result<nvmlDevice_t, nvmlReturn_t> {
-    nvml_ready()?;
+pub fn nvml_device_by_uuid(_session: &NvmlSession, uuid: &str) -> Result<nvmlDevice_t, nvmlReturn_t> {
     let c = std::ffi::CString::new(uuid).map_err(|_| nvmlReturn_t::ERROR_INVALID_ARGUMENT)?;
     let mut device: nvmlDevice_t = std::ptr::null_mut();
     // SAFETY: valid C string and out-pointer.
@@ -175,8 +200,7 @@ pub fn nvml_used(device: nvmlDevice_t) -> Result<u64, nvmlReturn_t> {
     type Sig = unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t;
     let mut m = nvmlMemory_t::default();
     // SAFETY: the real nvmlDeviceGetMemoryInfo with a valid out-pointer.
-    let f = unsafe { real::nvmlDeviceGetMemoryInfo.get::<Sig>() }
-        .ok_or(nvmlReturn_t::ERROR_FUNCTION_NOT_FOUND)?;
+    let f = unsafe { real::nvmlDeviceGetMemoryInfo.get::<Sig>() }.ok_or(nvmlReturn_t::ERROR_FUNCTION_NOT_FOUND)?;
     check_nvml(unsafe { f(device, &mut m) })?;
     Ok(m.used)
 }

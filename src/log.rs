@@ -17,18 +17,8 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut w: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        write!(
-            w,
-            "libvgpu[{}] {}: ",
-            std::process::id(),
-            event.metadata().level()
-        )?;
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        write!(w, "libvgpu[{}] {}: ", std::process::id(), event.metadata().level())?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)
     }

@@ -8,15 +8,16 @@ use vgpu_core::MAX_DEVICES;
 
 use vgpu_core::config::Config;
 use vgpu_core::devices::{format_uuid, ordinal_uuids};
-use vgpu_core::ledger::{MemoryLedger, ProcessAccounting};
+use vgpu_core::ledger::MemoryLedger;
 
+use crate::container::ContainerAccounting;
 use crate::driver;
 use crate::intercept::{Lib, libs};
 
 pub struct State {
     pub config: Config,
-    /// Per process for now; the container-wide region implements the same `Accounting`.
-    pub ledger: MemoryLedger<ProcessAccounting>,
+    /// Container-wide through the shared region (or per process when it cannot be used).
+    pub ledger: MemoryLedger<ContainerAccounting>,
     /// The primary context we charged, per device (0 = none), so its release can be matched.
     pub primary: [AtomicU64; MAX_DEVICES],
 }
@@ -28,17 +29,17 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
         tracing::error!("{e}");
     }
     if config.any_memory_limit() {
+        tracing::info!("memory caps by CUDA device ordinal: {}", describe_caps(&config.memory_limit));
+    }
+    let ledger = MemoryLedger::new(ContainerAccounting::new(&config));
+    let live: [Option<u64>; MAX_DEVICES] = std::array::from_fn(|d| ledger.limit(d));
+    if live != config.memory_limit {
         tracing::info!(
-            "memory caps by CUDA device ordinal: {}",
-            describe_caps(&config.memory_limit)
+            "the region's live memory caps ({}) differ from this process's environment; the region's apply",
+            describe_caps(&live)
         );
     }
-    let ledger = MemoryLedger::new(ProcessAccounting::new(config.memory_limit));
-    State {
-        config,
-        ledger,
-        primary: Default::default(),
-    }
+    State { config, ledger, primary: Default::default() }
 });
 
 pub fn state() -> &'static State {
@@ -51,17 +52,14 @@ pub fn state() -> &'static State {
 pub fn ordinal_of_uuid(uuid: &str) -> Option<usize> {
     let cuda = libs::loaded_handle(Lib::Cuda).and_then(|_| driver::device_count().ok());
     let ordinals: Vec<Option<String>> = match cuda {
-        Some(n) => (0..n)
-            .map(|d| driver::device_uuid(d).ok().map(|b| format_uuid(&b)))
-            .collect(),
+        Some(n) => (0..n).map(|d| driver::device_uuid(d).ok().map(|b| format_uuid(&b))).collect(),
         None => {
-            let physical = driver::nvml_uuids().ok()?;
+            let session = driver::NvmlSession::open().ok()?;
+            let physical = driver::nvml_uuids(&session).ok()?;
             ordinal_uuids(state().config.visible_devices.as_deref(), &physical)
         }
     };
-    ordinals
-        .iter()
-        .position(|u| u.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(uuid)))
+    ordinals.iter().position(|u| u.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(uuid)))
 }
 
 /// `all 2048 MiB` when every device has the same cap, else `0: 20480 MiB, 1: none, …`.
@@ -71,10 +69,16 @@ fn describe_caps(caps: &[Option<u64>; MAX_DEVICES]) -> String {
         return format!("all {}", show(&caps[0]));
     }
     let last = caps.iter().rposition(Option::is_some).unwrap_or(0);
-    caps[..=last]
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{i}: {}", show(c)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    caps[..=last].iter().enumerate().map(|(i, c)| format!("{i}: {}", show(c))).collect::<Vec<_>>().join(", ")
+}
+
+/// Records the devices' UUIDs in the region once CUDA can name them (HAMi's monitor reads them).
+pub fn record_cuda_uuids() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let Ok(n) = driver::device_count() else { return };
+        let uuids: Vec<String> =
+            (0..n).map(|d| driver::device_uuid(d).map(|b| format_uuid(&b)).unwrap_or_default()).collect();
+        state().ledger.accounting().region().record_uuids(&uuids);
+    });
 }

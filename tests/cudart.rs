@@ -20,9 +20,7 @@ fn cudart() -> Option<String> {
                 std::env::var_os("LIBVGPU_REQUIRE_CUDART").is_none(),
                 "LIBVGPU_REQUIRE_CUDART is set but LIBVGPU_TEST_CUDART is not (see .ci/run)"
             );
-            eprintln!(
-                "skipped: set LIBVGPU_TEST_CUDART to a libcudart.so (pip install nvidia-cuda-runtime)"
-            );
+            eprintln!("skipped: set LIBVGPU_TEST_CUDART to a libcudart.so (pip install nvidia-cuda-runtime)");
             None
         }
     }
@@ -41,18 +39,8 @@ fn real_cudart_receives_our_hooks_for_every_hooked_entry_point() {
         .output();
     let driver_log = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
-    assert!(
-        r.status.success(),
-        "cudart must not crash: {:?}\n{}\n{}",
-        r.status,
-        r.stdout,
-        r.stderr
-    );
-    assert!(
-        r.stdout.starts_with("cudaDriverGetVersion 0"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.status.success(), "cudart must not crash: {:?}\n{}\n{}", r.status, r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("cudaDriverGetVersion 0"), "{}", r.stdout);
 
     // What the driver answered with a function we hook …
     let answered: Vec<&str> = driver_log
@@ -65,26 +53,15 @@ fn real_cudart_receives_our_hooks_for_every_hooked_entry_point() {
     let swaps: Vec<(&str, &str, &str)> = r
         .stderr
         .lines()
-        .filter_map(|l| {
-            l.split_once("DEBUG: cuGetProcAddress ")
-                .map(|(_, rest)| rest)
-        })
+        .filter_map(|l| l.split_once("DEBUG: cuGetProcAddress ").map(|(_, rest)| rest))
         .filter_map(|rest| {
             let (req, hook) = rest.split_once(" -> ")?;
             let (base, flags) = req.split_once(' ')?;
             Some((base.split('@').next()?, flags, hook))
         })
         .collect();
-    assert!(
-        answered.len() > 20,
-        "cudart resolved through the driver:\n{driver_log}"
-    );
-    assert_eq!(
-        swaps.len(),
-        answered.len(),
-        "every hooked answer was swapped:\n{}",
-        r.stderr
-    );
+    assert!(answered.len() > 20, "cudart resolved through the driver:\n{driver_log}");
+    assert_eq!(swaps.len(), answered.len(), "every hooked answer was swapped:\n{}", r.stderr);
 
     let got: BTreeSet<(&str, &str)> = swaps.iter().map(|&(base, _, hook)| (base, hook)).collect();
     for want in [
@@ -102,9 +79,6 @@ fn real_cudart_receives_our_hooks_for_every_hooked_entry_point() {
         ("cuMemAllocAsync", "cuMemAllocAsync_ptsz"),
         ("cuMemFreeAsync", "cuMemFreeAsync_ptsz"),
     ] {
-        assert!(
-            got.contains(&want),
-            "cudart did not receive {want:?}; got {got:?}"
-        );
+        assert!(got.contains(&want), "cudart did not receive {want:?}; got {got:?}");
     }
 }

@@ -30,10 +30,7 @@ fn assert_routed(r: &common::Result, prefix: &str) -> usize {
             assert_eq!(lib, "libvgpu.so", "hooked function not swapped: {l}");
             swapped += 1;
         } else {
-            assert_eq!(
-                lib, "libcuda.so.1",
-                "foreign function must reach the driver untouched: {l}"
-            );
+            assert_eq!(lib, "libcuda.so.1", "foreign function must reach the driver untouched: {l}");
         }
     }
     swapped
@@ -43,92 +40,33 @@ fn assert_routed(r: &common::Result, prefix: &str) -> usize {
 fn cuda_get_proc_address_swaps_exactly_the_hooked_functions() {
     let r = Run::new("cudart_like").args(["init"]).ok();
     assert!(assert_routed(&r, "resolve ") >= 20);
-    let plain = Run::new("cudart_like")
-        .without_preload()
-        .args(["init"])
-        .ok();
-    assert!(
-        plain
-            .lines("resolve ")
-            .iter()
-            .all(|l| word(l, "lib") == "libcuda.so.1")
-    );
+    let plain = Run::new("cudart_like").without_preload().args(["init"]).ok();
+    assert!(plain.lines("resolve ").iter().all(|l| word(l, "lib") == "libcuda.so.1"));
 }
 
 #[test]
 fn per_thread_stream_flag_gets_the_ptsz_hooks() {
     let r = Run::new("cudart_like").args(["--ptsz", "init"]).ok();
     assert_routed(&r, "resolve ");
-    for base in [
-        "cuMemAllocAsync",
-        "cuMemAllocFromPoolAsync",
-        "cuMemFreeAsync",
-    ] {
-        let l = r
-            .lines(&format!("resolve {base} "))
-            .into_iter()
-            .next()
-            .unwrap();
+    for base in ["cuMemAllocAsync", "cuMemAllocFromPoolAsync", "cuMemFreeAsync"] {
+        let l = r.lines(&format!("resolve {base} ")).into_iter().next().unwrap();
         assert_eq!(word(l, "sym"), format!("{base}_ptsz"), "{l}");
     }
     let plain = Run::new("cudart_like").args(["init"]).ok();
-    let l = plain
-        .lines("resolve cuMemAllocAsync ")
-        .into_iter()
-        .next()
-        .unwrap();
-    assert_eq!(
-        word(l, "sym"),
-        "cuMemAllocAsync",
-        "flags 0 keep the legacy-stream function"
-    );
+    let l = plain.lines("resolve cuMemAllocAsync ").into_iter().next().unwrap();
+    assert_eq!(word(l, "sym"), "cuMemAllocAsync", "flags 0 keep the legacy-stream function");
 }
 
 #[test]
 fn versions_select_the_abi_the_caller_asked_for() {
     let r = Run::new("cudart_like")
-        .args([
-            "procaddr",
-            "cuMemAlloc",
-            "3010",
-            "0",
-            "procaddr",
-            "cuMemAlloc",
-            "3020",
-            "0",
-        ])
-        .args([
-            "procaddr",
-            "cuCtxCreate",
-            "11040",
-            "0",
-            "procaddr",
-            "cuGetProcAddress",
-            "11030",
-            "0",
-        ])
+        .args(["procaddr", "cuMemAlloc", "3010", "0", "procaddr", "cuMemAlloc", "3020", "0"])
+        .args(["procaddr", "cuCtxCreate", "11040", "0", "procaddr", "cuGetProcAddress", "11030", "0"])
         .args(["procaddr", "cuGetProcAddress", "12000", "0"])
         .ok();
-    let syms: Vec<&str> = r
-        .lines("procaddr ")
-        .iter()
-        .map(|l| word(l, "sym"))
-        .collect();
-    assert_eq!(
-        syms,
-        [
-            "cuMemAlloc",
-            "cuMemAlloc_v2",
-            "cuCtxCreate_v3",
-            "cuGetProcAddress",
-            "cuGetProcAddress_v2"
-        ]
-    );
-    assert!(
-        r.lines("procaddr ")
-            .iter()
-            .all(|l| word(l, "lib") == "libvgpu.so")
-    );
+    let syms: Vec<&str> = r.lines("procaddr ").iter().map(|l| word(l, "sym")).collect();
+    assert_eq!(syms, ["cuMemAlloc", "cuMemAlloc_v2", "cuCtxCreate_v3", "cuGetProcAddress", "cuGetProcAddress_v2"]);
+    assert!(r.lines("procaddr ").iter().all(|l| word(l, "lib") == "libvgpu.so"));
 }
 
 #[test]
@@ -151,22 +89,11 @@ fn return_codes_and_symbol_status_are_the_drivers() {
     let plain = Run::new("cudart_like").without_preload().args(cmds).ok();
     let strip = |r: &common::Result| -> Vec<String> {
         // "procaddr NAME VER FLAGS CODE status=S ptr=… sym=… lib=…": compare all but the address.
-        r.lines("procaddr ")
-            .iter()
-            .map(|l| l.split_whitespace().take(6).collect::<Vec<_>>().join(" "))
-            .collect()
+        r.lines("procaddr ").iter().map(|l| l.split_whitespace().take(6).collect::<Vec<_>>().join(" ")).collect()
     };
     assert_eq!(strip(&ours), strip(&plain));
-    assert!(
-        strip(&ours)[0].ends_with("500 status=1"),
-        "{:?}",
-        strip(&ours)
-    );
-    assert!(
-        strip(&ours)[1].ends_with("500 status=2"),
-        "{:?}",
-        strip(&ours)
-    );
+    assert!(strip(&ours)[0].ends_with("500 status=1"), "{:?}", strip(&ours));
+    assert!(strip(&ours)[1].ends_with("500 status=2"), "{:?}", strip(&ours));
 }
 
 #[test]
@@ -175,27 +102,11 @@ fn the_cap_holds_through_get_proc_address() {
         let r = Run::new("cudart_like")
             .env("CUDA_DEVICE_MEMORY_LIMIT", "2g")
             .args(mode)
-            .args([
-                "init",
-                "alloc-until-oom",
-                "128m",
-                "async",
-                "1g",
-                "free-async-last",
-                "meminfo",
-            ])
+            .args(["init", "alloc-until-oom", "128m", "async", "1g", "free-async-last", "meminfo"])
             .ok();
-        assert!(
-            field(r.line("alloc-until-oom"), "bytes") <= 2 * GIB - 300 * MIB,
-            "{mode:?}: {}",
-            r.stdout
-        );
+        assert!(field(r.line("alloc-until-oom"), "bytes") <= 2 * GIB - 300 * MIB, "{mode:?}: {}", r.stdout);
         assert_eq!(r.field("meminfo", "total"), 2 * GIB, "{mode:?}");
-        assert_eq!(
-            r.field("meminfo", "free"),
-            2 * GIB - 300 * MIB,
-            "{mode:?}: nothing leaked"
-        );
+        assert_eq!(r.field("meminfo", "free"), 2 * GIB - 300 * MIB, "{mode:?}: nothing leaked");
     }
 }
 
@@ -207,19 +118,10 @@ fn dlsym_on_the_driver_handle_swaps_like_pytorch_needs() {
 
 #[test]
 fn debug_log_names_each_swap() {
-    let r = Run::new("cudart_like")
-        .env("LIBCUDA_LOG_LEVEL", "4")
-        .args(["--ptsz", "init"])
-        .ok();
+    let r = Run::new("cudart_like").env("LIBCUDA_LOG_LEVEL", "4").args(["--ptsz", "init"]).ok();
+    assert!(r.stderr.contains("cuGetProcAddress cuMemAlloc@13000 flags=2 -> cuMemAlloc_v2"), "{}", r.stderr);
     assert!(
-        r.stderr
-            .contains("cuGetProcAddress cuMemAlloc@13000 flags=2 -> cuMemAlloc_v2"),
-        "{}",
-        r.stderr
-    );
-    assert!(
-        r.stderr
-            .contains("cuGetProcAddress cuMemAllocAsync@13000 flags=2 -> cuMemAllocAsync_ptsz"),
+        r.stderr.contains("cuGetProcAddress cuMemAllocAsync@13000 flags=2 -> cuMemAllocAsync_ptsz"),
         "{}",
         r.stderr
     );
@@ -245,10 +147,5 @@ fn ctypes_and_other_dlsym_users_are_unaffected() {
         .env("LD_PRELOAD", &a.lib)
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "True 3",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True 3", "{}", String::from_utf8_lossy(&out.stderr));
 }

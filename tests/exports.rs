@@ -7,15 +7,8 @@ mod common;
 use std::process::Command;
 
 fn tool(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -35,10 +28,7 @@ fn exports_match_the_allowlist() {
     let allow = include_str!("exports.allowlist");
     let mut allowed: Vec<&str> = allow.lines().filter(|l| !l.is_empty()).collect();
     allowed.sort_unstable();
-    assert_eq!(
-        exported, allowed,
-        "exports differ from tests/exports.allowlist"
-    );
+    assert_eq!(exported, allowed, "exports differ from tests/exports.allowlist");
 }
 
 #[test]
@@ -47,10 +37,7 @@ fn no_driver_at_load_time() {
     let dynamic = tool("readelf", &["-d", &lib]);
     let needed: Vec<&str> = dynamic.lines().filter(|l| l.contains("(NEEDED)")).collect();
     for n in &needed {
-        assert!(
-            !n.contains("libcuda") && !n.contains("libnvidia-ml"),
-            "driver in DT_NEEDED: {n}"
-        );
+        assert!(!n.contains("libcuda") && !n.contains("libnvidia-ml"), "driver in DT_NEEDED: {n}");
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cuda_types::*;
 use vgpu_core::devices::format_uuid;
-use vgpu_core::ledger::{Allocation, Key, Kind};
+use vgpu_core::ledger::{Key, Kind};
 
 use crate::driver;
 use crate::intercept::Real;
@@ -31,9 +31,12 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     if st.ledger.limit(dev).is_none() {
         return (create(), 0);
     }
-    let nvml = driver::device_uuid(dev)
-        .ok()
-        .and_then(|u| driver::nvml_device_by_uuid(&format_uuid(&u)).ok());
+    // One NVML reference for the measurement, given back when it ends.
+    let session = driver::NvmlSession::open().ok();
+    let nvml = session.as_ref().and_then(|s| {
+        let uuid = driver::device_uuid(dev).ok()?;
+        driver::nvml_device_by_uuid(s, &format_uuid(&uuid)).ok()
+    });
     let before = nvml.and_then(|d| driver::nvml_used(d).ok());
     let rc = create();
     if !rc.is_success() {
@@ -56,18 +59,6 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     }
 }
 
-fn record(ctx: CUcontext, dev: usize, bytes: u64) {
-    tracing::debug!("context {ctx:?} on device {dev} costs {} MiB", bytes >> 20);
-    state().ledger.record(
-        Key::Context(ctx as u64),
-        Allocation {
-            dev,
-            bytes,
-            context: 0,
-        },
-    );
-}
-
 /// The driver freed `ctx` and everything allocated in it.
 fn forget(ctx: u64) {
     let ledger = &state().ledger;
@@ -75,28 +66,49 @@ fn forget(ctx: u64) {
     ledger.release_context(ctx);
 }
 
-unsafe fn create_common(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
-    let Ok(d) = usize::try_from(dev) else {
-        return real.call();
-    };
+/// Creates a context and charges its measured cost. A context the cap has no room for is
+/// undone (`undo`) and refused with `CUDA_ERROR_OUT_OF_MEMORY`, as a driver out of memory would:
+/// the cap bounds the true footprint, contexts included.
+unsafe fn create_common(
+    real: Real<'_, CUresult>,
+    pctx: *mut CUcontext,
+    dev: CUdevice,
+    undo: fn(CUcontext, usize),
+) -> CUresult {
+    let Ok(d) = usize::try_from(dev) else { return real.call() };
     if pctx.is_null() {
         return real.call();
     }
     let (rc, cost) = measured(d, || real.call());
-    if rc.is_success() {
-        // SAFETY: the driver wrote the new context through the non-null `pctx`.
-        record(unsafe { *pctx }, d, cost);
+    if !rc.is_success() {
+        return rc;
     }
+    // SAFETY: the driver wrote the new context through the non-null `pctx`.
+    let ctx = unsafe { *pctx };
+    match state().ledger.reserve(d, cost) {
+        Ok(r) => {
+            tracing::debug!("context {ctx:?} on device {d} costs {} MiB", cost >> 20);
+            r.commit_as(Key::Context(ctx as u64), 0, Kind::Context);
+        }
+        Err(denied) => {
+            tracing::warn!(
+                "device {d}: a new context ({} MiB) does not fit in the {} MiB cap ({} MiB in use)",
+                cost >> 20,
+                denied.limit >> 20,
+                denied.used >> 20
+            );
+            undo(ctx, d);
+            // SAFETY: same out-pointer; the caller must not see a context that no longer exists.
+            unsafe { *pctx = std::ptr::null_mut() };
+            return CUresult::ERROR_OUT_OF_MEMORY;
+        }
+    }
+    crate::state::record_cuda_uuids();
     rc
 }
 
-pub unsafe fn create_v2(
-    real: Real<'_, CUresult>,
-    pctx: *mut CUcontext,
-    _flags: c_uint,
-    dev: CUdevice,
-) -> CUresult {
-    unsafe { create_common(real, pctx, dev) }
+pub unsafe fn create_v2(real: Real<'_, CUresult>, pctx: *mut CUcontext, _flags: c_uint, dev: CUdevice) -> CUresult {
+    unsafe { create_common(real, pctx, dev, driver::destroy_context) }
 }
 
 pub unsafe fn create_v3(
@@ -107,7 +119,7 @@ pub unsafe fn create_v3(
     _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    unsafe { create_common(real, pctx, dev) }
+    unsafe { create_common(real, pctx, dev, driver::destroy_context) }
 }
 
 pub unsafe fn create_v4(
@@ -117,7 +129,7 @@ pub unsafe fn create_v4(
     _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    unsafe { create_common(real, pctx, dev) }
+    unsafe { create_common(real, pctx, dev, driver::destroy_context) }
 }
 
 pub unsafe fn destroy(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
@@ -130,15 +142,8 @@ pub unsafe fn destroy(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
 
 /// The primary context is created by the first retain (the driver keeps the count; we ask it
 /// whether the context is active rather than keeping a second count that could drift).
-pub unsafe fn primary_retain(
-    real: Real<'_, CUresult>,
-    pctx: *mut CUcontext,
-    dev: CUdevice,
-) -> CUresult {
-    let Some(slot) = usize::try_from(dev)
-        .ok()
-        .and_then(|d| state().primary.get(d))
-    else {
+pub unsafe fn primary_retain(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
+    let Some(slot) = usize::try_from(dev).ok().and_then(|d| state().primary.get(d)) else {
         return real.call();
     };
     let Ok(d) = usize::try_from(dev) else {
@@ -147,7 +152,7 @@ pub unsafe fn primary_retain(
     if pctx.is_null() || driver::primary_context_active(d).unwrap_or(true) {
         return real.call();
     }
-    let rc = unsafe { create_common(real, pctx, dev) };
+    let rc = unsafe { create_common(real, pctx, dev, |_, d| driver::release_primary_context(d)) };
     if rc.is_success() {
         // SAFETY: written by the driver on success.
         slot.store(unsafe { *pctx } as u64, Ordering::Release);

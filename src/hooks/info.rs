@@ -10,11 +10,7 @@ use crate::driver;
 use crate::intercept::Real;
 use crate::state::state;
 
-pub unsafe fn mem_get_info(
-    real: Real<'_, CUresult>,
-    free: *mut usize,
-    total: *mut usize,
-) -> CUresult {
+pub unsafe fn mem_get_info(real: Real<'_, CUresult>, free: *mut usize, total: *mut usize) -> CUresult {
     let rc = real.call();
     if !rc.is_success() || free.is_null() || total.is_null() {
         return rc;
@@ -35,11 +31,7 @@ pub unsafe fn mem_get_info(
     rc
 }
 
-pub unsafe fn device_total_mem(
-    real: Real<'_, CUresult>,
-    bytes: *mut usize,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe fn device_total_mem(real: Real<'_, CUresult>, bytes: *mut usize, dev: CUdevice) -> CUresult {
     let rc = real.call();
     if !rc.is_success() || bytes.is_null() {
         return rc;

@@ -6,13 +6,13 @@
 use std::ffi::c_uint;
 
 use cuda_types::*;
-use vgpu_core::ledger::{Denied, Key, ProcessAccounting, Reservation};
+use vgpu_core::ledger::{Denied, Key, Reservation};
 
 use crate::driver;
 use crate::intercept::Real;
 use crate::state::state;
 
-type Res = Reservation<'static, ProcessAccounting>;
+type Res = Reservation<'static, crate::container::ContainerAccounting>;
 
 fn deny(d: Denied) -> CUresult {
     tracing::warn!(
@@ -39,11 +39,7 @@ fn reserve_current(bytes: u64) -> Result<Option<(Res, u64)>, CUresult> {
 
 /// The common shape: reserve, call, commit under the returned pointer. `P` is the pointer width
 /// the API writes (the 32-bit `cuMemAlloc` of CUDA < 3.2 writes 4 bytes).
-unsafe fn alloc_ptr<P: Copy + Into<u64>>(
-    real: Real<'_, CUresult>,
-    dptr: *mut P,
-    bytes: u64,
-) -> CUresult {
+unsafe fn alloc_ptr<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P, bytes: u64) -> CUresult {
     if dptr.is_null() || bytes == 0 {
         return real.call();
     }
@@ -112,9 +108,7 @@ pub unsafe fn alloc_pitch(
     if dptr.is_null() || pitch.is_null() || width == 0 || height == 0 {
         return real.call();
     }
-    let estimate = (width as u64)
-        .next_multiple_of(512)
-        .saturating_mul(height as u64);
+    let estimate = (width as u64).next_multiple_of(512).saturating_mul(height as u64);
     let (mut r, ctx) = match reserve_current(estimate) {
         Ok(Some(r)) => r,
         Ok(None) => return real.call(),
@@ -166,10 +160,11 @@ pub unsafe fn create(
 }
 
 fn array_estimate(width: usize, height: usize, depth: usize, format: u32, channels: u32) -> u64 {
-    [width, height.max(1), depth.max(1)].iter().fold(
-        array_format::channel_bytes(format).saturating_mul(channels.max(1) as u64),
-        |acc, &n| acc.saturating_mul(n as u64),
-    )
+    [width, height.max(1), depth.max(1)]
+        .iter()
+        .fold(array_format::channel_bytes(format).saturating_mul(channels.max(1) as u64), |acc, &n| {
+            acc.saturating_mul(n as u64)
+        })
 }
 
 /// Arrays: reserve the element-size estimate, then settle on the driver's own size where it
@@ -218,16 +213,7 @@ pub unsafe fn array_create(
         return real.call();
     };
     let estimate = array_estimate(d.Width, d.Height, 1, d.Format, d.NumChannels);
-    unsafe {
-        array_common(
-            real,
-            array,
-            estimate,
-            Key::Array,
-            driver::array_size,
-            driver::destroy_array,
-        )
-    }
+    unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
 }
 
 pub unsafe fn array3d_create(
@@ -240,16 +226,7 @@ pub unsafe fn array3d_create(
         return real.call();
     };
     let estimate = array_estimate(d.Width, d.Height, d.Depth, d.Format, d.NumChannels);
-    unsafe {
-        array_common(
-            real,
-            array,
-            estimate,
-            Key::Array,
-            driver::array_size,
-            driver::destroy_array,
-        )
-    }
+    unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
 }
 
 pub unsafe fn mipmapped_create(
@@ -265,13 +242,7 @@ pub unsafe fn mipmapped_create(
     let estimate = (0..levels.clamp(1, 64))
         .map(|l| {
             let shrink = |n: usize| (n >> l).max(1);
-            array_estimate(
-                shrink(d.Width),
-                shrink(d.Height),
-                shrink(d.Depth),
-                d.Format,
-                d.NumChannels,
-            )
+            array_estimate(shrink(d.Width), shrink(d.Height), shrink(d.Depth), d.Format, d.NumChannels)
         })
         .fold(0u64, u64::saturating_add);
     unsafe {
@@ -302,11 +273,7 @@ pub unsafe fn free_v1(real: Real<'_, CUresult>, dptr: c_uint) -> CUresult {
     free_then_release(real, Key::DevicePtr(dptr.into()))
 }
 
-pub unsafe fn free_async(
-    real: Real<'_, CUresult>,
-    dptr: CUdeviceptr,
-    _stream: CUstream,
-) -> CUresult {
+pub unsafe fn free_async(real: Real<'_, CUresult>, dptr: CUdeviceptr, _stream: CUstream) -> CUresult {
     free_then_release(real, Key::DevicePtr(dptr))
 }
 
@@ -331,13 +298,7 @@ mod tests {
     fn array_estimates() {
         assert_eq!(array_estimate(1024, 0, 0, FLOAT, 1), 4096);
         assert_eq!(array_estimate(1024, 512, 0, HALF, 4), 1024 * 512 * 8);
-        assert_eq!(
-            array_estimate(64, 64, 64, UNSIGNED_INT8, 2),
-            64 * 64 * 64 * 2
-        );
-        assert_eq!(
-            array_estimate(usize::MAX, usize::MAX, 2, FLOAT, 4),
-            u64::MAX
-        );
+        assert_eq!(array_estimate(64, 64, 64, UNSIGNED_INT8, 2), 64 * 64 * 64 * 2);
+        assert_eq!(array_estimate(usize::MAX, usize::MAX, 2, FLOAT, 4), u64::MAX);
     }
 }

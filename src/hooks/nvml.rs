@@ -11,9 +11,13 @@ use crate::state::{ordinal_of_uuid, state};
 
 /// Our view for a device, given the driver's physical numbers; `None` when it is uncapped.
 fn capped_view(device: nvmlDevice_t, total: u64, free: u64) -> Option<MemoryView> {
+    let ledger = &state().ledger;
+    // Uncapped everywhere: the driver's answer, without a single extra NVML call.
+    if (0..vgpu_core::MAX_DEVICES).all(|d| ledger.limit(d).is_none()) {
+        return None;
+    }
     let uuid = driver::nvml_device_uuid(device).ok()?;
     let dev = ordinal_of_uuid(&uuid)?;
-    let ledger = &state().ledger;
     let cap = ledger.limit(dev)?;
     Some(virtual_view(Some(cap), ledger.used(dev), total, free))
 }
@@ -29,11 +33,7 @@ pub unsafe fn memory_info(
         return rc;
     };
     if let Some(v) = capped_view(device, m.total, m.free) {
-        *m = nvmlMemory_t {
-            total: v.total,
-            free: v.free,
-            used: v.used,
-        };
+        *m = nvmlMemory_t { total: v.total, free: v.free, used: v.used };
     }
     rc
 }

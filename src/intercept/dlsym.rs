@@ -70,10 +70,7 @@ unsafe extern "C" fn dlsym_hook(handle: *mut c_void, name: *const c_char) -> *mu
         _ => return found,
     };
     // Never unwind into the loader; a failed lookup of ours returns the real answer.
-    std::panic::catch_unwind(|| super::hook_for(lib, found))
-        .ok()
-        .flatten()
-        .unwrap_or(found)
+    std::panic::catch_unwind(|| super::hook_for(lib, found)).ok().flatten().unwrap_or(found)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -44,11 +44,7 @@ pub struct RealFn {
 
 impl RealFn {
     pub const fn new(lib: Lib, name: &'static CStr) -> Self {
-        RealFn {
-            lib,
-            name,
-            addr: AtomicUsize::new(UNRESOLVED),
-        }
+        RealFn { lib, name, addr: AtomicUsize::new(UNRESOLVED) }
     }
 
     /// The real address, or `None` when the library or the symbol is missing.
@@ -117,11 +113,7 @@ impl<R: Copy> Real<'_, R> {
 
 /// Runs a handler; if our code panics, logs once and falls back to the driver (fail open).
 #[inline]
-pub fn guard<R: Code>(
-    name: &'static str,
-    call: &dyn Fn() -> R,
-    handler: impl FnOnce(Real<'_, R>) -> R,
-) -> R {
+pub fn guard<R: Code>(name: &'static str, call: &dyn Fn() -> R, handler: impl FnOnce(Real<'_, R>) -> R) -> R {
     let done = Cell::new(None);
     match catch_unwind(AssertUnwindSafe(|| handler(Real { call, done: &done }))) {
         Ok(r) => r,
@@ -169,8 +161,75 @@ pub fn hook_for(lib: Lib, real: *mut c_void) -> Option<*mut c_void> {
 
 /// The hook's name for a hook address (for debug logs and tests).
 pub fn hook_name(hook: *mut c_void) -> &'static str {
-    table::HOOKS
-        .iter()
-        .find(|h| h.hook == hook as *const c_void)
-        .map_or("?", |h| h.name)
+    table::HOOKS.iter().find(|h| h.hook == hook as *const c_void).map_or("?", |h| h.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use cuda_types::{CUresult, nvmlReturn_t};
+
+    use super::guard;
+
+    /// A real function that counts its calls and answers `code`.
+    fn counting<'a, R: Copy + 'a>(calls: &'a Cell<u32>, code: R) -> impl Fn() -> R + 'a {
+        move || {
+            calls.set(calls.get() + 1);
+            code
+        }
+    }
+
+    #[test]
+    fn panic_before_the_real_call_falls_through_to_it_once() {
+        let calls = Cell::new(0);
+        let real = counting(&calls, CUresult::ERROR_INVALID_VALUE);
+        let r = guard::<CUresult>("test_before", &real, |_real| panic!("handler fails before calling the driver"));
+        assert_eq!(r, CUresult::ERROR_INVALID_VALUE, "the driver's own code");
+        assert_eq!(calls.get(), 1, "the driver is called exactly once");
+    }
+
+    #[test]
+    fn panic_after_the_real_call_returns_its_code_without_calling_again() {
+        let calls = Cell::new(0);
+        let real = counting(&calls, CUresult::ERROR_OUT_OF_MEMORY);
+        let r = guard::<CUresult>("test_after", &real, |real| {
+            let rc = real.call();
+            assert_eq!(rc, CUresult::ERROR_OUT_OF_MEMORY);
+            panic!("handler fails after the driver answered")
+        });
+        assert_eq!(r, CUresult::ERROR_OUT_OF_MEMORY, "the recorded code");
+        assert_eq!(calls.get(), 1, "never a second driver call");
+    }
+
+    #[test]
+    fn panic_after_a_successful_real_call_returns_success() {
+        let calls = Cell::new(0);
+        let real = counting(&calls, nvmlReturn_t::SUCCESS);
+        let r = guard::<nvmlReturn_t>("test_after_nvml", &real, |real| {
+            real.call();
+            panic!("post-processing of a successful call fails")
+        });
+        assert_eq!(r, nvmlReturn_t::SUCCESS);
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn a_normal_handler_result_is_returned() {
+        // A handler that refuses without reaching the driver.
+        let calls = Cell::new(0);
+        let real = counting(&calls, CUresult::SUCCESS);
+        let r = guard::<CUresult>("test_refuse", &real, |_real| CUresult::ERROR_OUT_OF_MEMORY);
+        assert_eq!(r, CUresult::ERROR_OUT_OF_MEMORY);
+        assert_eq!(calls.get(), 0, "the handler chose not to call the driver");
+
+        // A handler that calls the driver and answers something else.
+        let real = counting(&calls, CUresult::SUCCESS);
+        let r = guard::<CUresult>("test_rewrite", &real, |real| {
+            assert_eq!(real.call(), CUresult::SUCCESS);
+            CUresult::ERROR_INVALID_DEVICE
+        });
+        assert_eq!(r, CUresult::ERROR_INVALID_DEVICE);
+        assert_eq!(calls.get(), 1);
+    }
 }

@@ -19,3 +19,4 @@ $cc $flags -o "$out/cudart_like" "$here/cudart_like.c" -ldl
 $cc $flags -o "$out/nvml_smi" "$here/nvml_smi.c" -ldl
 $cc $flags -o "$out/cudart_real" "$here/cudart_real.c" -ldl
 $cc $flags -o "$out/rtld_next" "$here/rtld_next.c" -L"$driver" -lcuda -ldl
+$cc $flags -o "$out/nvml_linked" "$here/nvml_linked.c" -L"$driver" -lnvidia-ml

@@ -26,10 +26,7 @@ fn repo() -> &'static Path {
 /// `target/<profile>`, from where this test binary lives (`target/<profile>/deps/…`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf()
 }
 
 fn check(cmd: &mut Command) {
@@ -47,9 +44,7 @@ pub fn artifacts() -> &'static Artifacts {
     ARTIFACTS.get_or_init(|| {
         let profile = profile_dir();
         let mut build = Command::new(env!("CARGO"));
-        build
-            .current_dir(repo())
-            .args(["build", "-p", "libvgpu", "-p", "fakegpu"]);
+        build.current_dir(repo()).args(["build", "-p", "libvgpu", "-p", "fakegpu"]);
         if profile.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
@@ -57,24 +52,21 @@ pub fn artifacts() -> &'static Artifacts {
         let e2e = profile.join("e2e");
         let driver_dir = e2e.join("driver");
         let bin_dir = e2e.join("bin");
-        check(
-            Command::new("sh")
-                .arg(repo().join("crates/fakegpu/make-driver-dir.sh"))
-                .arg(&profile)
-                .arg(&driver_dir),
-        );
-        check(
-            Command::new("sh")
-                .arg(repo().join("tests/c/build.sh"))
-                .arg(&driver_dir)
-                .arg(&bin_dir),
-        );
-        Artifacts {
-            lib: profile.join("libvgpu.so"),
-            driver_dir,
-            bin_dir,
-        }
+        check(Command::new("sh").arg(repo().join("crates/fakegpu/make-driver-dir.sh")).arg(&profile).arg(&driver_dir));
+        check(Command::new("sh").arg(repo().join("tests/c/build.sh")).arg(&driver_dir).arg(&bin_dir));
+        Artifacts { lib: profile.join("libvgpu.so"), driver_dir, bin_dir }
     })
+}
+
+/// A region path no other run uses (the file does not exist yet).
+pub fn fresh_region_path() -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = artifacts().bin_dir.parent().unwrap().join("regions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("{}-{n}.cache", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
 }
 
 /// A program run under the preload against the fake driver.
@@ -86,11 +78,7 @@ impl Run {
     /// `program` is a compiled test program's name (or a path).
     pub fn new(program: &str) -> Run {
         let a = artifacts();
-        let path = if program.contains('/') {
-            PathBuf::from(program)
-        } else {
-            a.bin_dir.join(program)
-        };
+        let path = if program.contains('/') { PathBuf::from(program) } else { a.bin_dir.join(program) };
         let mut cmd = Command::new(path);
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
@@ -103,9 +91,10 @@ impl Run {
                 cmd.env_remove(&k);
             }
         }
-        cmd.env("LD_LIBRARY_PATH", &a.driver_dir)
-            .env("LD_PRELOAD", &a.lib)
-            .env("FAKEGPU_MEMORY", "16g");
+        cmd.env("LD_LIBRARY_PATH", &a.driver_dir).env("LD_PRELOAD", &a.lib).env("FAKEGPU_MEMORY", "16g");
+        // Each run is its own container unless a test says otherwise: tests run in parallel and
+        // must not meet in the default /tmp/cudevshr.cache.
+        cmd.env("CUDA_DEVICE_MEMORY_SHARED_CACHE", fresh_region_path());
         Run { cmd }
     }
 
@@ -136,13 +125,7 @@ impl Run {
     /// Runs and insists on a clean exit.
     pub fn ok(self) -> Result {
         let r = self.output();
-        assert!(
-            r.status.success(),
-            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-            r.status,
-            r.stdout,
-            r.stderr
-        );
+        assert!(r.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", r.status, r.stdout, r.stderr);
         r
     }
 }
@@ -156,10 +139,7 @@ pub struct Result {
 impl Result {
     /// Lines of stdout starting with `prefix` (the C programs print `<command> <code> …`).
     pub fn lines(&self, prefix: &str) -> Vec<&str> {
-        self.stdout
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .collect()
+        self.stdout.lines().filter(|l| l.starts_with(prefix)).collect()
     }
 
     pub fn line(&self, prefix: &str) -> &str {
@@ -182,10 +162,7 @@ impl Result {
 
 pub fn field(line: &str, key: &str) -> u64 {
     let pat = format!("{key}=");
-    let v = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(&pat))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
-    v.parse()
-        .unwrap_or_else(|_| panic!("{key}={v} is not a number in {line:?}"))
+    let v =
+        line.split_whitespace().find_map(|w| w.strip_prefix(&pat)).unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    v.parse().unwrap_or_else(|_| panic!("{key}={v} is not a number in {line:?}"))
 }

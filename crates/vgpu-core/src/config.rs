@@ -15,6 +15,11 @@ pub const LOG_LEVEL: &str = "LIBCUDA_LOG_LEVEL";
 pub const VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 /// Our own: bytes charged per CUDA context when its cost cannot be measured through NVML.
 pub const CONTEXT_OVERHEAD: &str = "LIBVGPU_CONTEXT_OVERHEAD";
+/// Our own: permissions of a region file we create (octal), for containers whose processes run
+/// as several users.
+pub const REGION_MODE: &str = "LIBVGPU_REGION_MODE";
+/// HAMi: 0 high priority, 1 low (default).
+pub const TASK_PRIORITY: &str = "CUDA_TASK_PRIORITY";
 
 pub const DEFAULT_SHARED_CACHE: &str = "/tmp/cudevshr.cache";
 
@@ -38,6 +43,9 @@ pub struct Config {
     pub visible_devices: Option<String>,
     /// Fixed per-context charge, overriding the measured one.
     pub context_overhead: Option<u64>,
+    /// Permission bits of a region file we create.
+    pub region_mode: u32,
+    pub priority: i32,
 }
 
 impl Default for Config {
@@ -49,6 +57,8 @@ impl Default for Config {
             shared_cache: DEFAULT_SHARED_CACHE.to_string(),
             visible_devices: None,
             context_overhead: None,
+            region_mode: 0o600,
+            priority: 1,
         }
     }
 }
@@ -77,6 +87,8 @@ const ACCEPTED_PERCENT: &str = "a whole percentage 0-100 (0 or 100 = unlimited),
 const ACCEPTED_LEVEL: &str = "0 (errors), 1-2 (warnings), 3 (info), 4 (debug)";
 const ACCEPTED_INDEX: &str = "a device index suffix 0-15, e.g. CUDA_DEVICE_MEMORY_LIMIT_0";
 const NOT_APPLIED: &str = "this limit is NOT applied";
+const ACCEPTED_MODE: &str = "octal permission bits, e.g. 0600 (owner only) or 0666 (every user)";
+const ACCEPTED_PRIORITY: &str = "0 (high) or 1 (low)";
 
 /// Which device(s) a limit variable names.
 #[derive(Clone, Copy)]
@@ -87,9 +99,7 @@ enum Target {
 
 impl Config {
     /// Parses the variables we know; unrelated ones are ignored.
-    pub fn from_vars<'a>(
-        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> (Config, Vec<ConfigError>) {
+    pub fn from_vars<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> (Config, Vec<ConfigError>) {
         let mut config = Config::default();
         let mut errors = Vec::new();
         let mut memory_all = None;
@@ -139,24 +149,28 @@ impl Config {
                     Ok(1 | 2) => config.log_level = LogLevel::Warn,
                     Ok(3) => config.log_level = LogLevel::Info,
                     Ok(4..) => config.log_level = LogLevel::Debug,
-                    Err(_) => errors.push(error(
-                        "not a level".into(),
-                        ACCEPTED_LEVEL,
-                        "using the default (warnings)",
-                    )),
+                    Err(_) => errors.push(error("not a level".into(), ACCEPTED_LEVEL, "using the default (warnings)")),
                 }
             } else if name == SHARED_CACHE && !value.trim().is_empty() {
                 config.shared_cache = value.to_string();
             } else if name == VISIBLE_DEVICES {
                 config.visible_devices = Some(value.to_string());
+            } else if name == REGION_MODE {
+                let digits = value.trim().trim_start_matches("0o");
+                match u32::from_str_radix(digits, 8) {
+                    Ok(mode) if mode <= 0o777 && !digits.is_empty() => config.region_mode = mode,
+                    _ => errors.push(error("not a permission mode".into(), ACCEPTED_MODE, "using 0600")),
+                }
+            } else if name == TASK_PRIORITY {
+                match value.trim() {
+                    "0" => config.priority = 0,
+                    "1" => config.priority = 1,
+                    _ => errors.push(error("not a priority".into(), ACCEPTED_PRIORITY, "using 1 (low)")),
+                }
             } else if name == CONTEXT_OVERHEAD {
                 match parse_size(value) {
                     Ok(bytes) => config.context_overhead = Some(bytes),
-                    Err(e) => errors.push(error(
-                        e.to_string(),
-                        ACCEPTED_SIZES,
-                        "the context cost is measured instead",
-                    )),
+                    Err(e) => errors.push(error(e.to_string(), ACCEPTED_SIZES, "the context cost is measured instead")),
                 }
             }
         }
@@ -170,9 +184,7 @@ impl Config {
     pub fn from_env() -> (Config, Vec<ConfigError>) {
         let vars: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| {
-                k.starts_with("CUDA_") || k.starts_with("LIBCUDA_") || k.starts_with("LIBVGPU_")
-            })
+            .filter(|(k, _)| k.starts_with("CUDA_") || k.starts_with("LIBCUDA_") || k.starts_with("LIBVGPU_"))
             .collect();
         Config::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
@@ -184,21 +196,14 @@ impl Config {
 
 /// `CUDA_DEVICE_MEMORY_LIMIT` → all devices, `CUDA_DEVICE_MEMORY_LIMIT_3` → device 3; a bad
 /// suffix is reported rather than ignored, since it is almost certainly a typo'd limit.
-fn limit_target(
-    name: &str,
-    base: &str,
-    errors: &mut Vec<ConfigError>,
-    value: &str,
-) -> Option<Target> {
+fn limit_target(name: &str, base: &str, errors: &mut Vec<ConfigError>, value: &str) -> Option<Target> {
     let rest = name.strip_prefix(base)?;
     if rest.is_empty() {
         return Some(Target::All);
     }
     let index = rest.strip_prefix('_')?;
     match index.parse::<usize>() {
-        Ok(i) if i < MAX_DEVICES && (index == "0" || !index.starts_with('0')) => {
-            Some(Target::Device(i))
-        }
+        Ok(i) if i < MAX_DEVICES && (index == "0" || !index.starts_with('0')) => Some(Target::Device(i)),
         _ => {
             errors.push(ConfigError {
                 variable: name.to_string(),
@@ -234,10 +239,7 @@ mod tests {
 
     #[test]
     fn general_limit_applies_to_every_device_and_per_device_overrides() {
-        let (c, e) = parse(&[
-            ("CUDA_DEVICE_MEMORY_LIMIT", "4g"),
-            ("CUDA_DEVICE_MEMORY_LIMIT_1", "1024m"),
-        ]);
+        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "4g"), ("CUDA_DEVICE_MEMORY_LIMIT_1", "1024m")]);
         assert!(e.is_empty());
         assert_eq!(c.memory_limit[0], Some(4 * GIB));
         assert_eq!(c.memory_limit[1], Some(GIB));
@@ -246,10 +248,7 @@ mod tests {
 
     #[test]
     fn per_device_zero_uncaps_one_device() {
-        let (c, _) = parse(&[
-            ("CUDA_DEVICE_MEMORY_LIMIT", "4g"),
-            ("CUDA_DEVICE_MEMORY_LIMIT_2", "0"),
-        ]);
+        let (c, _) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "4g"), ("CUDA_DEVICE_MEMORY_LIMIT_2", "0")]);
         assert_eq!(c.memory_limit[2], None);
         assert_eq!(c.memory_limit[1], Some(4 * GIB));
     }
@@ -268,10 +267,7 @@ mod tests {
 
     #[test]
     fn bad_general_limit_leaves_valid_per_device_limit() {
-        let (c, e) = parse(&[
-            ("CUDA_DEVICE_MEMORY_LIMIT", "lots"),
-            ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"),
-        ]);
+        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "lots"), ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g")]);
         assert_eq!(e.len(), 1);
         assert_eq!(c.memory_limit[0], Some(GIB));
         assert_eq!(c.memory_limit[1], None);
@@ -279,11 +275,7 @@ mod tests {
 
     #[test]
     fn bad_index_suffix_is_reported() {
-        for name in [
-            "CUDA_DEVICE_MEMORY_LIMIT_16",
-            "CUDA_DEVICE_MEMORY_LIMIT_x",
-            "CUDA_DEVICE_SM_LIMIT_01",
-        ] {
+        for name in ["CUDA_DEVICE_MEMORY_LIMIT_16", "CUDA_DEVICE_MEMORY_LIMIT_x", "CUDA_DEVICE_SM_LIMIT_01"] {
             let (_, e) = parse(&[(name, "1g")]);
             assert_eq!(e.len(), 1, "{name}");
             assert!(e[0].to_string().contains("device index"));
@@ -308,10 +300,7 @@ mod tests {
 
     #[test]
     fn log_levels_and_paths() {
-        let (c, e) = parse(&[
-            ("LIBCUDA_LOG_LEVEL", "4"),
-            ("CUDA_DEVICE_MEMORY_SHARED_CACHE", "/x/y"),
-        ]);
+        let (c, e) = parse(&[("LIBCUDA_LOG_LEVEL", "4"), ("CUDA_DEVICE_MEMORY_SHARED_CACHE", "/x/y")]);
         assert!(e.is_empty());
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.shared_cache, "/x/y");
@@ -321,21 +310,32 @@ mod tests {
     }
 
     #[test]
+    fn region_mode_and_priority() {
+        let (c, e) = parse(&[("LIBVGPU_REGION_MODE", "0666"), ("CUDA_TASK_PRIORITY", "0")]);
+        assert!(e.is_empty());
+        assert_eq!((c.region_mode, c.priority), (0o666, 0));
+        let (c, e) = parse(&[("LIBVGPU_REGION_MODE", "0o640")]);
+        assert!(e.is_empty());
+        assert_eq!(c.region_mode, 0o640);
+        for bad in ["999", "rw-", "", "01777"] {
+            let (c, e) = parse(&[("LIBVGPU_REGION_MODE", bad)]);
+            assert_eq!(c.region_mode, 0o600, "{bad}");
+            assert_eq!(e.len(), 1, "{bad}");
+        }
+        let (c, e) = parse(&[("CUDA_TASK_PRIORITY", "high")]);
+        assert_eq!((c.priority, e.len()), (1, 1));
+    }
+
+    #[test]
     fn empty_values_mean_unset() {
-        let (c, e) = parse(&[
-            ("CUDA_DEVICE_MEMORY_LIMIT", ""),
-            ("CUDA_DEVICE_SM_LIMIT", " "),
-        ]);
+        let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", ""), ("CUDA_DEVICE_SM_LIMIT", " ")]);
         assert!(e.is_empty());
         assert_eq!(c, Config::default());
     }
 
     #[test]
     fn unrelated_variables_are_ignored() {
-        let (c, e) = parse(&[
-            ("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),
-            ("CUDA_DEVICE_MEMORY_LIMITX", "1"),
-        ]);
+        let (c, e) = parse(&[("CUDA_DEVICE_ORDER", "PCI_BUS_ID"), ("CUDA_DEVICE_MEMORY_LIMITX", "1")]);
         assert!(e.is_empty());
         assert_eq!(c, Config::default());
     }

@@ -31,41 +31,42 @@ pub fn parse_visible_devices(value: &str) -> Vec<VisibleEntry> {
     out
 }
 
-/// For each CUDA ordinal, the UUID of the physical device (`None` when it cannot be mapped).
-/// `physical` lists the UUIDs NVML enumerates, by NVML index.
+/// For each CUDA ordinal, the UUID of the physical device (`None` for a MIG instance, which
+/// has no whole-GPU cap). `physical` lists the UUIDs NVML enumerates, by NVML index. Like CUDA,
+/// the list ends at the first entry that names no device: an index out of range, an unknown or
+/// ambiguous UUID, or a device already listed.
 pub fn ordinal_uuids(visible: Option<&str>, physical: &[String]) -> Vec<Option<String>> {
     let Some(value) = visible else {
         return physical.iter().cloned().map(Some).collect();
     };
-    parse_visible_devices(value)
-        .into_iter()
-        .map(|entry| match entry {
+    let mut out: Vec<Option<String>> = Vec::new();
+    for entry in parse_visible_devices(value) {
+        let uuid = match entry {
             VisibleEntry::Index(i) => physical.get(i).cloned(),
             VisibleEntry::Uuid(prefix) => {
-                let mut matches = physical
-                    .iter()
-                    .filter(|u| u.to_ascii_lowercase().starts_with(&prefix));
+                let mut matches = physical.iter().filter(|u| u.to_ascii_lowercase().starts_with(&prefix));
                 match (matches.next(), matches.next()) {
                     (Some(u), None) => Some(u.clone()),
                     _ => None,
                 }
             }
-            VisibleEntry::Unsupported(_) => None,
-        })
-        .collect()
+            VisibleEntry::Unsupported(_) => {
+                out.push(None);
+                continue;
+            }
+        };
+        match uuid {
+            Some(u) if !out.contains(&Some(u.clone())) => out.push(Some(u)),
+            _ => break,
+        }
+    }
+    out
 }
 
 /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, the form NVML and `nvidia-smi -L` print.
 pub fn format_uuid(bytes: &[u8; 16]) -> String {
     let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "GPU-{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("GPU-{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 #[cfg(test)]
@@ -95,27 +96,22 @@ mod tests {
 
     #[test]
     fn uuid_forms_full_prefix_and_mixed_case() {
-        let m = ordinal_uuids(
-            Some("GPU-bbbb2222-0000-4000-8000-000000000001,gpu-CCCC,1"),
-            &phys(),
-        );
-        assert_eq!(
-            m,
-            vec![
-                Some(phys()[1].clone()),
-                Some(phys()[2].clone()),
-                Some(phys()[1].clone())
-            ]
-        );
+        let m = ordinal_uuids(Some("GPU-bbbb2222-0000-4000-8000-000000000001,gpu-CCCC,0"), &phys());
+        assert_eq!(m, vec![Some(phys()[1].clone()), Some(phys()[2].clone()), Some(phys()[0].clone())]);
     }
 
     #[test]
-    fn ambiguous_prefix_or_unknown_maps_to_none() {
-        let m = ordinal_uuids(Some("GPU-,7,MIG-abc"), &phys());
+    fn the_list_ends_at_an_entry_that_names_no_device() {
         // "GPU-" alone is not a valid entry: the list stops there, like CUDA.
-        assert!(m.is_empty());
-        let m = ordinal_uuids(Some("7,MIG-abc,0"), &phys());
-        assert_eq!(m, vec![None, None, Some(phys()[0].clone())]);
+        assert!(ordinal_uuids(Some("GPU-,0"), &phys()).is_empty());
+        assert_eq!(ordinal_uuids(Some("1,7,0"), &phys()), vec![Some(phys()[1].clone())]);
+        assert!(ordinal_uuids(Some("7,0"), &phys()).is_empty());
+        assert_eq!(ordinal_uuids(Some("1,GPU-ffff,0"), &phys()), vec![Some(phys()[1].clone())]);
+        let ambiguous = vec!["GPU-aa-1".to_string(), "GPU-aa-2".to_string()];
+        assert!(ordinal_uuids(Some("GPU-aa"), &ambiguous).is_empty());
+        assert_eq!(ordinal_uuids(Some("1,1,0"), &phys()), vec![Some(phys()[1].clone())], "a repeat ends it");
+        // A MIG instance is a device CUDA sees, but not a whole GPU we can cap.
+        assert_eq!(ordinal_uuids(Some("MIG-abc,0"), &phys()), vec![None, Some(phys()[0].clone())]);
     }
 
     #[test]

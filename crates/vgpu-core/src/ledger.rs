@@ -46,10 +46,7 @@ pub struct ProcessAccounting {
 
 impl ProcessAccounting {
     pub fn new(limits: [Option<u64>; MAX_DEVICES]) -> Self {
-        ProcessAccounting {
-            limits,
-            used: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
+        ProcessAccounting { limits, used: std::array::from_fn(|_| AtomicU64::new(0)) }
     }
 }
 
@@ -79,9 +76,7 @@ impl Accounting for ProcessAccounting {
     fn uncharge(&self, dev: usize, bytes: u64, _kind: Kind) {
         if let Some(counter) = self.used.get(dev) {
             // Saturating: an accounting bug must never show 2^64 bytes in use.
-            let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                Some(u.saturating_sub(bytes))
-            });
+            let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| Some(u.saturating_sub(bytes)));
         }
     }
 
@@ -125,10 +120,7 @@ pub struct MemoryLedger<A: Accounting> {
 
 impl<A: Accounting> MemoryLedger<A> {
     pub fn new(accounting: A) -> Self {
-        MemoryLedger {
-            accounting,
-            live: Mutex::new(HashMap::new()),
-        }
+        MemoryLedger { accounting, live: Mutex::new(HashMap::new()) }
     }
 
     pub fn accounting(&self) -> &A {
@@ -147,19 +139,9 @@ impl<A: Accounting> MemoryLedger<A> {
     pub fn reserve(&self, dev: usize, bytes: u64) -> Result<Reservation<'_, A>, Denied> {
         let limit = self.accounting.limit(dev);
         if self.accounting.try_charge(dev, bytes, limit) {
-            Ok(Reservation {
-                ledger: self,
-                dev,
-                bytes,
-                settled: false,
-            })
+            Ok(Reservation { ledger: self, dev, bytes, settled: false })
         } else {
-            Err(Denied {
-                dev,
-                requested: bytes,
-                used: self.accounting.used(dev),
-                limit: limit.unwrap_or(0),
-            })
+            Err(Denied { dev, requested: bytes, used: self.accounting.used(dev), limit: limit.unwrap_or(0) })
         }
     }
 
@@ -180,11 +162,7 @@ impl<A: Accounting> MemoryLedger<A> {
     pub fn release_context(&self, context: u64) -> u64 {
         let freed: Vec<Allocation> = {
             let mut live = self.lock();
-            let keys: Vec<Key> = live
-                .iter()
-                .filter(|(_, a)| a.context == context)
-                .map(|(k, _)| *k)
-                .collect();
+            let keys: Vec<Key> = live.iter().filter(|(_, a)| a.context == context).map(|(k, _)| *k).collect();
             keys.iter().filter_map(|k| live.remove(k)).collect()
         };
         freed
@@ -202,11 +180,7 @@ impl<A: Accounting> MemoryLedger<A> {
 
     /// Bytes this process holds on `dev`, by our own records.
     pub fn held_by_process(&self, dev: usize) -> u64 {
-        self.lock()
-            .values()
-            .filter(|a| a.dev == dev)
-            .map(|a| a.bytes)
-            .sum()
+        self.lock().values().filter(|a| a.dev == dev).map(|a| a.bytes).sum()
     }
 
     fn insert(&self, key: Key, alloc: Allocation) {
@@ -219,9 +193,7 @@ impl<A: Accounting> MemoryLedger<A> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Allocation>> {
         // A panic elsewhere while holding the map leaves it consistent (single inserts/removes).
-        self.live
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -263,17 +235,19 @@ impl<A: Accounting> Reservation<'_, A> {
     }
 
     /// The driver allocated: keep the charge until `key` is freed.
-    pub fn commit(mut self, key: Key, context: u64) {
+    pub fn commit(self, key: Key, context: u64) {
+        self.commit_as(key, context, Kind::Data)
+    }
+
+    /// As `commit`, for memory of another kind (a context's own cost).
+    pub fn commit_as(mut self, key: Key, context: u64, kind: Kind) {
+        if kind != Kind::Data {
+            let acc = &self.ledger.accounting;
+            acc.uncharge(self.dev, self.bytes, Kind::Data);
+            acc.charge(self.dev, self.bytes, kind);
+        }
         self.settled = true;
-        self.ledger.insert(
-            key,
-            Allocation {
-                dev: self.dev,
-                bytes: self.bytes,
-                kind: Kind::Data,
-                context,
-            },
-        );
+        self.ledger.insert(key, Allocation { dev: self.dev, bytes: self.bytes, kind: Kind::Data, context });
     }
 }
 
@@ -304,15 +278,7 @@ mod tests {
         l.reserve(0, 60 * MIB).unwrap().commit(Key::DevicePtr(1), 0);
         assert_eq!(l.used(0), 60 * MIB);
         let denied = l.reserve(0, 41 * MIB).err().unwrap();
-        assert_eq!(
-            denied,
-            Denied {
-                dev: 0,
-                requested: 41 * MIB,
-                used: 60 * MIB,
-                limit: 100 * MIB
-            }
-        );
+        assert_eq!(denied, Denied { dev: 0, requested: 41 * MIB, used: 60 * MIB, limit: 100 * MIB });
         l.reserve(0, 40 * MIB).unwrap().commit(Key::DevicePtr(2), 0);
         assert_eq!(l.used(0), 100 * MIB);
         assert_eq!(l.release(Key::DevicePtr(1)).unwrap().bytes, 60 * MIB);
@@ -346,13 +312,8 @@ mod tests {
     #[test]
     fn uncapped_devices_and_out_of_range_devices() {
         let l = ledger(MIB);
-        l.reserve(1, u64::MAX / 2)
-            .unwrap()
-            .commit(Key::DevicePtr(1), 0);
-        assert!(
-            l.reserve(1, u64::MAX).is_err(),
-            "overflow is refused, not wrapped"
-        );
+        l.reserve(1, u64::MAX / 2).unwrap().commit(Key::DevicePtr(1), 0);
+        assert!(l.reserve(1, u64::MAX).is_err(), "overflow is refused, not wrapped");
         assert!(l.reserve(MAX_DEVICES + 3, 5).is_ok());
     }
 
@@ -367,15 +328,7 @@ mod tests {
     #[test]
     fn context_destruction_releases_its_allocations() {
         let l = ledger(100 * MIB);
-        l.record(
-            Key::Context(5),
-            Allocation {
-                dev: 0,
-                bytes: 10 * MIB,
-                kind: Kind::Context,
-                context: 0,
-            },
-        );
+        l.record(Key::Context(5), Allocation { dev: 0, bytes: 10 * MIB, kind: Kind::Context, context: 0 });
         l.reserve(0, 20 * MIB).unwrap().commit(Key::DevicePtr(1), 5);
         l.reserve(0, 30 * MIB).unwrap().commit(Key::DevicePtr(2), 6);
         assert_eq!(l.release_context(5), 20 * MIB);

@@ -39,9 +39,7 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     if text.is_empty() {
         return Err(SizeError::Empty);
     }
-    let number_end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let number_end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(number_end);
     let unit = unit.trim_start();
     let (whole, fraction) = match number.split_once('.') {
@@ -132,10 +130,7 @@ mod tests {
         assert_eq!(parse_size("1.2.3g"), Err(SizeError::NotANumber));
         assert!(matches!(parse_size("1x"), Err(SizeError::UnknownUnit(_))));
         assert!(matches!(parse_size("1gg"), Err(SizeError::UnknownUnit(_))));
-        assert!(matches!(
-            parse_size("1 g b"),
-            Err(SizeError::UnknownUnit(_))
-        ));
+        assert!(matches!(parse_size("1 g b"), Err(SizeError::UnknownUnit(_))));
         assert_eq!(parse_size("99999999999999999999"), Err(SizeError::TooLarge));
         assert_eq!(parse_size("99999999999t"), Err(SizeError::TooLarge));
     }

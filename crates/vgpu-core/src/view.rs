@@ -10,12 +10,7 @@ pub struct MemoryView {
 }
 
 /// `used` is what the ledger says is held against the cap.
-pub fn virtual_view(
-    cap: Option<u64>,
-    used: u64,
-    physical_total: u64,
-    physical_free: u64,
-) -> MemoryView {
+pub fn virtual_view(cap: Option<u64>, used: u64, physical_total: u64, physical_free: u64) -> MemoryView {
     match cap {
         None => MemoryView {
             total: physical_total,
@@ -25,11 +20,7 @@ pub fn virtual_view(
         Some(cap) => {
             let total = cap.min(physical_total);
             let used = used.min(total);
-            MemoryView {
-                total,
-                free: physical_free.min(total - used),
-                used,
-            }
+            MemoryView { total, free: physical_free.min(total - used), used }
         }
     }
 }
@@ -47,28 +38,14 @@ mod tests {
     #[test]
     fn uncapped_is_the_driver() {
         let v = virtual_view(None, 5 * GIB, 141 * GIB, 100 * GIB);
-        assert_eq!(
-            v,
-            MemoryView {
-                total: 141 * GIB,
-                free: 100 * GIB,
-                used: 41 * GIB
-            }
-        );
+        assert_eq!(v, MemoryView { total: 141 * GIB, free: 100 * GIB, used: 41 * GIB });
         assert_eq!(virtual_total(None, 141 * GIB), 141 * GIB);
     }
 
     #[test]
     fn capped_view() {
         let v = virtual_view(Some(4 * GIB), GIB, 141 * GIB, 100 * GIB);
-        assert_eq!(
-            v,
-            MemoryView {
-                total: 4 * GIB,
-                free: 3 * GIB,
-                used: GIB
-            }
-        );
+        assert_eq!(v, MemoryView { total: 4 * GIB, free: 3 * GIB, used: GIB });
     }
 
     #[test]
@@ -80,14 +57,7 @@ mod tests {
     #[test]
     fn over_cap_usage_clamps_free_at_zero_not_2_64() {
         let v = virtual_view(Some(4 * GIB), 6 * GIB, 141 * GIB, 100 * GIB);
-        assert_eq!(
-            v,
-            MemoryView {
-                total: 4 * GIB,
-                free: 0,
-                used: 4 * GIB
-            }
-        );
+        assert_eq!(v, MemoryView { total: 4 * GIB, free: 0, used: 4 * GIB });
     }
 
     #[test]

@@ -35,7 +35,9 @@ impl std::fmt::Display for RegionError {
             RegionError::Io(p, e) => write!(f, "region file {}: {e}", p.display()),
             RegionError::Foreign(p, why) => write!(f, "region file {} is not a libvgpu region ({why})", p.display()),
             RegionError::Corrupt(p, why) => write!(f, "region file {} is corrupt ({why})", p.display()),
-            RegionError::WrongVersion(p, why) => write!(f, "region file {} has an unsupported version ({why})", p.display()),
+            RegionError::WrongVersion(p, why) => {
+                write!(f, "region file {} has an unsupported version ({why})", p.display())
+            }
             RegionError::Missing(p) => write!(f, "region file {} does not exist", p.display()),
         }
     }
@@ -145,10 +147,8 @@ impl Region {
             };
             return Err(RegionError::Foreign(path.to_path_buf(), why));
         }
-        let map = MmapOptions::new()
-            .len(FILE_SIZE)
-            .map_raw(&file)
-            .map_err(|e| RegionError::Io(path.to_path_buf(), e))?;
+        let map =
+            MmapOptions::new().len(FILE_SIZE).map_raw(&file).map_err(|e| RegionError::Io(path.to_path_buf(), e))?;
         Ok(Region { mapping: Mapping::File(map), file: Some(file), path: Some(path.to_path_buf()) })
     }
 
@@ -179,9 +179,7 @@ impl Region {
 
     fn is_all_zero(&self) -> bool {
         let s = self.shared();
-        s.major_version.load(Relaxed) == 0
-            && s.proc_num.load(Relaxed) == 0
-            && self.extension().magic.load(Relaxed) == 0
+        s.major_version.load(Relaxed) == 0 && s.proc_num.load(Relaxed) == 0 && self.extension().magic.load(Relaxed) == 0
     }
 
     fn initialise(&self, init: &InitParams) {

@@ -1,0 +1,156 @@
+//! The commands proper. Each returns its stdout text; warnings go straight to stderr.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::SeqCst;
+
+use vgpu_core::MAX_DEVICES;
+use vgpu_region::Region;
+use vgpu_region::layout::MAX_PROCS;
+
+use crate::CliError;
+use crate::render::{self, cap, percent, size};
+use crate::snapshot::{self, SCHEMA_VERSION, Scan, Skipped};
+
+/// Never `open_or_create`: a region is the container's to create, with its environment's limits.
+fn open(path: &Path) -> Result<Region, CliError> {
+    Region::open_existing(path).map_err(|e| CliError::Runtime(e.to_string()))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Runtime(format!("encoding JSON: {e}")))?;
+    Ok(text + "\n")
+}
+
+pub fn status(path: &Path, as_json: bool) -> Result<String, CliError> {
+    let region = open(path)?;
+    let s = snapshot::take(&region, &path.display().to_string());
+    if as_json { json(&s) } else { Ok(render::status(&s)) }
+}
+
+/// Node view. HAMi mounts one directory per container, so the files of DIR and of each direct
+/// subdirectory are candidates; anything that is not a region is reported, never fatal.
+pub fn scan(dir: &Path, as_json: bool) -> Result<String, CliError> {
+    let mut candidates = Vec::new();
+    let mut skipped = Vec::new();
+    for entry in list(dir).map_err(|e| CliError::Runtime(format!("cannot read directory {}: {e}", dir.display())))? {
+        if entry.is_dir() {
+            match list(&entry) {
+                Ok(inner) => candidates.extend(inner),
+                Err(e) => skipped.push(skip(&entry, format!("cannot read directory: {e}"))),
+            }
+        } else {
+            candidates.push(entry);
+        }
+    }
+    let mut regions = Vec::new();
+    for path in candidates {
+        // `metadata` follows symlinks, like the library opening the path would.
+        match fs::metadata(&path) {
+            Err(e) => skipped.push(skip(&path, e.to_string())),
+            Ok(m) if m.is_dir() => skipped.push(skip(&path, "directory (only one level below DIR is scanned)".into())),
+            // A FIFO or device would block or misbehave on open: never touch non-regular files.
+            Ok(m) if !m.is_file() => skipped.push(skip(&path, "not a regular file".into())),
+            Ok(_) => match Region::open_existing(&path) {
+                Ok(r) => regions.push(snapshot::take(&r, &path.display().to_string())),
+                Err(e) => skipped.push(skip(&path, e.to_string())),
+            },
+        }
+    }
+    regions.sort_by(|a, b| a.path.cmp(&b.path));
+    skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    let scan = Scan { schema_version: SCHEMA_VERSION, dir: dir.display().to_string(), regions, skipped };
+    if as_json { json(&scan) } else { Ok(render::scan(&scan)) }
+}
+
+fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<Vec<_>>>()?;
+    paths.sort();
+    Ok(paths)
+}
+
+fn skip(path: &Path, reason: String) -> Skipped {
+    Skipped { path: path.display().to_string(), reason }
+}
+
+/// What the cap is enforced against: every slot's `total`, dead ones included until reaped
+/// (the same sum `RegionAccounting` computes).
+fn charged(region: &Region, dev: usize) -> u64 {
+    let s = region.shared();
+    let n = s.proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
+    s.procs[..n].iter().map(|p| p.used[dev].total.load(SeqCst)).fold(0, u64::saturating_add)
+}
+
+fn sm_of(raw: u64) -> Option<u64> {
+    (raw != 0 && raw < 100).then_some(raw)
+}
+
+/// Writes limits live: processes read `limit[dev]`/`sm_limit[dev]` on every charge or launch.
+pub fn set(path: &Path, devices: &[usize], memory: Option<u64>, sm: Option<u64>) -> Result<String, CliError> {
+    let region = open(path)?;
+    let s = region.shared();
+    let described = (s.device_num.load(SeqCst) as usize).min(MAX_DEVICES);
+    let targets: Vec<usize> = if !devices.is_empty() {
+        // An index past the devices the region describes is almost surely a typo; with
+        // device_num 0 (no process has seen CUDA yet) any index is plausible.
+        if let Some(&bad) = devices.iter().find(|&&d| described > 0 && d >= described) {
+            return Err(CliError::Runtime(format!(
+                "device {bad} is not in region {} (it describes devices 0-{})",
+                path.display(),
+                described - 1
+            )));
+        }
+        devices.to_vec()
+    } else if described > 0 {
+        (0..described).collect()
+    } else {
+        (0..MAX_DEVICES).collect()
+    };
+    let mut out = String::new();
+    for &d in &targets {
+        if let Some(new) = memory {
+            let old = s.limit[d].swap(new, SeqCst);
+            out += &change(d, "memory cap", cap((old != 0).then_some(old)), cap((new != 0).then_some(new)));
+            let used = charged(&region, d);
+            if new != 0 && used > new {
+                eprintln!(
+                    "vgpu: warning: device {d}: {} in use is above the new cap {}; existing memory stays \
+                     allocated and new allocations fail until usage drops below the cap",
+                    size(used),
+                    size(new)
+                );
+            }
+        }
+        if let Some(new) = sm {
+            let old = s.sm_limit[d].swap(new, SeqCst);
+            out += &change(d, "SM limit", percent(sm_of(old)), percent(sm_of(new)));
+        }
+    }
+    Ok(out)
+}
+
+fn change(dev: usize, what: &str, old: String, new: String) -> String {
+    if old == new {
+        format!("device {dev}: {what} {new} (unchanged)\n")
+    } else {
+        format!("device {dev}: {what} {old} -> {new}\n")
+    }
+}
+
+/// Zeroes dead slots. The library reaps on its own when a charge is refused; this is for an
+/// operator who wants the numbers right now (or whose container has no live process left).
+pub fn reap(path: &Path) -> Result<String, CliError> {
+    let region = open(path)?;
+    let reaped = region.reap(None);
+    if reaped.is_empty() {
+        return Ok("no dead slots to reclaim\n".into());
+    }
+    let mut out = String::new();
+    let mut total = 0u64;
+    for (slot, pid, bytes) in &reaped {
+        out += &format!("reclaimed slot {slot} (pid {pid}): {}\n", size(*bytes));
+        total = total.saturating_add(*bytes);
+    }
+    out += &format!("reclaimed {} slot(s), {} in total\n", reaped.len(), size(total));
+    Ok(out)
+}

@@ -1,0 +1,153 @@
+//! Human output: readable at a glance, sizes in binary units ("1.5 GiB"), "unlimited" for no cap.
+//! Scripts should use `--json`; this text may change.
+
+use crate::snapshot::{Scan, Status};
+
+/// Bytes in the largest binary unit that keeps the number ≥ 1, with at most two decimals.
+/// Binary units because caps are written that way (`4g` = 4 GiB) and must read back the same.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut value, mut unit) = (bytes as f64, 0);
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        return format!("{bytes} B");
+    }
+    let text = format!("{value:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} {}", UNITS[unit])
+}
+
+pub fn cap(limit: Option<u64>) -> String {
+    limit.map_or("unlimited".into(), size)
+}
+
+pub fn percent(sm: Option<u64>) -> String {
+    sm.map_or("unlimited".into(), |p| format!("{p}%"))
+}
+
+/// Left-aligned columns, two spaces apart, no trailing blanks.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn strings<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn status(s: &Status) -> String {
+    let mut out = format!(
+        "region {} (HAMi v{}.{}, libvgpu extension v{})\n",
+        s.path, s.version.major, s.version.minor, s.version.extension
+    );
+    out += &format!("processes: {} alive, {} dead (proc_num {})\n", s.alive_processes, s.dead_slots, s.proc_num);
+    out.push('\n');
+    if s.devices.is_empty() {
+        out += "no devices recorded yet (no process has initialised CUDA)\n";
+    } else {
+        let mut rows = vec![strings(["DEV", "UUID", "MEMORY CAP", "USED", "CONTEXTS", "SM LIMIT", "CAP DENIALS"])];
+        for d in &s.devices {
+            rows.push(vec![
+                d.index.to_string(),
+                if d.uuid.is_empty() { "-".into() } else { d.uuid.clone() },
+                cap(d.memory_limit),
+                size(d.used),
+                size(d.context),
+                percent(d.sm_limit),
+                d.cap_denials.to_string(),
+            ]);
+        }
+        out += &table(&rows);
+    }
+    for d in s.devices.iter().filter(|d| d.dead_used > 0) {
+        out += &format!(
+            "note: device {}: {} held by dead processes still counts against the cap (run `vgpu reap`)\n",
+            d.index,
+            size(d.dead_used)
+        );
+    }
+    for d in &s.devices {
+        let charged = d.used.saturating_add(d.dead_used);
+        if let Some(cap) = d.memory_limit.filter(|&cap| charged > cap) {
+            out += &format!(
+                "note: device {}: {} charged is above the cap {}; new allocations fail until it drops\n",
+                d.index,
+                size(charged),
+                size(cap)
+            );
+        }
+    }
+    out.push('\n');
+    if s.processes.is_empty() {
+        out += "no processes\n";
+        return out;
+    }
+    let mut rows = vec![strings(["SLOT", "PID", "HOSTPID", "STATE", "USAGE"])];
+    for p in &s.processes {
+        let usage: Vec<String> = p
+            .usage
+            .iter()
+            .map(|u| {
+                let ctx = if u.context > 0 { format!(" (contexts {})", size(u.context)) } else { String::new() };
+                format!("dev {}: {}{ctx}", u.device, size(u.total))
+            })
+            .collect();
+        rows.push(vec![
+            p.slot.to_string(),
+            p.pid.to_string(),
+            p.hostpid.map_or("-".into(), |h| h.to_string()),
+            p.state.to_string(),
+            if usage.is_empty() { "-".into() } else { usage.join(", ") },
+        ]);
+    }
+    out += &table(&rows);
+    out
+}
+
+pub fn scan(s: &Scan) -> String {
+    let mut out = format!("scanned {}: {} region(s), {} skipped\n", s.dir, s.regions.len(), s.skipped.len());
+    for r in &s.regions {
+        out += "\n";
+        out += &status(r);
+    }
+    if !s.skipped.is_empty() {
+        out += "\nskipped:\n";
+        for k in &s.skipped {
+            out += &format!("  {}: {}\n", k.path, k.reason);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_back_as_written() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(3 << 29), "1.5 GiB");
+        assert_eq!(size(4 << 30), "4 GiB");
+        assert_eq!(size(300 << 20), "300 MiB");
+        assert_eq!(size(u64::MAX), "16777216 TiB");
+        assert_eq!(cap(None), "unlimited");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&[strings(["A", "LONG"]), strings(["wide", "x"])]);
+        assert_eq!(t, "A     LONG\nwide  x\n");
+    }
+}

@@ -1,0 +1,131 @@
+//! The ledger's counters: the container's shared region, or a private one when the file cannot
+//! be used (degrade, never die: one stderr line, then the env limits hold per process).
+//!
+//! Fork: a child shares its parent's open file description and so its OFD slot lock; it must
+//! never write the parent's slot. A `pthread_atfork` child handler bumps a generation; the next
+//! accounting call in the child opens its own description and claims its own slot. (Registering
+//! an atfork handler changes nothing for the application: no signal, umask or environment.)
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicPtr, AtomicU64};
+
+use vgpu_core::config::Config;
+use vgpu_core::ledger::{Accounting, Kind};
+use vgpu_region::{InitParams, Region, RegionAccounting};
+
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Relaxed);
+}
+
+struct Attachment {
+    accounting: RegionAccounting,
+    generation: u64,
+}
+
+pub struct ContainerAccounting {
+    /// Leaked on replacement (after a fork): a mapping is 2 MiB of address space, once per fork.
+    current: AtomicPtr<Attachment>,
+    reattach: Mutex<()>,
+    init: InitParams,
+    path: String,
+    mode: u32,
+}
+
+impl ContainerAccounting {
+    pub fn new(config: &Config) -> Self {
+        let init = InitParams {
+            limits: config.memory_limit,
+            sm_limits: config.sm_limit,
+            uuids: Vec::new(),
+            priority: config.priority,
+        };
+        let attachment = attach(&config.shared_cache, config.region_mode, &init);
+        // SAFETY: registering a plain function with no captured state.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        ContainerAccounting {
+            current: AtomicPtr::new(Box::into_raw(Box::new(attachment))),
+            reattach: Mutex::new(()),
+            init,
+            path: config.shared_cache.clone(),
+            mode: config.region_mode,
+        }
+    }
+
+    fn get(&self) -> &RegionAccounting {
+        // SAFETY: `current` always points at a leaked, never-freed Attachment.
+        let a = unsafe { &*self.current.load(Acquire) };
+        if a.generation == FORK_GENERATION.load(Relaxed) {
+            return &a.accounting;
+        }
+        self.after_fork()
+    }
+
+    #[cold]
+    fn after_fork(&self) -> &RegionAccounting {
+        let _guard = self.reattach.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: as in `get`.
+        let a = unsafe { &*self.current.load(Acquire) };
+        if a.generation != FORK_GENERATION.load(Relaxed) {
+            let fresh = Box::into_raw(Box::new(attach(&self.path, self.mode, &self.init)));
+            self.current.store(fresh, Release);
+        }
+        // SAFETY: as in `get`.
+        unsafe { &(*self.current.load(Acquire)).accounting }
+    }
+
+    pub fn region(&self) -> &Region {
+        self.get().region()
+    }
+}
+
+fn attach(path: &str, mode: u32, init: &InitParams) -> Attachment {
+    let generation = FORK_GENERATION.load(Relaxed);
+    let pid = std::process::id() as i32;
+    let shared = Region::open_or_create(Path::new(path), mode, init).map_err(|e| e.to_string()).and_then(|r| {
+        match r.claim_slot(pid, 0) {
+            Ok(slot) => Ok(RegionAccounting::new(r, slot)),
+            Err(e) => Err(format!("region file {path}: {e}")),
+        }
+    });
+    let accounting = shared.unwrap_or_else(|why| {
+        tracing::error!("{why}; enforcing the limits of this process's environment for this process only");
+        private(init)
+    });
+    Attachment { accounting, generation }
+}
+
+fn private(init: &InitParams) -> RegionAccounting {
+    let region = Region::private(init).unwrap_or_else(|e| {
+        // Without even 2 MiB of anonymous memory nothing works; try once more rather than abort.
+        tracing::error!("cannot map private accounting memory: {e}");
+        Region::private(init).expect("anonymous mapping")
+    });
+    // A private region has one process: slot 0 (claiming also sets proc_num, which sums read).
+    let slot = region.claim_slot(std::process::id() as i32, 0).unwrap_or(0);
+    RegionAccounting::new(region, slot)
+}
+
+impl Accounting for ContainerAccounting {
+    fn limit(&self, dev: usize) -> Option<u64> {
+        self.get().limit(dev)
+    }
+    fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
+        self.get().try_charge(dev, bytes, limit)
+    }
+    fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
+        self.get().charge(dev, bytes, kind)
+    }
+    fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
+        self.get().uncharge(dev, bytes, kind)
+    }
+    fn used(&self, dev: usize) -> u64 {
+        self.get().used(dev)
+    }
+    fn record_denial(&self, dev: usize) {
+        self.get().record_denial(dev)
+    }
+}

@@ -1,0 +1,142 @@
+//! The cap is the container's: real processes under the preload share one region file.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use common::{GIB, MIB, Run, field, fresh_region_path};
+use vgpu_region::Region;
+
+const CONTEXT: u64 = 300 * MIB;
+
+fn in_container(region: &Path, cap: &str, args: &[&str]) -> Command {
+    let a = common::artifacts();
+    let mut cmd = Command::new(a.bin_dir.join("alloc_linked"));
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("CUDA_") || k.starts_with("LIBVGPU_") || k.starts_with("FAKEGPU_") || k.starts_with("LIBCUDA_")
+        {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("LD_LIBRARY_PATH", &a.driver_dir)
+        .env("LD_PRELOAD", &a.lib)
+        .env("FAKEGPU_MEMORY", "16g")
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", region)
+        .env("CUDA_DEVICE_MEMORY_LIMIT", cap)
+        .args(args);
+    cmd
+}
+
+fn region_total(region: &Path, dev: usize) -> u64 {
+    // The file may not exist, or be mid-initialisation, while its first process starts.
+    let Ok(r) = Region::open_existing(region) else { return 0 };
+    let n = r.shared().proc_num.load(SeqCst) as usize;
+    r.shared().procs[..n].iter().map(|p| p.used[dev].total.load(SeqCst)).sum()
+}
+
+/// Eight processes grab 64 MiB blocks at the same moment and hold them: what they got together
+/// never exceeds the cap, and comes close to it (the protocol is not needlessly strict).
+#[test]
+fn eight_racing_processes_never_exceed_the_container_cap() {
+    let region = fresh_region_path();
+    let cap = 4 * GIB;
+    let mut script = vec!["init"];
+    script.extend(std::iter::repeat_n(["alloc", "64m"], 40).flatten());
+    script.extend(["sleep", "400", "free-all"]);
+    for round in 0..3 {
+        let children: Vec<_> =
+            (0..8).map(|_| in_container(&region, "4g", &script).stdout(Stdio::piped()).spawn().unwrap()).collect();
+        let (mut granted, mut contexts) = (0, 0);
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            let text = String::from_utf8_lossy(&out.stdout);
+            granted += text.lines().filter(|l| l.starts_with("alloc 67108864 0 ")).count() as u64 * 64 * MIB;
+            // A process whose context no longer fits is refused at init (OUT_OF_MEMORY).
+            contexts += text.lines().filter(|l| l.starts_with("init 0 ")).count() as u64 * CONTEXT;
+        }
+        assert!(granted + contexts <= cap, "round {round}: {granted} + {contexts} over {cap}");
+        assert!(
+            granted + contexts + CONTEXT + 8 * 64 * MIB >= cap,
+            "round {round}: only {granted} granted under {cap}"
+        );
+    }
+    // Everything was freed; the processes' contexts are released with their (dead) slots.
+    Region::open_existing(&region).unwrap().reap(None);
+    assert_eq!(region_total(&region, 0), 0);
+}
+
+/// kill -9 at random points of a process's life: its usage is reclaimed and the next process can
+/// use the whole cap.
+#[test]
+fn sigkilled_processes_are_reclaimed() {
+    let region = fresh_region_path();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
+    for run in 0..100 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = Duration::from_micros((seed >> 33) % 40_000);
+        let mut victim = in_container(&region, "2g", &["init", "alloc", "512m", "alloc", "512m", "sleep", "1000"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        victim.kill().unwrap(); // SIGKILL
+        victim.wait().unwrap();
+        // 2 GiB cap: the checker's context + 1.5 GiB only fit if the victim's 1 GiB + context
+        // were given back.
+        let out = in_container(&region, "2g", &["init", "alloc", "1536m", "free-last"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("alloc 1610612736 0 "), "run {run} (killed after {delay:?}):\n{text}");
+    }
+}
+
+#[test]
+fn a_corrupt_region_file_degrades_to_per_process_limits() {
+    for (name, content) in
+        [("garbage", vec![0xA5u8; 3 << 20]), ("truncated", b"not a region".to_vec()), ("hami", vec![0u8; 2_008_953])]
+    {
+        let path = fresh_region_path();
+        std::fs::write(&path, &content).unwrap();
+        let r = Run::new("alloc_linked")
+            .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &path)
+            .env("CUDA_DEVICE_MEMORY_LIMIT", "2g")
+            .args(["init", "alloc-until-oom", "64m", "meminfo"])
+            .ok();
+        let bytes = field(r.line("alloc-until-oom"), "bytes");
+        assert!(bytes + CONTEXT <= 2 * GIB && bytes > GIB, "{name}: the env cap still holds: {bytes}");
+        assert_eq!(r.field("meminfo", "total"), 2 * GIB, "{name}");
+        let lines: Vec<&str> = r.stderr.lines().filter(|l| l.contains("region file")).collect();
+        assert_eq!(lines.len(), 1, "{name}: one clear line: {}", r.stderr);
+        assert!(lines[0].contains("this process only"), "{name}: {}", lines[0]);
+        assert_eq!(std::fs::read(&path).unwrap(), content, "{name}: a foreign file is never written");
+    }
+}
+
+#[test]
+fn limits_are_live_and_usage_is_visible_to_other_processes() {
+    let region = fresh_region_path();
+    let started = Instant::now();
+    let holder = in_container(&region, "4g", &["init", "alloc", "1g", "sleep", "1500", "free-all"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the holder's gigabyte shows in the region.
+    while region_total(&region, 0) < GIB + CONTEXT {
+        assert!(started.elapsed() < Duration::from_secs(5), "holder never charged");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A second process (nvidia-smi's view, through NVML) sees the container's usage.
+    let smi = Run::new("nvml_smi").env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region).ok();
+    assert!(smi.stdout.contains("gpu 0 1324MiB / 4096MiB"), "{}", smi.stdout);
+    // An operator lowers the cap below usage: existing memory stays, new allocations fail.
+    Region::open_existing(&region).unwrap().shared().limit[0].store(2 * GIB, SeqCst);
+    let r = in_container(&region, "4g", &["init", "alloc", "512m", "meminfo"]).output().unwrap();
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains("alloc 536870912 2 "), "{text}");
+    assert!(text.contains("total=2147483648"), "the view follows the live cap: {text}");
+    holder.wait_with_output().unwrap();
+}
