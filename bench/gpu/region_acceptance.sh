@@ -63,14 +63,16 @@ b_retry=$(grep -c "B: retry allocated 6 GiB" "$CTL/B.log")
 echo
 echo "| check | expected | observed | result |"
 echo "|---|---|---|---|"
-r() { if [ "$3" = 1 ]; then echo "| $1 | $2 | $4 | PASS |"; else echo "| $1 | $2 | $4 | FAIL |"; pass=0; fi; }
-r "first process" "gets 6 GiB" "$a_ok" "$([ "$a_ok" -ge 1 ] && echo 1)"
-r "second process" "clean OOM (8g cap shared)" "$b_oom" "$([ "$b_oom" -ge 1 ] && echo 1)"
+r() {  # r CHECK EXPECTED OBSERVED OK(1/empty)
+  if [ "$4" = 1 ]; then echo "| $1 | $2 | $3 | PASS |"; else echo "| $1 | $2 | $3 | FAIL |"; pass=0; fi
+}
+r "first process" "gets 6 GiB" "$(cat "$CTL/A.log" | grep -m1 'A: allocated\|A: oom')" "$([ "$a_ok" -ge 1 ] && echo 1)"
+r "second process" "clean OOM (8g cap shared)" "$(grep -m1 'B: oom' "$CTL/B.log" | cut -c1-60)" "$([ "$b_oom" -ge 1 ] && echo 1)"
 r "sum of true footprints" "<= 8192 MiB" "$total MiB" "$([ "$total" -le 8192 ] && echo 1)"
 used1=$(echo "$SMI1" | grep -o '[0-9]*MiB /' | grep -o '[0-9]*')
 r "nvidia-smi (third process)" "combined usage / 8192MiB" "$(echo "$SMI1" | grep -o '[0-9]*MiB / *[0-9]*MiB')" \
   "$(echo "$SMI1" | grep -q '/ *8192MiB' && [ "${used1:-0}" -ge 6144 ] && echo 1)"
-r "vgpu status" "shows both processes alive" "$both" "$([ "$both" = 1 ] && echo 1)"
-r "after kill -9 of the first" "second gets 6 GiB" "$b_retry" "$([ "$b_retry" -ge 1 ] && echo 1)"
+r "vgpu status" "shows both processes alive" "pids $PIDA $PIDB alive: $both" "$([ "$both" = 1 ] && echo 1)"
+r "after kill -9 of the first" "second gets 6 GiB" "$(grep -m1 'B: retry' "$CTL/B.log")" "$([ "$b_retry" -ge 1 ] && echo 1)"
 rm -rf "$CTL"
 [ "$pass" = 1 ]

@@ -77,20 +77,21 @@ pub struct Usage {
 }
 
 /// Which device rows to show: those the region describes (`device_num`), extended to any higher
-/// index that carries a limit, usage or denial (a region created before CUDA knew its devices
-/// has device_num 0 but may already hold limits from the environment).
+/// index that carries usage or a denial. A region created before CUDA knew its devices has
+/// device_num 0 but may already hold limits from the environment: then limits count too. (A
+/// general `CUDA_DEVICE_MEMORY_LIMIT` sets all 16 slots, which must not make 16 rows.)
 fn device_count(r: &Region, processes: &[Process]) -> usize {
     let s = r.shared();
     let x = r.extension();
+    let described = (s.device_num.load(SeqCst) as usize).clamp(0, MAX_DEVICES);
     let busy = |d: usize| {
-        s.limit[d].load(SeqCst) != 0
-            || s.sm_limit[d].load(SeqCst) != 0
+        (described == 0 && (s.limit[d].load(SeqCst) != 0 || s.sm_limit[d].load(SeqCst) != 0))
             || x.cap_denials[d].load(SeqCst) != 0
             || x.driver_denials[d].load(SeqCst) != 0
             || processes.iter().any(|p| p.usage.iter().any(|u| u.device == d))
     };
     let last_busy = (0..MAX_DEVICES).rev().find(|&d| busy(d)).map_or(0, |d| d + 1);
-    (s.device_num.load(SeqCst) as usize).clamp(0, MAX_DEVICES).max(last_busy)
+    described.max(last_busy)
 }
 
 pub fn take(r: &Region, path: &str) -> Status {
