@@ -140,3 +140,22 @@ fn limits_are_live_and_usage_is_visible_to_other_processes() {
     assert!(text.contains("total=2147483648"), "the view follows the live cap: {text}");
     holder.wait_with_output().unwrap();
 }
+
+/// An operator's `vgpu set` changes what the container's next allocation sees, without a restart.
+#[test]
+fn vgpu_set_changes_the_next_allocation() {
+    let region = fresh_region_path();
+    let a = common::artifacts();
+    let first = in_container(&region, "4g", &["init", "alloc", "2g", "free-last", "meminfo"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&first.stdout).contains("alloc 2147483648 0 "));
+    let set = Command::new(&a.vgpu).args(["set", "--cache"]).arg(&region).args(["--memory", "1g"]).output().unwrap();
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert!(String::from_utf8_lossy(&set.stdout).contains("4 GiB -> 1 GiB"), "{}", String::from_utf8_lossy(&set.stdout));
+    // The same environment (4g) no longer decides: the region's live cap does.
+    let next = in_container(&region, "4g", &["init", "alloc", "1g", "meminfo"]).output().unwrap();
+    let text = String::from_utf8_lossy(&next.stdout);
+    assert!(text.contains("alloc 1073741824 2 "), "{text}");
+    assert!(text.contains("total=1073741824"), "{text}");
+    let status = Command::new(&a.vgpu).args(["status", "--json", "--cache"]).arg(&region).output().unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("\"memory_limit\": 1073741824"), "{}", String::from_utf8_lossy(&status.stdout));
+}

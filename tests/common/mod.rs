@@ -17,6 +17,8 @@ pub struct Artifacts {
     pub driver_dir: PathBuf,
     /// Compiled C test programs.
     pub bin_dir: PathBuf,
+    /// The `vgpu` operator command.
+    pub vgpu: PathBuf,
 }
 
 fn repo() -> &'static Path {
@@ -44,7 +46,7 @@ pub fn artifacts() -> &'static Artifacts {
     ARTIFACTS.get_or_init(|| {
         let profile = profile_dir();
         let mut build = Command::new(env!("CARGO"));
-        build.current_dir(repo()).args(["build", "-p", "libvgpu", "-p", "fakegpu"]);
+        build.current_dir(repo()).args(["build", "-p", "libvgpu", "-p", "fakegpu", "-p", "vgpu-cli"]);
         if profile.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
@@ -54,7 +56,7 @@ pub fn artifacts() -> &'static Artifacts {
         let bin_dir = e2e.join("bin");
         check(Command::new("sh").arg(repo().join("crates/fakegpu/make-driver-dir.sh")).arg(&profile).arg(&driver_dir));
         check(Command::new("sh").arg(repo().join("tests/c/build.sh")).arg(&driver_dir).arg(&bin_dir));
-        Artifacts { lib: profile.join("libvgpu.so"), driver_dir, bin_dir }
+        Artifacts { lib: profile.join("libvgpu.so"), driver_dir, bin_dir, vgpu: profile.join("vgpu") }
     })
 }
 
