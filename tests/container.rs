@@ -150,12 +150,20 @@ fn vgpu_set_changes_the_next_allocation() {
     assert!(String::from_utf8_lossy(&first.stdout).contains("alloc 2147483648 0 "));
     let set = Command::new(&a.vgpu).args(["set", "--cache"]).arg(&region).args(["--memory", "1g"]).output().unwrap();
     assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
-    assert!(String::from_utf8_lossy(&set.stdout).contains("4 GiB -> 1 GiB"), "{}", String::from_utf8_lossy(&set.stdout));
+    assert!(
+        String::from_utf8_lossy(&set.stdout).contains("4 GiB -> 1 GiB"),
+        "{}",
+        String::from_utf8_lossy(&set.stdout)
+    );
     // The same environment (4g) no longer decides: the region's live cap does.
     let next = in_container(&region, "4g", &["init", "alloc", "1g", "meminfo"]).output().unwrap();
     let text = String::from_utf8_lossy(&next.stdout);
     assert!(text.contains("alloc 1073741824 2 "), "{text}");
     assert!(text.contains("total=1073741824"), "{text}");
     let status = Command::new(&a.vgpu).args(["status", "--json", "--cache"]).arg(&region).output().unwrap();
-    assert!(String::from_utf8_lossy(&status.stdout).contains("\"memory_limit\": 1073741824"), "{}", String::from_utf8_lossy(&status.stdout));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("\"memory_limit\": 1073741824"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
 }

@@ -20,3 +20,5 @@ $cc $flags -o "$out/nvml_smi" "$here/nvml_smi.c" -ldl
 $cc $flags -o "$out/cudart_real" "$here/cudart_real.c" -ldl
 $cc $flags -o "$out/rtld_next" "$here/rtld_next.c" -L"$driver" -lcuda -ldl
 $cc $flags -o "$out/nvml_linked" "$here/nvml_linked.c" -L"$driver" -lnvidia-ml
+$cc $flags -o "$out/kernels" "$here/kernels.c" -ldl
+$cc $flags -o "$out/bench_api" "$here/bench_api.c" -L"$driver" -lcuda -ldl

@@ -18,22 +18,55 @@ pub struct Config {
     /// The physical devices CUDA sees, in CUDA ordinal order (`CUDA_VISIBLE_DEVICES`). NVML
     /// ignores it and lists every device, as the real one does.
     pub visible: Vec<usize>,
+    /// `FAKEGPU_KERNEL_US`: GPU time of a kernel whose name does not say (see `kernel`).
+    pub kernel_us: u64,
+    /// `FAKEGPU_TIMELINE`: the file holding the device clocks shared between processes;
+    /// `None`: this process has the devices to itself.
+    pub timeline: Option<String>,
+    /// `FAKEGPU_QUEUE_DEPTH`: launches a stream may have pending before the next one blocks,
+    /// as a real driver's command queue fills (default 1024).
+    pub queue_depth: usize,
 }
+
+pub const DEFAULT_KERNEL_US: u64 = 10;
+pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 
 impl Config {
     pub fn from_env() -> Config {
         let get = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        Config::from_values(
+        let mut cfg = Config::from_values(
             get("FAKEGPU_DEVICES").as_deref(),
             get("FAKEGPU_MEMORY").as_deref(),
             get("FAKEGPU_CONTEXT_OVERHEAD").as_deref(),
             get("FAKEGPU_UUIDS").as_deref(),
             get("FAKEGPU_LOG").map(PathBuf::from),
             // Not through `get`: set but empty means "no devices", not "unset".
-            std::env::var_os("CUDA_VISIBLE_DEVICES")
-                .map(|v| v.to_string_lossy().into_owned())
-                .as_deref(),
-        )
+            std::env::var_os("CUDA_VISIBLE_DEVICES").map(|v| v.to_string_lossy().into_owned()).as_deref(),
+        );
+        cfg.set_timeline(
+            get("FAKEGPU_KERNEL_US").as_deref(),
+            get("FAKEGPU_TIMELINE"),
+            get("FAKEGPU_QUEUE_DEPTH").as_deref(),
+        );
+        cfg
+    }
+
+    /// The simulated-execution settings (kept out of `from_values`, whose callers predate
+    /// them). A bad number keeps the current value, with a note on stderr.
+    pub fn set_timeline(&mut self, kernel_us: Option<&str>, path: Option<String>, depth: Option<&str>) {
+        if let Some(text) = kernel_us {
+            match text.trim().parse() {
+                Ok(v) => self.kernel_us = v,
+                Err(_) => warn("FAKEGPU_KERNEL_US", text),
+            }
+        }
+        if let Some(text) = depth {
+            match text.trim().parse() {
+                Ok(v) if v > 0 => self.queue_depth = v,
+                _ => warn("FAKEGPU_QUEUE_DEPTH", text),
+            }
+        }
+        self.timeline = path;
     }
 
     /// Bad values fall back to the defaults with a note on stderr rather than failing: a
@@ -76,9 +109,7 @@ impl Config {
         }
         // A shorter list repeats its last value, so "80g" alone applies to every device.
         let last = per_device.last().copied().unwrap_or(16 * GIB);
-        let memory = (0..devices)
-            .map(|i| per_device.get(i).copied().unwrap_or(last))
-            .collect();
+        let memory = (0..devices).map(|i| per_device.get(i).copied().unwrap_or(last)).collect();
         let context_overhead = match overhead {
             None => 300 * MIB,
             Some(v) => parse_size(v).unwrap_or_else(|| {
@@ -87,12 +118,7 @@ impl Config {
             }),
         };
         let given: Vec<String> = uuids
-            .map(|u| {
-                u.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
+            .map(|u| u.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default();
         let uuids = (0..devices)
             .map(|i| match given.get(i) {
@@ -111,6 +137,9 @@ impl Config {
             visible: parse_visible(visible, &uuids),
             uuids,
             log,
+            kernel_us: DEFAULT_KERNEL_US,
+            timeline: None,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
         }
     }
 }
@@ -122,10 +151,7 @@ fn warn(var: &str, value: &str) {
 /// `123`, `4k`, `512m`, `80g`, `1t` (binary units, optional trailing `b`/`ib`).
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim().to_ascii_lowercase();
-    let s = s
-        .strip_suffix("ib")
-        .or_else(|| s.strip_suffix('b'))
-        .unwrap_or(&s);
+    let s = s.strip_suffix("ib").or_else(|| s.strip_suffix('b')).unwrap_or(&s);
     let (digits, shift) = match s.as_bytes().last()? {
         b'k' => (&s[..s.len() - 1], 10),
         b'm' => (&s[..s.len() - 1], 20),
@@ -180,10 +206,7 @@ pub fn default_uuid(index: usize) -> String {
 
 /// The 16 bytes a UUID string spells: its 32 hex digits, after any `GPU-`/`MIG-` prefix.
 pub fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
-    let body = s
-        .strip_prefix("GPU-")
-        .or_else(|| s.strip_prefix("MIG-"))
-        .unwrap_or(s);
+    let body = s.strip_prefix("GPU-").or_else(|| s.strip_prefix("MIG-")).unwrap_or(s);
     let hex: Vec<u8> = body.bytes().filter(|&b| b != b'-').collect();
     if hex.len() != 32 {
         return None;
@@ -257,19 +280,12 @@ mod tests {
 
     #[test]
     fn visible_uuids() {
-        assert_eq!(
-            visible("GPU-bbbb0000-0000-4000-8000-000000000000,0"),
-            vec![2, 0]
-        );
+        assert_eq!(visible("GPU-bbbb0000-0000-4000-8000-000000000000,0"), vec![2, 0]);
         assert_eq!(visible("GPU-aaaa2,gpu-B"), vec![1, 2], "prefixes, any case");
         assert_eq!(visible("GPU-aaaa"), Vec::<usize>::new(), "ambiguous");
         assert_eq!(visible("1,GPU-aaaa,0"), vec![1], "ambiguous ends the list");
         assert_eq!(visible("GPU-c"), Vec::<usize>::new(), "unknown");
-        assert_eq!(
-            visible("GPU-,0"),
-            Vec::<usize>::new(),
-            "an empty prefix names nothing"
-        );
+        assert_eq!(visible("GPU-,0"), Vec::<usize>::new(), "an empty prefix names nothing");
         assert_eq!(visible("aaaa1111"), Vec::<usize>::new(), "no GPU- prefix");
     }
 
@@ -284,6 +300,17 @@ mod tests {
         assert_eq!(visible("0,MIG-aaaa1111,1"), vec![0], "no MIG instances");
         assert_eq!(visible("1,0,1,2"), vec![1, 0], "duplicate index");
         assert_eq!(visible("2,GPU-bbbb,0"), vec![2], "duplicate via UUID");
+    }
+
+    #[test]
+    fn timeline_settings() {
+        let mut c = Config::from_values(None, None, None, None, None, None);
+        assert_eq!((c.kernel_us, c.queue_depth, c.timeline.clone()), (10, 1024, None));
+        c.set_timeline(Some("250"), Some("/dev/shm/t".into()), Some("8"));
+        assert_eq!((c.kernel_us, c.queue_depth), (250, 8));
+        assert_eq!(c.timeline.as_deref(), Some("/dev/shm/t"));
+        c.set_timeline(Some("x"), None, Some("0"));
+        assert_eq!((c.kernel_us, c.queue_depth, c.timeline), (250, 8, None), "bad values keep the old");
     }
 
     #[test]

@@ -34,6 +34,15 @@
 //!   shows up in NVML's device 2.
 //! - `FAKEGPU_LOG`: a file that gets one line per cuGetProcAddress request,
 //!   `procaddr <symbol> <version> <flags> -> <exported name or NULL>`.
+//! - `FAKEGPU_KERNEL_US`: GPU time of a kernel whose name does not give one (below);
+//!   default 10.
+//! - `FAKEGPU_TIMELINE`: a file (e.g. in `/dev/shm`, created if missing, 4160 bytes) holding
+//!   the devices' clocks; every process naming the same file shares the simulated GPUs, as
+//!   containers share a real one. Devices meet by UUID, so differently ordered
+//!   `CUDA_VISIBLE_DEVICES` still meet, and runs with their own `FAKEGPU_UUIDS` (or their own
+//!   file) are isolated. Unset: the process has the devices to itself.
+//! - `FAKEGPU_QUEUE_DEPTH`: launches a stream may have pending before the next launch blocks
+//!   until the oldest completes (a real driver's command queue); default 1024.
 //!
 //! Besides the CUDA and NVML symbols the library exports one of its own,
 //! `uint64_t fakegpu_call_count(const char *name)`: how often the exported function `name`
@@ -47,8 +56,33 @@
 //! that physical size: caps are the interposer's job. Pointers are fake (never
 //! dereferenceable), unique per device and not reused while the address window lasts.
 //! Memory calls need a current context; destroying a context frees what was made under it.
-//! There is no execution timeline yet: async frees release at once, kernels complete
-//! instantly.
+//! Async frees release at once.
+//!
+//! # The timeline
+//!
+//! Kernels take simulated GPU time (`timeline.rs`, `state/streams.rs`, `state/events.rs`).
+//! A kernel is its duration: `cuModuleLoadData`/`cuModuleLoad`/`cuLibraryLoadData` accept any
+//! image, and `cuModuleGetFunction`/`cuLibraryGetKernel` of a name containing `sleep_us_<N>`
+//! return a handle encoding N µs (any other name: `FAKEGPU_KERNEL_US`; a non-NULL handle the
+//! fake never made: 0 µs). Launches (`cuLaunchKernel`, `cuLaunchKernelEx`,
+//! `cuLaunchCooperativeKernel`, `cuGraphLaunch`, each also `_ptsz`) return at once and queue
+//! the work: it starts at `max(now, device busy until, stream's previous work done)` and holds
+//! the device for its duration — one FIFO per device, shared by every process on the same
+//! `FAKEGPU_TIMELINE` (no time-slicing: a process that queues far ahead delays the others).
+//! `cuStreamSynchronize`, `cuCtxSynchronize` and `cuEventSynchronize` sleep until the work
+//! they wait for is done; `cuStreamQuery`/`cuEventQuery` answer `CUDA_ERROR_NOT_READY` before;
+//! an event's time is when its stream's earlier work completes, and `cuEventElapsedTime`
+//! reports the difference. Handle 0 is the legacy stream (per-thread under `_ptsz`), 1
+//! `CU_STREAM_LEGACY`, 2 `CU_STREAM_PER_THREAD`; the legacy stream synchronises with blocking
+//! streams. A captured stream (`cuStreamBeginCapture_v2` … `cuStreamEndCapture`) runs nothing
+//! and adds each launch to its graph; a graph launch queues the sum of its kernels. What the
+//! driver forbids during capture (synchronising or querying the capturing stream, legacy-stream
+//! work beside it, `cuCtxSynchronize` under a global capture) fails with the driver's code and
+//! invalidates the capture, so a test sees an interposer that breaks capture.
+//!
+//! Extra export: `CUresult fakegpu_device_busy(int ordinal, uint64_t *busy_ns, uint64_t
+//! *kernels)`, the GPU time and kernel count queued on a device by every process sharing its
+//! timeline.
 
 #![allow(non_snake_case)]
 #![allow(clippy::missing_safety_doc)]
@@ -58,6 +92,7 @@ pub mod cuda;
 pub mod nvml;
 pub mod state;
 mod tally;
+pub mod timeline;
 
 pub use tally::tally;
 

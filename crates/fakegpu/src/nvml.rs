@@ -7,8 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use cuda_types::{
-    NVML_MEMORY_V2, nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t, nvmlProcessInfo_t,
-    nvmlProcessInfo_v1_t, nvmlReturn_t,
+    NVML_MEMORY_V2, nvmlDevice_t, nvmlMemory_t, nvmlMemory_v2_t, nvmlProcessInfo_t, nvmlProcessInfo_v1_t, nvmlReturn_t,
 };
 
 use crate::config::MAX_DEVICES;
@@ -44,19 +43,11 @@ fn guard(f: impl FnOnce() -> R<()>) -> nvmlReturn_t {
 }
 
 fn need_init() -> R<()> {
-    if INIT_COUNT.load(Ordering::Acquire) > 0 {
-        Ok(())
-    } else {
-        Err(nvmlReturn_t::ERROR_UNINITIALIZED)
-    }
+    if INIT_COUNT.load(Ordering::Acquire) > 0 { Ok(()) } else { Err(nvmlReturn_t::ERROR_UNINITIALIZED) }
 }
 
 fn nn<T>(p: *mut T) -> R<*mut T> {
-    if p.is_null() {
-        Err(nvmlReturn_t::ERROR_INVALID_ARGUMENT)
-    } else {
-        Ok(p)
-    }
+    if p.is_null() { Err(nvmlReturn_t::ERROR_INVALID_ARGUMENT) } else { Ok(p) }
 }
 
 fn handle(index: usize) -> nvmlDevice_t {
@@ -148,29 +139,19 @@ fn by_index(i: c_uint, out: *mut nvmlDevice_t) -> nvmlReturn_t {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
-    i: c_uint,
-    out: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: c_uint, out: *mut nvmlDevice_t) -> nvmlReturn_t {
     crate::tally("nvmlDeviceGetHandleByIndex_v2");
     by_index(i, out)
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(
-    i: c_uint,
-    out: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(i: c_uint, out: *mut nvmlDevice_t) -> nvmlReturn_t {
     crate::tally("nvmlDeviceGetHandleByIndex");
     by_index(i, out)
 }
 
 /// Looks a device up by a string key; NOT_FOUND when none matches.
-fn by_key(
-    key: *const c_char,
-    out: *mut nvmlDevice_t,
-    matches: impl Fn(&str, usize, &str) -> bool,
-) -> nvmlReturn_t {
+fn by_key(key: *const c_char, out: *mut nvmlDevice_t, matches: impl Fn(&str, usize, &str) -> bool) -> nvmlReturn_t {
     guard(|| {
         let out = nn(out)?;
         if key.is_null() {
@@ -179,11 +160,7 @@ fn by_key(
         need_init()?;
         let key = unsafe { CStr::from_ptr(key) }.to_string_lossy();
         let st = state();
-        let found = st
-            .devices
-            .iter()
-            .enumerate()
-            .position(|(i, d)| matches(&key, i, &d.uuid));
+        let found = st.devices.iter().enumerate().position(|(i, d)| matches(&key, i, &d.uuid));
         let i = found.ok_or(nvmlReturn_t::ERROR_NOT_FOUND)?;
         unsafe { out.write(handle(i)) };
         Ok(())
@@ -191,25 +168,16 @@ fn by_key(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
-    uuid: *const c_char,
-    out: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, out: *mut nvmlDevice_t) -> nvmlReturn_t {
     crate::tally("nvmlDeviceGetHandleByUUID");
-    by_key(uuid, out, |key, _, uuid| {
-        key.trim().eq_ignore_ascii_case(uuid)
-    })
+    by_key(uuid, out, |key, _, uuid| key.trim().eq_ignore_ascii_case(uuid))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
-    bus: *const c_char,
-    out: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(bus: *const c_char, out: *mut nvmlDevice_t) -> nvmlReturn_t {
     crate::tally("nvmlDeviceGetHandleByPciBusId_v2");
     by_key(bus, out, |key, i, _| {
-        crate::parse_pci_bus_id(key)
-            .is_some_and(|p| Some(p) == crate::parse_pci_bus_id(&crate::pci_bus_id(i)))
+        crate::parse_pci_bus_id(key).is_some_and(|p| Some(p) == crate::parse_pci_bus_id(&crate::pci_bus_id(i)))
     })
 }
 
@@ -238,11 +206,7 @@ fn write_string(buf: *mut c_char, len: c_uint, text: &str) -> R<()> {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetUUID(
-    dev: nvmlDevice_t,
-    buf: *mut c_char,
-    len: c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetUUID(dev: nvmlDevice_t, buf: *mut c_char, len: c_uint) -> nvmlReturn_t {
     crate::tally("nvmlDeviceGetUUID");
     guard(|| {
         let i = index(dev)?;
@@ -252,11 +216,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetName(
-    dev: nvmlDevice_t,
-    buf: *mut c_char,
-    len: c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetName(dev: nvmlDevice_t, buf: *mut c_char, len: c_uint) -> nvmlReturn_t {
     crate::tally("nvmlDeviceGetName");
     guard(|| {
         index(dev)?;
@@ -272,30 +232,18 @@ fn memory(dev: nvmlDevice_t) -> R<(u64, u64)> {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
-    dev: nvmlDevice_t,
-    out: *mut nvmlMemory_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(dev: nvmlDevice_t, out: *mut nvmlMemory_t) -> nvmlReturn_t {
     crate::tally("nvmlDeviceGetMemoryInfo");
     guard(|| {
         let out = nn(out)?;
         let (total, used) = memory(dev)?;
-        unsafe {
-            out.write(nvmlMemory_t {
-                total,
-                used,
-                free: total.saturating_sub(used),
-            })
-        };
+        unsafe { out.write(nvmlMemory_t { total, used, free: total.saturating_sub(used) }) };
         Ok(())
     })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
-    dev: nvmlDevice_t,
-    out: *mut nvmlMemory_v2_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(dev: nvmlDevice_t, out: *mut nvmlMemory_v2_t) -> nvmlReturn_t {
     crate::tally("nvmlDeviceGetMemoryInfo_v2");
     guard(|| {
         let out = nn(out)?;
@@ -304,27 +252,14 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         }
         let (total, used) = memory(dev)?;
         let free = total.saturating_sub(used);
-        unsafe {
-            out.write(nvmlMemory_v2_t {
-                version: NVML_MEMORY_V2,
-                total,
-                reserved: 0,
-                free,
-                used,
-            })
-        };
+        unsafe { out.write(nvmlMemory_v2_t { version: NVML_MEMORY_V2, total, reserved: 0, free, used }) };
         Ok(())
     })
 }
 
 /// The process list: this process, if it uses memory on the device. `*count` is the
 /// capacity in and the number of entries (or the number needed) out.
-fn processes<T>(
-    dev: nvmlDevice_t,
-    count: *mut c_uint,
-    infos: *mut T,
-    make: impl Fn(u32, u64) -> T,
-) -> nvmlReturn_t {
+fn processes<T>(dev: nvmlDevice_t, count: *mut c_uint, infos: *mut T, make: impl Fn(u32, u64) -> T) -> nvmlReturn_t {
     guard(|| {
         let count = nn(count)?;
         let (_, used) = memory(dev)?;
@@ -346,12 +281,7 @@ fn processes<T>(
 
 /// Not a MIG device: instance ids read as "invalid".
 fn info_v3(pid: u32, used: u64) -> nvmlProcessInfo_t {
-    nvmlProcessInfo_t {
-        pid,
-        usedGpuMemory: used,
-        gpuInstanceId: u32::MAX,
-        computeInstanceId: u32::MAX,
-    }
+    nvmlProcessInfo_t { pid, usedGpuMemory: used, gpuInstanceId: u32::MAX, computeInstanceId: u32::MAX }
 }
 
 #[unsafe(no_mangle)]
@@ -382,10 +312,7 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses(
     infos: *mut nvmlProcessInfo_v1_t,
 ) -> nvmlReturn_t {
     crate::tally("nvmlDeviceGetComputeRunningProcesses");
-    processes(dev, count, infos, |pid, used| nvmlProcessInfo_v1_t {
-        pid,
-        usedGpuMemory: used,
-    })
+    processes(dev, count, infos, |pid, used| nvmlProcessInfo_v1_t { pid, usedGpuMemory: used })
 }
 
 #[unsafe(no_mangle)]

@@ -27,10 +27,7 @@ pub unsafe extern "C" fn fakegpu_call_count(name: *const c_char) -> u64 {
     let name = unsafe { CStr::from_ptr(name) };
     let Ok(name) = name.to_str() else { return 0 };
     let counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
-    counts
-        .as_ref()
-        .and_then(|c| c.get(name).copied())
-        .unwrap_or(0)
+    counts.as_ref().and_then(|c| c.get(name).copied()).unwrap_or(0)
 }
 
 /// Writes `name=count` pairs for every entry point called so far, sorted by name and
@@ -40,17 +37,10 @@ pub unsafe extern "C" fn fakegpu_call_count(name: *const c_char) -> u64 {
 pub unsafe extern "C" fn fakegpu_call_summary(buf: *mut c_char, len: usize) -> usize {
     let mut pairs: Vec<(&'static str, u64)> = {
         let counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
-        counts
-            .as_ref()
-            .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())
-            .unwrap_or_default()
+        counts.as_ref().map(|c| c.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default()
     };
     pairs.sort_unstable();
-    let text = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let text = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
     if !buf.is_null() && len > 0 {
         let n = text.len().min(len - 1);
         unsafe {

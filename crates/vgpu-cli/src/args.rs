@@ -2,6 +2,7 @@
 //! clap's dependency tree, and writing it out keeps every error message under our control
 //! (the bad value, why, and what is accepted — the same style as the library's variables).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use vgpu_core::MAX_DEVICES;
@@ -22,6 +23,8 @@ pub enum Command {
     Scan { dir: PathBuf, json: bool },
     Set { cache: PathBuf, devices: Vec<usize>, memory: Option<u64>, sm: Option<u64> },
     Reap { cache: PathBuf },
+    Run(crate::run::RunOpts),
+    Exporter(crate::exporter::ExporterOpts),
 }
 
 pub const MAIN_HELP: &str = "\
@@ -33,6 +36,8 @@ Commands:
   status   show devices, caps, usage and processes of one region (or all regions under a dir)
   set      change memory caps / SM shares live, without restarting anything
   reap     reclaim the slots (and memory accounting) of processes that died
+  run      run a command under a memory cap / SM share (sets the variables and LD_PRELOAD)
+  exporter serve Prometheus metrics (and the status JSON) of one region or a directory of them
   help     show help for a command
 
 Options:
@@ -81,6 +86,64 @@ Options:
   --cache PATH  region file (default: $CUDA_DEVICE_MEMORY_SHARED_CACHE or /tmp/cudevshr.cache)
 ";
 
+pub const RUN_HELP: &str = "\
+Usage: vgpu run [--memory SIZE] [--sm PERCENT] [--device I]... [--cache PATH] [--lib PATH] -- CMD [ARG]...
+
+Runs CMD with libvgpu preloaded and the limits set: CUDA_DEVICE_MEMORY_LIMIT and
+CUDA_DEVICE_SM_LIMIT (or their _<I> forms with --device), LD_PRELOAD (libvgpu.so first, any
+existing entries kept after it) and CUDA_DEVICE_MEMORY_SHARED_CACHE. Limit variables inherited
+from the environment are dropped: the command line is the whole configuration.
+
+Options:
+  --memory SIZE  memory cap, binary units: 4g, 4096m, 4GiB, 1.5g; 0 or unlimited = no cap
+  --sm PERCENT   SM share 0-100 (30 or 30%); 0, 100 or unlimited = no limit (the limiter is
+                 in progress: the value is recorded, not yet enforced)
+  --device I     apply the limits to CUDA device I only (0-15, as CMD sees it); may be repeated
+  --cache PATH   use (or create) this region file, shared with other processes given the same
+                 path, and keep it afterwards; default: a private region in a fresh temporary
+                 directory, removed when CMD exits (CMD and its children share it)
+  --lib PATH     libvgpu.so to preload; default: $LIBVGPU_LIB, else libvgpu.so next to the vgpu
+                 binary, else ../lib/libvgpu.so relative to it, else /usr/local/vgpu/libvgpu.so
+
+At least one of --memory, --sm or --cache is required. The exit status is CMD's (128+N if it
+was killed by signal N; 127 if it was not found, 126 if it could not be executed); vgpu's own
+errors exit 1 (runtime) or 2 (usage). SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2
+sent to vgpu are passed on to CMD.
+";
+
+pub const EXPORTER_HELP: &str = "\
+Usage: vgpu exporter [--listen ADDR:PORT] [--allow-remote] [--cache PATH | --scan DIR]
+
+Serves, over HTTP/1.1:
+  /metrics     Prometheus text format: per region and device memory used/cap, SM limit,
+               contexts, allocation denials (cap vs driver), processes alive/dead
+  /api/status  the JSON of `vgpu status --json` (with --scan: `vgpu status --scan DIR --json`)
+Regions are re-read on every request; nothing is cached and nothing is written.
+
+Options:
+  --listen ADDR:PORT  where to listen (default 127.0.0.1:9464; port 0 picks a free port)
+  --allow-remote      allow a non-loopback --listen address (there is no authentication or TLS,
+                      and the metrics name containers, paths and PIDs)
+  --cache PATH        one region (default: $CUDA_DEVICE_MEMORY_SHARED_CACHE or /tmp/cudevshr.cache)
+  --scan DIR          every region in DIR and its direct subdirectories (HAMi:
+                      /usr/local/vgpu/containers, one directory per container)
+";
+
+/// Parses `argv[1..]` as the OS gave it: `vgpu run` keeps its command's arguments as they are
+/// (they need not be UTF-8); every other command must be valid UTF-8.
+pub fn parse_os(args: &[OsString]) -> Result<Command, CliError> {
+    if args.first().is_some_and(|a| a == "run") {
+        return crate::run::parse(&args[1..]);
+    }
+    let strings = args
+        .iter()
+        .map(|a| {
+            a.clone().into_string().map_err(|a| CliError::usage(None, format!("argument {a:?} is not valid UTF-8")))
+        })
+        .collect::<Result<Vec<String>, CliError>>()?;
+    parse(&strings)
+}
+
 /// Parses `argv[1..]`.
 pub fn parse(args: &[String]) -> Result<Command, CliError> {
     let Some((cmd, rest)) = args.split_first() else { return Ok(Command::Help(None)) };
@@ -92,16 +155,26 @@ pub fn parse(args: &[String]) -> Result<Command, CliError> {
             Some(c) => Ok(Command::Help(Some(command_name(c).ok_or_else(|| unknown_command(c))?))),
         },
         "status" | "set" | "reap" => parse_command(command_name(cmd).unwrap_or("status"), rest),
+        "run" => crate::run::parse(&rest.iter().map(OsString::from).collect::<Vec<_>>()),
+        "exporter" => crate::exporter::parse(rest),
         other => Err(unknown_command(other)),
     }
 }
 
 fn command_name(c: &str) -> Option<&'static str> {
-    ["status", "set", "reap"].into_iter().find(|&k| k == c)
+    ["status", "set", "reap", "run", "exporter"].into_iter().find(|&k| k == c)
 }
 
 fn unknown_command(c: &str) -> CliError {
-    CliError::usage(None, format!("unknown command {c:?}; accepted: status, set, reap, help"))
+    CliError::usage(None, format!("unknown command {c:?}; accepted: status, set, reap, run, exporter, help"))
+}
+
+/// `--flag=value` → (`--flag`, Some(value)); anything else → (arg, None).
+pub fn split_flag(arg: &str) -> (&str, Option<String>) {
+    match arg.split_once('=') {
+        Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+        _ => (arg, None),
+    }
 }
 
 /// Per-command flags; which are allowed depends on the command.
@@ -111,10 +184,7 @@ fn parse_command(cmd: &'static str, args: &[String]) -> Result<Command, CliError
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         // `--flag=value` and `--flag value` are both accepted.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg.as_str(), None),
-        };
+        let (flag, inline) = split_flag(arg);
         let allowed = match cmd {
             "status" => &["--cache", "--scan", "--json", "--help", "-h"][..],
             "set" => &["--cache", "--device", "--memory", "--sm", "--help", "-h"][..],
@@ -163,7 +233,7 @@ fn parse_command(cmd: &'static str, args: &[String]) -> Result<Command, CliError
 
 /// A flag given twice is an error rather than "last one wins": `--memory 4g --memory 6g` is
 /// more likely a mistake than an intent.
-fn once<T>(cmd: &'static str, flag: &str, old: Option<T>, new: T) -> Result<T, CliError> {
+pub fn once<T>(cmd: &'static str, flag: &str, old: Option<T>, new: T) -> Result<T, CliError> {
     match old {
         Some(_) => Err(CliError::usage(Some(cmd), format!("{flag} given more than once"))),
         None => Ok(new),
@@ -177,13 +247,13 @@ pub fn default_cache() -> PathBuf {
     }
 }
 
-fn invalid(cmd: &'static str, flag: &str, value: &str, why: &str, accepted: &str) -> CliError {
+pub fn invalid(cmd: &'static str, flag: &str, value: &str, why: &str, accepted: &str) -> CliError {
     CliError::usage(Some(cmd), format!("{flag} {value:?} is invalid ({why}); accepted: {accepted}"))
 }
 
 /// Bytes; 0 = no cap. Sizes go through vgpu-core's strict parser (binary units, never "1 byte"
 /// for `1GiB` as HAMi-core would), the same one that reads CUDA_DEVICE_MEMORY_LIMIT.
-fn parse_memory(cmd: &'static str, value: &str) -> Result<u64, CliError> {
+pub fn parse_memory(cmd: &'static str, value: &str) -> Result<u64, CliError> {
     if value.trim().eq_ignore_ascii_case("unlimited") {
         return Ok(0);
     }
@@ -192,7 +262,7 @@ fn parse_memory(cmd: &'static str, value: &str) -> Result<u64, CliError> {
 }
 
 /// Percent as stored in `sm_limit`; "unlimited" is stored as 0, HAMi's "no limit".
-fn parse_percent(cmd: &'static str, value: &str) -> Result<u64, CliError> {
+pub fn parse_percent(cmd: &'static str, value: &str) -> Result<u64, CliError> {
     let text = value.trim();
     if text.eq_ignore_ascii_case("unlimited") {
         return Ok(0);
@@ -204,7 +274,7 @@ fn parse_percent(cmd: &'static str, value: &str) -> Result<u64, CliError> {
     }
 }
 
-fn parse_device(cmd: &'static str, value: &str) -> Result<usize, CliError> {
+pub fn parse_device(cmd: &'static str, value: &str) -> Result<usize, CliError> {
     match value.trim().parse::<usize>() {
         Ok(i) if i < MAX_DEVICES => Ok(i),
         Ok(_) => Err(invalid(cmd, "--device", value, "out of range", ACCEPTED_DEVICE)),

@@ -6,8 +6,11 @@
 //! vgpu-core, never the preloaded library, so it defines no `dlsym` or driver symbols.
 
 mod args;
+mod exporter;
+mod metrics;
 mod ops;
 mod render;
+mod run;
 mod snapshot;
 
 use std::io::Write;
@@ -29,9 +32,14 @@ impl CliError {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    match args::parse(&argv).and_then(run) {
-        Ok(out) => emit(&out),
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let result = args::parse_os(&argv).and_then(|cmd| match cmd {
+        // The command's own exit status, passed through.
+        Command::Run(opts) => run::run(opts).map(ExitCode::from),
+        cmd => run(cmd).map(|out| emit(&out)),
+    });
+    match result {
+        Ok(code) => code,
         Err(CliError::Usage { cmd, msg }) => {
             let hint = cmd.map_or("vgpu --help".to_string(), |c| format!("vgpu {c} --help"));
             eprintln!("vgpu: {msg}\nTry '{hint}'.");
@@ -50,6 +58,8 @@ fn run(cmd: Command) -> Result<String, CliError> {
         Command::Help(None) => Ok(args::MAIN_HELP.to_string()),
         Command::Help(Some("set")) => Ok(args::SET_HELP.to_string()),
         Command::Help(Some("reap")) => Ok(args::REAP_HELP.to_string()),
+        Command::Help(Some("run")) => Ok(args::RUN_HELP.to_string()),
+        Command::Help(Some("exporter")) => Ok(args::EXPORTER_HELP.to_string()),
         Command::Help(Some(_)) => Ok(args::STATUS_HELP.to_string()),
         Command::Version => Ok(format!(
             "vgpu {} (region HAMi v{}.{}, libvgpu extension v{})\n",
@@ -62,6 +72,8 @@ fn run(cmd: Command) -> Result<String, CliError> {
         Command::Scan { dir, json } => ops::scan(&dir, json),
         Command::Set { cache, devices, memory, sm } => ops::set(&cache, &devices, memory, sm),
         Command::Reap { cache } => ops::reap(&cache),
+        Command::Exporter(opts) => exporter::serve(opts),
+        Command::Run(_) => unreachable!("handled in main"),
     }
 }
 

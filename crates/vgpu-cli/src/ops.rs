@@ -17,20 +17,31 @@ fn open(path: &Path) -> Result<Region, CliError> {
     Region::open_existing(path).map_err(|e| CliError::Runtime(e.to_string()))
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
+pub fn json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Runtime(format!("encoding JSON: {e}")))?;
     Ok(text + "\n")
 }
 
 pub fn status(path: &Path, as_json: bool) -> Result<String, CliError> {
-    let region = open(path)?;
-    let s = snapshot::take(&region, &path.display().to_string());
+    let s = collect_status(path)?;
     if as_json { json(&s) } else { Ok(render::status(&s)) }
 }
 
 /// Node view. HAMi mounts one directory per container, so the files of DIR and of each direct
 /// subdirectory are candidates; anything that is not a region is reported, never fatal.
 pub fn scan(dir: &Path, as_json: bool) -> Result<String, CliError> {
+    let scan = collect_scan(dir)?;
+    if as_json { json(&scan) } else { Ok(render::scan(&scan)) }
+}
+
+/// One region's snapshot (`vgpu status --cache PATH`, the exporter's `--cache` form).
+pub fn collect_status(path: &Path) -> Result<snapshot::Status, CliError> {
+    let region = open(path)?;
+    Ok(snapshot::take(&region, &path.display().to_string()))
+}
+
+/// The node view's data (`vgpu status --scan DIR`, the exporter's `--scan` form).
+pub fn collect_scan(dir: &Path) -> Result<Scan, CliError> {
     let mut candidates = Vec::new();
     let mut skipped = Vec::new();
     for entry in list(dir).map_err(|e| CliError::Runtime(format!("cannot read directory {}: {e}", dir.display())))? {
@@ -59,8 +70,7 @@ pub fn scan(dir: &Path, as_json: bool) -> Result<String, CliError> {
     }
     regions.sort_by(|a, b| a.path.cmp(&b.path));
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
-    let scan = Scan { schema_version: SCHEMA_VERSION, dir: dir.display().to_string(), regions, skipped };
-    if as_json { json(&scan) } else { Ok(render::scan(&scan)) }
+    Ok(Scan { schema_version: SCHEMA_VERSION, dir: dir.display().to_string(), regions, skipped })
 }
 
 fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {

@@ -136,7 +136,7 @@ fn help_and_version() {
     assert!(ok(&["--version"]).starts_with(&format!("vgpu {}", env!("CARGO_PKG_VERSION"))));
     let o = vgpu(&["stauts"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains(r#"unknown command "stauts"; accepted: status, set, reap, help"#));
+    assert!(stderr(&o).contains(r#"unknown command "stauts"; accepted: status, set, reap, run, exporter, help"#));
 }
 
 /// The command must not carry the preloaded library's interposers: it would hook itself.

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod devices;
 pub mod ledger;
+pub mod limiter;
 pub mod size;
 pub mod view;
 

@@ -4,9 +4,8 @@
 use std::ffi::c_uint;
 
 use cuda_types::{
-    CUDA_ARRAY_DESCRIPTOR, CUDA_ARRAY_DESCRIPTOR_v1, CUDA_ARRAY_MEMORY_REQUIREMENTS,
-    CUDA_ARRAY3D_DESCRIPTOR, CUDA_ARRAY3D_DESCRIPTOR_v1, CUarray, CUdevice, CUmipmappedArray,
-    CUresult,
+    CUDA_ARRAY_DESCRIPTOR, CUDA_ARRAY_DESCRIPTOR_v1, CUDA_ARRAY_MEMORY_REQUIREMENTS, CUDA_ARRAY3D_DESCRIPTOR,
+    CUDA_ARRAY3D_DESCRIPTOR_v1, CUarray, CUdevice, CUmipmappedArray, CUresult,
 };
 
 use super::{guard, need_init, nn, with_ctx};
@@ -48,58 +47,34 @@ fn shape2_v1(d: *const CUDA_ARRAY_DESCRIPTOR_v1) -> Option<Shape> {
 
 fn shape3(d: *const CUDA_ARRAY3D_DESCRIPTOR) -> Option<Shape> {
     let d = unsafe { d.as_ref()? };
-    Some((
-        d.Width as u64,
-        d.Height as u64,
-        d.Depth as u64,
-        d.Format,
-        d.NumChannels,
-    ))
+    Some((d.Width as u64, d.Height as u64, d.Depth as u64, d.Format, d.NumChannels))
 }
 
 fn shape3_v1(d: *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> Option<Shape> {
     let d = unsafe { d.as_ref()? };
-    Some((
-        d.Width as u64,
-        d.Height as u64,
-        d.Depth as u64,
-        d.Format,
-        d.NumChannels,
-    ))
+    Some((d.Width as u64, d.Height as u64, d.Depth as u64, d.Format, d.NumChannels))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArrayCreate_v2(
-    arr: *mut CUarray,
-    desc: *const CUDA_ARRAY_DESCRIPTOR,
-) -> CUresult {
+pub unsafe extern "C" fn cuArrayCreate_v2(arr: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult {
     crate::tally("cuArrayCreate_v2");
     guard(|| create(arr, shape2(desc)))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArrayCreate(
-    arr: *mut CUarray,
-    desc: *const CUDA_ARRAY_DESCRIPTOR_v1,
-) -> CUresult {
+pub unsafe extern "C" fn cuArrayCreate(arr: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR_v1) -> CUresult {
     crate::tally("cuArrayCreate");
     guard(|| create(arr, shape2_v1(desc)))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArray3DCreate_v2(
-    arr: *mut CUarray,
-    desc: *const CUDA_ARRAY3D_DESCRIPTOR,
-) -> CUresult {
+pub unsafe extern "C" fn cuArray3DCreate_v2(arr: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult {
     crate::tally("cuArray3DCreate_v2");
     guard(|| create(arr, shape3(desc)))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuArray3DCreate(
-    arr: *mut CUarray,
-    desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1,
-) -> CUresult {
+pub unsafe extern "C" fn cuArray3DCreate(arr: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> CUresult {
     crate::tally("cuArray3DCreate");
     guard(|| create(arr, shape3_v1(desc)))
 }
@@ -138,29 +113,16 @@ pub unsafe extern "C" fn cuMipmappedArrayDestroy(mm: CUmipmappedArray) -> CUresu
     guard(|| with_ctx(|st, _, _| st.array_destroy(mm as u64, true)))
 }
 
-fn requirements(
-    out: *mut CUDA_ARRAY_MEMORY_REQUIREMENTS,
-    h: u64,
-    mipmapped: bool,
-    dev: CUdevice,
-) -> Res<()> {
+fn requirements(out: *mut CUDA_ARRAY_MEMORY_REQUIREMENTS, h: u64, mipmapped: bool, dev: CUdevice) -> Res<()> {
     let out = nn(out)?;
     need_init()?;
     let st = state();
     let d = st.device(dev)?;
-    let a = st
-        .arrays
-        .get(&h)
-        .filter(|a| a.mipmapped == mipmapped)
-        .ok_or(CUresult::ERROR_INVALID_HANDLE)?;
+    let a = st.arrays.get(&h).filter(|a| a.mipmapped == mipmapped).ok_or(CUresult::ERROR_INVALID_HANDLE)?;
     if a.dev != d {
         return Err(CUresult::ERROR_INVALID_DEVICE);
     }
-    let req = CUDA_ARRAY_MEMORY_REQUIREMENTS {
-        size: a.size as usize,
-        alignment: PTR_ALIGN as usize,
-        reserved: [0; 4],
-    };
+    let req = CUDA_ARRAY_MEMORY_REQUIREMENTS { size: a.size as usize, alignment: PTR_ALIGN as usize, reserved: [0; 4] };
     unsafe { out.write(req) };
     Ok(())
 }

@@ -73,11 +73,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
-    dev: CUdevice,
-    flags: *mut c_uint,
-    active: *mut c_int,
-) -> CUresult {
+pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) -> CUresult {
     crate::tally("cuDevicePrimaryCtxGetState");
     guard(|| {
         let (flags, active) = (nn(flags)?, nn(active)?);
@@ -108,21 +104,13 @@ fn create(pctx: *mut CUcontext, dev: CUdevice) -> Res<()> {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate_v2(
-    pctx: *mut CUcontext,
-    _flags: c_uint,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate_v2(pctx: *mut CUcontext, _flags: c_uint, dev: CUdevice) -> CUresult {
     crate::tally("cuCtxCreate_v2");
     guard(|| create(pctx, dev))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxCreate(
-    pctx: *mut CUcontext,
-    _flags: c_uint,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate(pctx: *mut CUcontext, _flags: c_uint, dev: CUdevice) -> CUresult {
     crate::tally("cuCtxCreate");
     guard(|| create(pctx, dev))
 }
@@ -181,11 +169,7 @@ pub unsafe extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
 /// A context handle this process knows (active or not: a released primary context may be
 /// made current; calls on it then fail with `CUDA_ERROR_INVALID_CONTEXT`).
 fn known(h: u64) -> Res<()> {
-    if state().ctxs.contains_key(&h) {
-        Ok(())
-    } else {
-        Err(CUresult::ERROR_INVALID_CONTEXT)
-    }
+    if state().ctxs.contains_key(&h) { Ok(()) } else { Err(CUresult::ERROR_INVALID_CONTEXT) }
 }
 
 #[unsafe(no_mangle)]
@@ -276,10 +260,4 @@ pub unsafe extern "C" fn cuCtxGetDevice(device: *mut CUdevice) -> CUresult {
         unsafe { out.write(dev as CUdevice) };
         Ok(())
     })
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
-    crate::tally("cuCtxSynchronize");
-    guard(|| with_ctx(|_, _, _| Ok(())))
 }

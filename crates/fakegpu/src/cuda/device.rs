@@ -80,11 +80,7 @@ fn uuid(out: *mut CUuuid, dev: CUdevice) -> CUresult {
         need_init()?;
         let st = state();
         let d = st.device(dev)?;
-        unsafe {
-            out.write(CUuuid {
-                bytes: st.devices[d].uuid_bytes,
-            })
-        };
+        unsafe { out.write(CUuuid { bytes: st.devices[d].uuid_bytes }) };
         Ok(())
     })
 }
@@ -174,11 +170,7 @@ fn attribute(attrib: c_int, dev: usize) -> c_int {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceGetAttribute(
-    pi: *mut c_int,
-    attrib: c_int,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetAttribute(pi: *mut c_int, attrib: c_int, dev: CUdevice) -> CUresult {
     crate::tally("cuDeviceGetAttribute");
     guard(|| {
         let out = nn(pi)?;
@@ -193,11 +185,7 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceGetPCIBusId(
-    bus_id: *mut c_char,
-    len: c_int,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetPCIBusId(bus_id: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
     crate::tally("cuDeviceGetPCIBusId");
     guard(|| {
         need_init()?;

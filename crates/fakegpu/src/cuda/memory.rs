@@ -44,16 +44,12 @@ fn pitched(width: u64, height: u64, elem: u32, v1: bool) -> Res<(u64, u64)> {
         return Err(CUresult::ERROR_INVALID_VALUE);
     }
     let pitch = round_up(width, PITCH_ALIGN);
-    let size = pitch
-        .checked_mul(height)
-        .ok_or(CUresult::ERROR_OUT_OF_MEMORY)?;
-    let p = with_ctx(|st, ctx, dev| {
-        if v1 {
-            st.alloc_v1(ctx, dev, size)
-        } else {
-            st.alloc(ctx, dev, size, AllocKind::Pitch)
-        }
-    })?;
+    let size = pitch.checked_mul(height).ok_or(CUresult::ERROR_OUT_OF_MEMORY)?;
+    let p = with_ctx(
+        |st, ctx, dev| {
+            if v1 { st.alloc_v1(ctx, dev, size) } else { st.alloc(ctx, dev, size, AllocKind::Pitch) }
+        },
+    )?;
     Ok((p, pitch))
 }
 
@@ -100,11 +96,7 @@ pub unsafe extern "C" fn cuMemAllocPitch(
 /// Managed memory is charged in full to the current device, the worst case a limiter has to
 /// assume.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocManaged(
-    dptr: *mut CUdeviceptr,
-    bytesize: usize,
-    flags: c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: c_uint) -> CUresult {
     crate::tally("cuMemAllocManaged");
     guard(|| {
         let out = nn(dptr)?;
@@ -120,13 +112,7 @@ pub unsafe extern "C" fn cuMemAllocManaged(
 
 /// Freeing 0 succeeds and does nothing, as `free(NULL)` does.
 fn free(ptr: u64) -> Res<()> {
-    with_ctx(|st, _, _| {
-        if ptr == 0 {
-            Ok(())
-        } else {
-            st.free(ptr).map(|_| ())
-        }
-    })
+    with_ctx(|st, _, _| if ptr == 0 { Ok(()) } else { st.free(ptr).map(|_| ()) })
 }
 
 #[unsafe(no_mangle)]
@@ -185,10 +171,7 @@ fn alloc_host(pp: *mut *mut c_void, size: usize) -> Res<()> {
     if p.is_null() {
         return Err(CUresult::ERROR_OUT_OF_MEMORY);
     }
-    HOST.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_default()
-        .insert(p as usize);
+    HOST.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_default().insert(p as usize);
     unsafe { out.write(p) };
     Ok(())
 }
@@ -224,21 +207,11 @@ fn touch(dptr: u64, len: u64, host_null: bool) -> Res<()> {
     if host_null && len > 0 {
         return Err(CUresult::ERROR_INVALID_VALUE);
     }
-    with_ctx(|st, _, _| {
-        if st.valid_range(dptr, len) {
-            Ok(())
-        } else {
-            Err(CUresult::ERROR_INVALID_VALUE)
-        }
-    })
+    with_ctx(|st, _, _| if st.valid_range(dptr, len) { Ok(()) } else { Err(CUresult::ERROR_INVALID_VALUE) })
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemcpyHtoD_v2(
-    dst: CUdeviceptr,
-    src: *const c_void,
-    n: usize,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize) -> CUresult {
     crate::tally("cuMemcpyHtoD_v2");
     guard(|| touch(dst, n as u64, src.is_null()))
 }

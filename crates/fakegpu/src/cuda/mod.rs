@@ -5,22 +5,28 @@
 pub mod array;
 pub mod context;
 pub mod device;
+pub mod graph;
+pub mod launch;
 pub mod memory;
 pub mod misc;
 pub mod pool;
 pub mod procaddr;
+pub mod stream;
 pub mod vmm;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeline_tests;
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use cuda_types::CUresult;
+use cuda_types::{CUresult, CUstream};
 
-use crate::state::{Res, State, state};
+use crate::state::{Res, State, StreamKey, Submitted, Work, state};
+use crate::timeline::{now_ns, sleep_until};
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
@@ -37,11 +43,7 @@ pub fn set_initialized() {
 
 /// Like the driver, almost everything fails with `CUDA_ERROR_NOT_INITIALIZED` before cuInit.
 pub fn need_init() -> Res<()> {
-    if INITIALIZED.load(Ordering::Acquire) {
-        Ok(())
-    } else {
-        Err(CUresult::ERROR_NOT_INITIALIZED)
-    }
+    if INITIALIZED.load(Ordering::Acquire) { Ok(()) } else { Err(CUresult::ERROR_NOT_INITIALIZED) }
 }
 
 pub fn guard(f: impl FnOnce() -> Res<()>) -> CUresult {
@@ -54,10 +56,41 @@ pub fn guard(f: impl FnOnce() -> Res<()>) -> CUresult {
 
 /// Rejects a NULL out-pointer before any side effect happens.
 pub fn nn<T>(p: *mut T) -> Res<*mut T> {
-    if p.is_null() {
-        Err(CUresult::ERROR_INVALID_VALUE)
-    } else {
-        Ok(p)
+    if p.is_null() { Err(CUresult::ERROR_INVALID_VALUE) } else { Ok(p) }
+}
+
+/// A number for the calling thread (never reused), naming its per-thread default streams and
+/// the owner of a thread-local capture.
+pub fn thread_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    ID.with(|id| *id)
+}
+
+/// Runs `f` on the stream a handle names; `ptsz`: the caller is a `_ptsz` entry point, for
+/// which handle 0 means the per-thread default stream instead of the legacy one.
+pub fn with_stream<T>(stream: CUstream, ptsz: bool, f: impl FnOnce(&mut State, StreamKey) -> Res<T>) -> Res<T> {
+    with_ctx(|st, ctx, dev| {
+        let key = st.stream_key(stream as u64, ctx, dev, thread_id(), ptsz)?;
+        f(st, key)
+    })
+}
+
+/// Queues work on a stream and returns at once, unless the stream's queue is full: then it
+/// sleeps (without the state lock) until the oldest pending launch completes, like a launch
+/// blocking on a full command queue.
+pub fn enqueue(stream: CUstream, ptsz: bool, work: impl Fn(&State) -> Res<Work>) -> Res<()> {
+    loop {
+        let done = with_stream(stream, ptsz, |st, key| {
+            let w = work(st)?;
+            st.submit(key, now_ns(), w)
+        })?;
+        match done {
+            Submitted::Full(t) => sleep_until(t),
+            Submitted::Queued(_) | Submitted::Captured => return Ok(()),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! Stream-ordered allocation and memory pools. The fake has no stream timeline: an async
-//! allocation is charged when requested and an async free releases at once, which is the
-//! upper bound on what a real pool holds back from other processes at a sync point.
+//! Stream-ordered allocation and memory pools. Memory is not ordered on the streams'
+//! simulated timeline (only kernels are): an async allocation is charged when requested and
+//! an async free releases at once, which is the upper bound on what a real pool holds back
+//! from other processes at a sync point.
 //!
 //! The `_ptsz` (per-thread default stream) entry points are separate functions with their
 //! own addresses, so a test can tell which one cuGetProcAddress handed out and which one a
@@ -10,27 +11,17 @@ use std::ffi::c_void;
 
 use cuda_types::{
     CU_MEM_LOCATION_TYPE_DEVICE, CU_MEM_LOCATION_TYPE_HOST, CU_MEM_LOCATION_TYPE_HOST_NUMA,
-    CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, CUdevice, CUdeviceptr, CUmemPoolProps, CUmemoryPool,
-    CUresult, CUstream,
+    CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, CUdevice, CUdeviceptr, CUmemPoolProps, CUmemoryPool, CUresult, CUstream,
 };
 
 use super::{guard, need_init, nn, with_ctx};
 use crate::state::{Res, State, state};
 
 fn check_stream(st: &State, stream: CUstream) -> Res<()> {
-    if st.stream_valid(stream as u64) {
-        Ok(())
-    } else {
-        Err(CUresult::ERROR_INVALID_HANDLE)
-    }
+    if st.stream_valid(stream as u64) { Ok(()) } else { Err(CUresult::ERROR_INVALID_HANDLE) }
 }
 
-fn alloc_async(
-    dptr: *mut CUdeviceptr,
-    size: usize,
-    pool: Option<CUmemoryPool>,
-    stream: CUstream,
-) -> Res<()> {
+fn alloc_async(dptr: *mut CUdeviceptr, size: usize, pool: Option<CUmemoryPool>, stream: CUstream) -> Res<()> {
     let out = nn(dptr)?;
     let p = with_ctx(|st, ctx, dev| {
         check_stream(st, stream)?;
@@ -52,21 +43,13 @@ fn free_async(dptr: CUdeviceptr, stream: CUstream) -> Res<()> {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocAsync(
-    dptr: *mut CUdeviceptr,
-    size: usize,
-    stream: CUstream,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CUresult {
     crate::tally("cuMemAllocAsync");
     guard(|| alloc_async(dptr, size, None, stream))
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
-    dptr: *mut CUdeviceptr,
-    size: usize,
-    stream: CUstream,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CUresult {
     crate::tally("cuMemAllocAsync_ptsz");
     guard(|| alloc_async(dptr, size, None, stream))
 }
@@ -106,10 +89,7 @@ pub unsafe extern "C" fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemPoolCreate(
-    pool: *mut CUmemoryPool,
-    props: *const CUmemPoolProps,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut CUmemoryPool, props: *const CUmemPoolProps) -> CUresult {
     crate::tally("cuMemPoolCreate");
     guard(|| {
         let out = nn(pool)?;
@@ -120,13 +100,8 @@ pub unsafe extern "C" fn cuMemPoolCreate(
         let loc = unsafe { (*props).location };
         let mut st = state();
         let dev = match loc.type_ {
-            CU_MEM_LOCATION_TYPE_DEVICE => Some(
-                st.device(loc.id)
-                    .map_err(|_| CUresult::ERROR_INVALID_VALUE)?,
-            ),
-            CU_MEM_LOCATION_TYPE_HOST
-            | CU_MEM_LOCATION_TYPE_HOST_NUMA
-            | CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT => None,
+            CU_MEM_LOCATION_TYPE_DEVICE => Some(st.device(loc.id).map_err(|_| CUresult::ERROR_INVALID_VALUE)?),
+            CU_MEM_LOCATION_TYPE_HOST | CU_MEM_LOCATION_TYPE_HOST_NUMA | CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT => None,
             _ => return Err(CUresult::ERROR_INVALID_VALUE),
         };
         let h = st.pool_create(dev);
@@ -145,10 +120,7 @@ pub unsafe extern "C" fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult {
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(
-    pool: *mut CUmemoryPool,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(pool: *mut CUmemoryPool, dev: CUdevice) -> CUresult {
     crate::tally("cuDeviceGetDefaultMemPool");
     guard(|| {
         let out = nn(pool)?;
@@ -163,28 +135,17 @@ pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(
 
 /// Nothing to trim: freed pool memory was already given back.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemPoolTrimTo(
-    pool: CUmemoryPool,
-    _min_bytes_to_keep: usize,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, _min_bytes_to_keep: usize) -> CUresult {
     crate::tally("cuMemPoolTrimTo");
     guard(|| {
         need_init()?;
-        state()
-            .pools
-            .get(&(pool as u64))
-            .map(|_| ())
-            .ok_or(CUresult::ERROR_INVALID_VALUE)
+        state().pools.get(&(pool as u64)).map(|_| ()).ok_or(CUresult::ERROR_INVALID_VALUE)
     })
 }
 
 /// Attributes 1–3 are `int`, the rest `cuuint64_t`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemPoolSetAttribute(
-    pool: CUmemoryPool,
-    attr: u32,
-    value: *mut c_void,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemPoolSetAttribute(pool: CUmemoryPool, attr: u32, value: *mut c_void) -> CUresult {
     crate::tally("cuMemPoolSetAttribute");
     guard(|| {
         let value = nn(value)?;
@@ -199,11 +160,7 @@ pub unsafe extern "C" fn cuMemPoolSetAttribute(
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemPoolGetAttribute(
-    pool: CUmemoryPool,
-    attr: u32,
-    value: *mut c_void,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemPoolGetAttribute(pool: CUmemoryPool, attr: u32, value: *mut c_void) -> CUresult {
     crate::tally("cuMemPoolGetAttribute");
     guard(|| {
         let value = nn(value)?;

@@ -11,11 +11,11 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use std::io::Write;
 
 use cuda_types::{
-    CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, CU_GET_PROC_ADDRESS_SUCCESS,
-    CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND, CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT, CUresult,
+    CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, CU_GET_PROC_ADDRESS_SUCCESS, CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND,
+    CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT, CUresult,
 };
 
-use super::{array, context, device, guard, memory, misc, pool, vmm};
+use super::{array, context, device, graph, guard, launch, memory, misc, pool, stream, vmm};
 use crate::state::state;
 
 /// One base name: the variants in increasing version order (first = oldest supported), and
@@ -93,9 +93,43 @@ pub static TABLE: &[Entry] = entries![
     "cuArrayGetMemoryRequirements" 11060 => "cuArrayGetMemoryRequirements",
     "cuMipmappedArrayGetMemoryRequirements" 11060 => "cuMipmappedArrayGetMemoryRequirements",
     "cuStreamCreate" 2000 => "cuStreamCreate",
+    "cuStreamCreateWithPriority" 5050 => "cuStreamCreateWithPriority",
     "cuStreamDestroy" 2000 => "cuStreamDestroy" 4000 => "cuStreamDestroy_v2",
-    "cuStreamSynchronize" 2000 => "cuStreamSynchronize",
+    "cuStreamSynchronize" 2000 => "cuStreamSynchronize" ; ptsz "cuStreamSynchronize_ptsz",
+    "cuStreamQuery" 2000 => "cuStreamQuery" ; ptsz "cuStreamQuery_ptsz",
+    "cuStreamWaitEvent" 3020 => "cuStreamWaitEvent" ; ptsz "cuStreamWaitEvent_ptsz",
+    "cuEventCreate" 2000 => "cuEventCreate",
+    "cuEventDestroy" 2000 => "cuEventDestroy" 4000 => "cuEventDestroy_v2",
+    "cuEventRecord" 2000 => "cuEventRecord" ; ptsz "cuEventRecord_ptsz",
+    "cuEventRecordWithFlags" 11010 => "cuEventRecordWithFlags" ; ptsz "cuEventRecordWithFlags_ptsz",
+    "cuEventQuery" 2000 => "cuEventQuery",
+    "cuEventSynchronize" 2000 => "cuEventSynchronize",
+    "cuEventElapsedTime" 2000 => "cuEventElapsedTime",
+    "cuModuleLoad" 2000 => "cuModuleLoad",
+    "cuModuleLoadData" 2000 => "cuModuleLoadData",
+    "cuModuleLoadDataEx" 2010 => "cuModuleLoadDataEx",
+    "cuModuleUnload" 2000 => "cuModuleUnload",
+    "cuModuleGetFunction" 2000 => "cuModuleGetFunction",
+    "cuLibraryLoadData" 12000 => "cuLibraryLoadData",
+    "cuLibraryLoadFromFile" 12000 => "cuLibraryLoadFromFile",
+    "cuLibraryUnload" 12000 => "cuLibraryUnload",
+    "cuLibraryGetKernel" 12000 => "cuLibraryGetKernel",
+    "cuKernelGetFunction" 12000 => "cuKernelGetFunction",
     "cuLaunchKernel" 4000 => "cuLaunchKernel" ; ptsz "cuLaunchKernel_ptsz",
+    "cuLaunchKernelEx" 11060 => "cuLaunchKernelEx" ; ptsz "cuLaunchKernelEx_ptsz",
+    "cuLaunchCooperativeKernel" 9000 => "cuLaunchCooperativeKernel" ; ptsz "cuLaunchCooperativeKernel_ptsz",
+    "cuGraphCreate" 10000 => "cuGraphCreate",
+    "cuGraphDestroy" 10000 => "cuGraphDestroy",
+    // From 12.0 the base name means the flags form (cuda.h maps it so).
+    "cuGraphInstantiate" 10000 => "cuGraphInstantiate" 11000 => "cuGraphInstantiate_v2" 12000 => "cuGraphInstantiateWithFlags",
+    "cuGraphInstantiateWithFlags" 11040 => "cuGraphInstantiateWithFlags",
+    "cuGraphExecDestroy" 10000 => "cuGraphExecDestroy",
+    "cuGraphLaunch" 10000 => "cuGraphLaunch" ; ptsz "cuGraphLaunch_ptsz",
+    // One per-thread variant per base name here: the mode-taking one, which every
+    // runtime since 10.1 asks for (a 10.0 caller with flags 2 would get the wrong arity).
+    "cuStreamBeginCapture" 10000 => "cuStreamBeginCapture" 10010 => "cuStreamBeginCapture_v2" ; ptsz "cuStreamBeginCapture_v2_ptsz",
+    "cuStreamEndCapture" 10000 => "cuStreamEndCapture" ; ptsz "cuStreamEndCapture_ptsz",
+    "cuStreamIsCapturing" 10000 => "cuStreamIsCapturing" ; ptsz "cuStreamIsCapturing_ptsz",
     "cuGetErrorName" 6000 => "cuGetErrorName",
     "cuGetErrorString" 6000 => "cuGetErrorString",
     "cuGetExportTable" 3000 => "cuGetExportTable",
@@ -125,7 +159,7 @@ pub fn address(name: &str) -> Option<*const c_void> {
         context::cuCtxCreate_v4, context::cuCtxDestroy, context::cuCtxDestroy_v2,
         context::cuCtxSetCurrent, context::cuCtxGetCurrent, context::cuCtxPushCurrent,
         context::cuCtxPushCurrent_v2, context::cuCtxPopCurrent, context::cuCtxPopCurrent_v2,
-        context::cuCtxGetDevice, context::cuCtxSynchronize,
+        context::cuCtxGetDevice, stream::cuCtxSynchronize,
         memory::cuMemAlloc, memory::cuMemAlloc_v2, memory::cuMemAllocPitch,
         memory::cuMemAllocPitch_v2, memory::cuMemAllocManaged, memory::cuMemFree,
         memory::cuMemFree_v2, memory::cuMemGetInfo, memory::cuMemGetInfo_v2,
@@ -143,8 +177,25 @@ pub fn address(name: &str) -> Option<*const c_void> {
         array::cuArray3DCreate_v2, array::cuArrayDestroy, array::cuMipmappedArrayCreate,
         array::cuMipmappedArrayDestroy, array::cuArrayGetMemoryRequirements,
         array::cuMipmappedArrayGetMemoryRequirements,
-        misc::cuStreamCreate, misc::cuStreamDestroy, misc::cuStreamDestroy_v2,
-        misc::cuStreamSynchronize, misc::cuLaunchKernel, misc::cuLaunchKernel_ptsz,
+        stream::cuStreamCreate, stream::cuStreamCreateWithPriority, stream::cuStreamDestroy,
+        stream::cuStreamDestroy_v2, stream::cuStreamSynchronize, stream::cuStreamSynchronize_ptsz,
+        stream::cuStreamQuery, stream::cuStreamQuery_ptsz, stream::cuStreamWaitEvent,
+        stream::cuStreamWaitEvent_ptsz, stream::cuEventCreate, stream::cuEventDestroy,
+        stream::cuEventDestroy_v2, stream::cuEventRecord, stream::cuEventRecord_ptsz,
+        stream::cuEventRecordWithFlags, stream::cuEventRecordWithFlags_ptsz, stream::cuEventQuery,
+        stream::cuEventSynchronize, stream::cuEventElapsedTime,
+        launch::cuModuleLoad, launch::cuModuleLoadData, launch::cuModuleLoadDataEx,
+        launch::cuModuleUnload, launch::cuModuleGetFunction, launch::cuLibraryLoadData,
+        launch::cuLibraryLoadFromFile, launch::cuLibraryUnload, launch::cuLibraryGetKernel,
+        launch::cuKernelGetFunction, launch::cuLaunchKernel, launch::cuLaunchKernel_ptsz,
+        launch::cuLaunchKernelEx, launch::cuLaunchKernelEx_ptsz, launch::cuLaunchCooperativeKernel,
+        launch::cuLaunchCooperativeKernel_ptsz,
+        graph::cuGraphCreate, graph::cuGraphDestroy, graph::cuGraphInstantiate,
+        graph::cuGraphInstantiate_v2, graph::cuGraphInstantiateWithFlags, graph::cuGraphExecDestroy,
+        graph::cuGraphLaunch, graph::cuGraphLaunch_ptsz, graph::cuStreamBeginCapture,
+        graph::cuStreamBeginCapture_v2, graph::cuStreamBeginCapture_v2_ptsz,
+        graph::cuStreamEndCapture, graph::cuStreamEndCapture_ptsz, graph::cuStreamIsCapturing,
+        graph::cuStreamIsCapturing_ptsz,
         misc::cuGetErrorName, misc::cuGetErrorString, misc::cuGetExportTable,
         self::cuGetProcAddress, self::cuGetProcAddress_v2,
     )
@@ -152,10 +203,7 @@ pub fn address(name: &str) -> Option<*const c_void> {
 
 /// The exported name a request resolves to, or the `symbolStatus` explaining why none.
 pub fn resolve(base: &str, version: i32, flags: u64) -> Result<&'static str, u32> {
-    let entry = TABLE
-        .iter()
-        .find(|e| e.base == base)
-        .ok_or(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)?;
+    let entry = TABLE.iter().find(|e| e.base == base).ok_or(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)?;
     let newest = entry
         .versions
         .iter()
@@ -182,10 +230,7 @@ pub fn log_line(line: &str) {
     let Some(path) = state().cfg.log.clone() else {
         return;
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path);
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
     if let Ok(mut f) = file {
         let _ = f.write_all(format!("{line}\n").as_bytes());
     }
@@ -216,11 +261,7 @@ fn get_proc_address(
                 status.write(code);
             }
         }
-        if code == CU_GET_PROC_ADDRESS_SUCCESS {
-            Ok(())
-        } else {
-            Err(CUresult::ERROR_NOT_FOUND)
-        }
+        if code == CU_GET_PROC_ADDRESS_SUCCESS { Ok(()) } else { Err(CUresult::ERROR_NOT_FOUND) }
     })
 }
 
@@ -267,31 +308,39 @@ mod tests {
         assert_eq!(resolve("cuMemAlloc", 13000, 0), Ok("cuMemAlloc_v2"));
         assert_eq!(resolve("cuCtxCreate", 11040, 0), Ok("cuCtxCreate_v3"));
         assert_eq!(resolve("cuCtxCreate", 12050, 0), Ok("cuCtxCreate_v4"));
-        assert_eq!(
-            resolve("cuGetProcAddress", 11080, 0),
-            Ok("cuGetProcAddress")
-        );
-        assert_eq!(
-            resolve("cuGetProcAddress", 12000, 0),
-            Ok("cuGetProcAddress_v2")
-        );
-        assert_eq!(
-            resolve("cuMemAllocAsync", 13000, 2),
-            Ok("cuMemAllocAsync_ptsz")
-        );
+        assert_eq!(resolve("cuGetProcAddress", 11080, 0), Ok("cuGetProcAddress"));
+        assert_eq!(resolve("cuGetProcAddress", 12000, 0), Ok("cuGetProcAddress_v2"));
+        assert_eq!(resolve("cuMemAllocAsync", 13000, 2), Ok("cuMemAllocAsync_ptsz"));
         assert_eq!(resolve("cuMemAlloc", 13000, 2), Ok("cuMemAlloc_v2"));
-        assert_eq!(
-            resolve("cuMemAllocAsync", 11000, 0),
-            Err(CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT)
-        );
-        assert_eq!(
-            resolve("cuMemAlloc_v2", 13000, 0),
-            Err(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)
-        );
-        assert_eq!(
-            resolve("cuNoSuchThing", 13000, 0),
-            Err(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND)
-        );
+        assert_eq!(resolve("cuMemAllocAsync", 11000, 0), Err(CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT));
+        assert_eq!(resolve("cuMemAlloc_v2", 13000, 0), Err(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND));
+        assert_eq!(resolve("cuNoSuchThing", 13000, 0), Err(CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND));
         assert_ne!(address("cuMemAllocAsync"), address("cuMemAllocAsync_ptsz"));
+        assert_eq!(resolve("cuLaunchKernelEx", 11060, 0), Ok("cuLaunchKernelEx"));
+        assert_eq!(resolve("cuLaunchKernelEx", 11050, 0), Err(CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT));
+        assert_eq!(resolve("cuLaunchKernelEx", 12000, 2), Ok("cuLaunchKernelEx_ptsz"));
+        assert_eq!(resolve("cuGraphLaunch", 12080, 2), Ok("cuGraphLaunch_ptsz"));
+        assert_eq!(resolve("cuGraphInstantiate", 11000, 0), Ok("cuGraphInstantiate_v2"));
+        assert_eq!(resolve("cuGraphInstantiate", 12000, 0), Ok("cuGraphInstantiateWithFlags"));
+        assert_eq!(resolve("cuStreamBeginCapture", 10000, 0), Ok("cuStreamBeginCapture"));
+        assert_eq!(resolve("cuStreamBeginCapture", 12000, 0), Ok("cuStreamBeginCapture_v2"));
+        assert_eq!(resolve("cuEventDestroy", 12000, 0), Ok("cuEventDestroy_v2"));
+        assert_eq!(resolve("cuEventRecord", 12000, 2), Ok("cuEventRecord_ptsz"));
+        assert_eq!(resolve("cuEventQuery", 12000, 2), Ok("cuEventQuery"), "not stream-ordered");
+        // Every launch flavour is its own function.
+        let launches = [
+            "cuLaunchKernel",
+            "cuLaunchKernel_ptsz",
+            "cuLaunchKernelEx",
+            "cuLaunchKernelEx_ptsz",
+            "cuLaunchCooperativeKernel",
+            "cuLaunchCooperativeKernel_ptsz",
+            "cuGraphLaunch",
+            "cuGraphLaunch_ptsz",
+        ];
+        let mut addrs: Vec<usize> = launches.iter().map(|n| address(n).unwrap() as usize).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert_eq!(addrs.len(), launches.len());
     }
 }

@@ -1,5 +1,6 @@
 //! One end-to-end pass through the C ABI inside the test binary. It is a single test because
-//! the driver state is process-wide (other tests use private `State`s).
+//! the driver state is process-wide (other tests use private `State`s); the timeline's part
+//! lives in `timeline_tests.rs` and runs at its end.
 
 use std::ffi::c_void;
 
@@ -22,24 +23,13 @@ fn c_abi_round_trip() {
         let mut ctx: CUcontext = std::ptr::null_mut();
         assert_eq!(cuDevicePrimaryCtxRetain(&mut ctx, 0), CUresult::SUCCESS);
         assert_eq!(cuCtxSetCurrent(ctx), CUresult::SUCCESS);
-        assert_eq!(
-            cuMemAlloc_v2(std::ptr::null_mut(), 1),
-            CUresult::ERROR_INVALID_VALUE
-        );
+        assert_eq!(cuMemAlloc_v2(std::ptr::null_mut(), 1), CUresult::ERROR_INVALID_VALUE);
 
-        let desc = CUDA_ARRAY_DESCRIPTOR {
-            Width: 1000,
-            Height: 3,
-            Format: array_format::HALF,
-            NumChannels: 2,
-        };
+        let desc = CUDA_ARRAY_DESCRIPTOR { Width: 1000, Height: 3, Format: array_format::HALF, NumChannels: 2 };
         let mut arr: CUarray = std::ptr::null_mut();
         assert_eq!(cuArrayCreate_v2(&mut arr, &desc), CUresult::SUCCESS);
         let mut req = CUDA_ARRAY_MEMORY_REQUIREMENTS::default();
-        assert_eq!(
-            cuArrayGetMemoryRequirements(&mut req, arr, 0),
-            CUresult::SUCCESS
-        );
+        assert_eq!(cuArrayGetMemoryRequirements(&mut req, arr, 0), CUresult::SUCCESS);
         assert_eq!(req.size, 12288); // 1000*3*2*2 = 12000, rounded up to 512
         assert_eq!(cuArrayDestroy(arr), CUresult::SUCCESS);
         assert_eq!(cuArrayDestroy(arr), CUresult::ERROR_INVALID_HANDLE);
@@ -56,23 +46,14 @@ fn c_abi_round_trip() {
 
         // NVML sees the context overhead; a wrong struct version is refused.
         let mut dev: nvmlDevice_t = std::ptr::null_mut();
-        assert_eq!(
-            nvmlDeviceGetHandleByIndex_v2(0, &mut dev),
-            nvmlReturn_t::ERROR_UNINITIALIZED
-        );
+        assert_eq!(nvmlDeviceGetHandleByIndex_v2(0, &mut dev), nvmlReturn_t::ERROR_UNINITIALIZED);
         assert_eq!(nvmlInit_v2(), nvmlReturn_t::SUCCESS);
-        assert_eq!(
-            nvmlDeviceGetHandleByIndex_v2(0, &mut dev),
-            nvmlReturn_t::SUCCESS
-        );
+        assert_eq!(nvmlDeviceGetHandleByIndex_v2(0, &mut dev), nvmlReturn_t::SUCCESS);
         let mut mem = nvmlMemory_v2_t::default();
         let r = nvmlDeviceGetMemoryInfo_v2(dev, &mut mem);
         assert_eq!(r, nvmlReturn_t::ERROR_ARGUMENT_VERSION_MISMATCH);
         mem.version = NVML_MEMORY_V2;
-        assert_eq!(
-            nvmlDeviceGetMemoryInfo_v2(dev, &mut mem),
-            nvmlReturn_t::SUCCESS
-        );
+        assert_eq!(nvmlDeviceGetMemoryInfo_v2(dev, &mut mem), nvmlReturn_t::SUCCESS);
         assert_eq!(mem.used, crate::state::state().cfg.context_overhead);
         let mut count = 0u32;
         let r = nvmlDeviceGetComputeRunningProcesses_v3(dev, &mut count, std::ptr::null_mut());
@@ -80,5 +61,6 @@ fn c_abi_round_trip() {
         assert_eq!(nvmlShutdown(), nvmlReturn_t::SUCCESS);
         assert_eq!(nvmlShutdown(), nvmlReturn_t::ERROR_UNINITIALIZED);
         assert_eq!(cuDevicePrimaryCtxRelease_v2(0), CUresult::SUCCESS);
+        super::timeline_tests::launch_and_wait();
     }
 }

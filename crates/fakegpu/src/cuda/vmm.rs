@@ -4,8 +4,8 @@
 
 use cuda_types::{
     CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE, CU_MEM_LOCATION_TYPE_HOST,
-    CU_MEM_LOCATION_TYPE_HOST_NUMA, CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, CUdeviceptr,
-    CUmemAccessDesc, CUmemAllocationProp, CUmemGenericAllocationHandle, CUresult,
+    CU_MEM_LOCATION_TYPE_HOST_NUMA, CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, CUdeviceptr, CUmemAccessDesc,
+    CUmemAllocationProp, CUmemGenericAllocationHandle, CUresult,
 };
 
 use super::{guard, need_init, nn};
@@ -21,13 +21,10 @@ fn location(st: &State, prop: *const CUmemAllocationProp) -> Res<Option<usize>> 
         return Err(CUresult::ERROR_INVALID_VALUE);
     }
     match prop.location.type_ {
-        CU_MEM_LOCATION_TYPE_DEVICE => st
-            .device(prop.location.id)
-            .map(Some)
-            .map_err(|_| CUresult::ERROR_INVALID_DEVICE),
-        CU_MEM_LOCATION_TYPE_HOST
-        | CU_MEM_LOCATION_TYPE_HOST_NUMA
-        | CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT => Ok(None),
+        CU_MEM_LOCATION_TYPE_DEVICE => {
+            st.device(prop.location.id).map(Some).map_err(|_| CUresult::ERROR_INVALID_DEVICE)
+        }
+        CU_MEM_LOCATION_TYPE_HOST | CU_MEM_LOCATION_TYPE_HOST_NUMA | CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT => Ok(None),
         _ => Err(CUresult::ERROR_INVALID_VALUE),
     }
 }

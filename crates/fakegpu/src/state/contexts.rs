@@ -66,14 +66,7 @@ impl State {
     pub fn ctx_create(&mut self, dev: usize) -> Res<u64> {
         self.charge(dev, self.cfg.context_overhead)?;
         let handle = self.new_handle(TAG_CTX);
-        self.ctxs.insert(
-            handle,
-            Ctx {
-                dev,
-                primary: false,
-                active: true,
-            },
-        );
+        self.ctxs.insert(handle, Ctx { dev, primary: false, active: true });
         Ok(handle)
     }
 
@@ -99,21 +92,12 @@ impl State {
         c.active = false;
         let dev = c.dev;
         self.uncharge(dev, self.cfg.context_overhead);
-        let doomed: Vec<u64> = self
-            .allocs
-            .iter()
-            .filter(|(_, a)| a.ctx == ctx)
-            .map(|(&p, _)| p)
-            .collect();
+        self.forget_ctx_work(ctx);
+        let doomed: Vec<u64> = self.allocs.iter().filter(|(_, a)| a.ctx == ctx).map(|(&p, _)| p).collect();
         for ptr in doomed {
             let _ = self.free(ptr);
         }
-        let arrays: Vec<u64> = self
-            .arrays
-            .iter()
-            .filter(|(_, a)| a.ctx == ctx)
-            .map(|(&h, _)| h)
-            .collect();
+        let arrays: Vec<u64> = self.arrays.iter().filter(|(_, a)| a.ctx == ctx).map(|(&h, _)| h).collect();
         for h in arrays {
             if let Some(a) = self.arrays.remove(&h) {
                 self.uncharge(a.dev, a.size);

@@ -3,18 +3,25 @@
 //! so the accounting can be unit-tested without going through C.
 
 mod contexts;
+mod events;
 mod objects;
+mod streams;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeline_tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use cuda_types::CUresult;
 
 use crate::config::Config;
+use crate::timeline::Timeline;
 
+pub use events::{ERROR_INVALID_IMAGE, EVENT_DISABLE_TIMING, kernel_handle, kernel_ns, kernel_us};
 pub use objects::{Array, Pool, VmmHandle, array_bytes, mipmap_bytes};
+pub use streams::*;
 
 /// Where each device's `cuMemAlloc` pointers live: 1 TiB of fake address space per device, in
 /// the range real unified-addressing pointers use, so the numbers look familiar in logs.
@@ -98,7 +105,10 @@ pub struct State {
     /// cuMemMap mappings: start → (handle, size).
     mappings: BTreeMap<u64, (u64, u64)>,
     pub arrays: HashMap<u64, Array>,
-    streams: HashSet<u64>,
+    /// Streams, events, graphs and modules.
+    pub work: streams::Objects,
+    /// The devices' clocks, private or shared with other processes (`FAKEGPU_TIMELINE`).
+    pub timeline: Timeline,
     next_id: u64,
     next_v1: u64,
     next_reserve: u64,
@@ -110,10 +120,7 @@ static STATE: OnceLock<Mutex<State>> = OnceLock::new();
 /// taken anyway: the fake's invariants hold between statements, and a test harness is better
 /// served by a working driver than by every later call failing.
 pub fn state() -> MutexGuard<'static, State> {
-    STATE
-        .get_or_init(|| Mutex::new(State::new(Config::from_env())))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    STATE.get_or_init(|| Mutex::new(State::new(Config::from_env()))).lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub fn round_up(v: u64, to: u64) -> u64 {
@@ -142,7 +149,8 @@ impl State {
             reservations: BTreeMap::new(),
             mappings: BTreeMap::new(),
             arrays: HashMap::new(),
-            streams: HashSet::new(),
+            work: streams::Objects::default(),
+            timeline: timeline(&cfg),
             next_id: 0,
             next_v1: V1_VA_BASE,
             next_reserve: RESERVE_VA_BASE,
@@ -151,19 +159,8 @@ impl State {
         // Primary context handles exist from the start and never change, like the driver's.
         for dev in 0..st.devices.len() {
             let handle = st.new_handle(TAG_CTX);
-            st.ctxs.insert(
-                handle,
-                Ctx {
-                    dev,
-                    primary: true,
-                    active: false,
-                },
-            );
-            st.primaries.push(Primary {
-                handle,
-                refcount: 0,
-                flags: 0,
-            });
+            st.ctxs.insert(handle, Ctx { dev, primary: true, active: false });
+            st.primaries.push(Primary { handle, refcount: 0, flags: 0 });
         }
         st
     }
@@ -239,15 +236,7 @@ impl State {
             .ok_or(CUresult::ERROR_OUT_OF_MEMORY)?;
         self.charge(dev, size)?;
         self.devices[dev].next_va = next;
-        self.allocs.insert(
-            ptr,
-            Alloc {
-                dev: Some(dev),
-                size,
-                ctx,
-                kind,
-            },
-        );
+        self.allocs.insert(ptr, Alloc { dev: Some(dev), size, ctx, kind });
         Ok(ptr)
     }
 
@@ -256,20 +245,11 @@ impl State {
         if size == 0 {
             return Err(CUresult::ERROR_INVALID_VALUE);
         }
-        let (ptr, next) = self
-            .take_va(V1_VA_BASE, V1_VA_END, self.next_v1, size)
-            .ok_or(CUresult::ERROR_OUT_OF_MEMORY)?;
+        let (ptr, next) =
+            self.take_va(V1_VA_BASE, V1_VA_END, self.next_v1, size).ok_or(CUresult::ERROR_OUT_OF_MEMORY)?;
         self.charge(dev, size)?;
         self.next_v1 = next;
-        self.allocs.insert(
-            ptr,
-            Alloc {
-                dev: Some(dev),
-                size,
-                ctx,
-                kind: AllocKind::Linear,
-            },
-        );
+        self.allocs.insert(ptr, Alloc { dev: Some(dev), size, ctx, kind: AllocKind::Linear });
         Ok(ptr)
     }
 
@@ -279,23 +259,12 @@ impl State {
             return Err(CUresult::ERROR_INVALID_VALUE);
         }
         let ptr = self.reserve_va(size, PTR_ALIGN)?;
-        self.allocs.insert(
-            ptr,
-            Alloc {
-                dev: None,
-                size,
-                ctx,
-                kind,
-            },
-        );
+        self.allocs.insert(ptr, Alloc { dev: None, size, ctx, kind });
         Ok(ptr)
     }
 
     pub fn free(&mut self, ptr: u64) -> Res<Alloc> {
-        let a = self
-            .allocs
-            .remove(&ptr)
-            .ok_or(CUresult::ERROR_INVALID_VALUE)?;
+        let a = self.allocs.remove(&ptr).ok_or(CUresult::ERROR_INVALID_VALUE)?;
         if let Some(dev) = a.dev {
             self.uncharge(dev, a.size);
         }
@@ -319,25 +288,15 @@ impl State {
         }
         self.fully_mapped(ptr, len.max(1))
     }
+}
 
-    // ---- streams ----
-
-    pub fn stream_create(&mut self) -> u64 {
-        let h = self.new_handle(TAG_STREAM);
-        self.streams.insert(h);
-        h
-    }
-
-    pub fn stream_destroy(&mut self, h: u64) -> Res<()> {
-        if self.streams.remove(&h) {
-            Ok(())
-        } else {
-            Err(CUresult::ERROR_INVALID_HANDLE)
-        }
-    }
-
-    /// The null stream, the two special handles, and streams this process created.
-    pub fn stream_valid(&self, h: u64) -> bool {
-        h <= 2 || self.streams.contains(&h)
-    }
+/// The shared timeline `FAKEGPU_TIMELINE` names, or a private one (also when the file cannot
+/// be used: a note on stderr says why, and the tests that needed sharing will show it).
+fn timeline(cfg: &Config) -> Timeline {
+    let Some(path) = &cfg.timeline else { return Timeline::private(cfg.devices) };
+    let uuids: Vec<[u8; 16]> = cfg.uuids.iter().map(|u| crate::config::uuid_bytes(u).unwrap_or_default()).collect();
+    Timeline::shared(path, &uuids).unwrap_or_else(|e| {
+        eprintln!("fakegpu: FAKEGPU_TIMELINE unusable ({e}), using a private timeline");
+        Timeline::private(cfg.devices)
+    })
 }

@@ -3,8 +3,7 @@
 use cuda_types::{CUresult, mempool_attr};
 
 use super::{
-    AllocKind, PTR_ALIGN, RESERVE_VA_END, Res, State, TAG_ARRAY, TAG_MIPMAP, TAG_POOL,
-    VMM_GRANULARITY, round_up,
+    AllocKind, PTR_ALIGN, RESERVE_VA_END, Res, State, TAG_ARRAY, TAG_MIPMAP, TAG_POOL, VMM_GRANULARITY, round_up,
 };
 
 #[derive(Clone, Debug)]
@@ -44,14 +43,7 @@ impl State {
 
     pub fn pool_create(&mut self, dev: Option<usize>) -> u64 {
         let h = self.new_handle(TAG_POOL);
-        let pool = Pool {
-            dev,
-            default: false,
-            used: 0,
-            high: 0,
-            release_threshold: 0,
-            flags: [0; 3],
-        };
+        let pool = Pool { dev, default: false, used: 0, high: 0, release_threshold: 0, flags: [0; 3] };
         self.pools.insert(h, pool);
         h
     }
@@ -79,11 +71,7 @@ impl State {
     }
 
     pub fn pool_alloc(&mut self, ctx: u64, pool: u64, size: u64) -> Res<u64> {
-        let dev = self
-            .pools
-            .get(&pool)
-            .ok_or(CUresult::ERROR_INVALID_VALUE)?
-            .dev;
+        let dev = self.pools.get(&pool).ok_or(CUresult::ERROR_INVALID_VALUE)?.dev;
         let kind = AllocKind::Async { pool };
         let ptr = match dev {
             Some(dev) => self.alloc(ctx, dev, size, kind)?,
@@ -97,17 +85,12 @@ impl State {
     }
 
     pub fn pool_set_attr(&mut self, h: u64, attr: u32, value: u64) -> Res<()> {
-        let p = self
-            .pools
-            .get_mut(&h)
-            .ok_or(CUresult::ERROR_INVALID_VALUE)?;
+        let p = self.pools.get_mut(&h).ok_or(CUresult::ERROR_INVALID_VALUE)?;
         match attr {
             1..=3 => p.flags[attr as usize - 1] = value as i32,
             mempool_attr::RELEASE_THRESHOLD => p.release_threshold = value,
             // Only resetting the high-water marks to zero is allowed.
-            mempool_attr::RESERVED_MEM_HIGH | mempool_attr::USED_MEM_HIGH if value == 0 => {
-                p.high = p.used
-            }
+            mempool_attr::RESERVED_MEM_HIGH | mempool_attr::USED_MEM_HIGH if value == 0 => p.high = p.used,
             _ => return Err(CUresult::ERROR_INVALID_VALUE),
         }
         Ok(())
@@ -137,24 +120,12 @@ impl State {
         // Generic allocation handles are plain integers in the API; small ones suit logs.
         self.next_id += 1;
         let h = self.next_id;
-        self.vmm.insert(
-            h,
-            VmmHandle {
-                dev,
-                size,
-                released: false,
-                maps: 0,
-            },
-        );
+        self.vmm.insert(h, VmmHandle { dev, size, released: false, maps: 0 });
         Ok(h)
     }
 
     pub fn vmm_release(&mut self, h: u64) -> Res<()> {
-        let v = self
-            .vmm
-            .get_mut(&h)
-            .filter(|v| !v.released)
-            .ok_or(CUresult::ERROR_INVALID_VALUE)?;
+        let v = self.vmm.get_mut(&h).filter(|v| !v.released).ok_or(CUresult::ERROR_INVALID_VALUE)?;
         v.released = true;
         self.vmm_maybe_drop(h);
         Ok(())
@@ -186,10 +157,7 @@ impl State {
     }
 
     pub fn address_reserve(&mut self, size: u64, align: u64) -> Res<u64> {
-        if size == 0
-            || !size.is_multiple_of(VMM_GRANULARITY)
-            || (align != 0 && !align.is_power_of_two())
-        {
+        if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) || (align != 0 && !align.is_power_of_two()) {
             return Err(CUresult::ERROR_INVALID_VALUE);
         }
         let ptr = self.reserve_va(size, align.max(VMM_GRANULARITY))?;
@@ -210,20 +178,10 @@ impl State {
     pub fn map(&mut self, ptr: u64, size: u64, offset: u64, h: u64) -> Res<()> {
         let invalid = Err(CUresult::ERROR_INVALID_VALUE);
         let end = ptr.checked_add(size).ok_or(CUresult::ERROR_INVALID_VALUE)?;
-        let reserved = self
-            .reservations
-            .range(..=ptr)
-            .next_back()
-            .is_some_and(|(&s, &len)| end <= s + len);
-        let fits = self
-            .vmm
-            .get(&h)
-            .is_some_and(|v| !v.released && offset.checked_add(size).is_some_and(|e| e <= v.size));
-        let overlaps = self
-            .mappings
-            .range(..end)
-            .next_back()
-            .is_some_and(|(&s, &(_, len))| s + len > ptr);
+        let reserved = self.reservations.range(..=ptr).next_back().is_some_and(|(&s, &len)| end <= s + len);
+        let fits =
+            self.vmm.get(&h).is_some_and(|v| !v.released && offset.checked_add(size).is_some_and(|e| e <= v.size));
+        let overlaps = self.mappings.range(..end).next_back().is_some_and(|(&s, &(_, len))| s + len > ptr);
         if size == 0 || !reserved || !fits || overlaps {
             return invalid;
         }
@@ -271,15 +229,7 @@ impl State {
     pub fn array_create(&mut self, ctx: u64, dev: usize, size: u64, mipmapped: bool) -> Res<u64> {
         self.charge(dev, size)?;
         let h = self.new_handle(if mipmapped { TAG_MIPMAP } else { TAG_ARRAY });
-        self.arrays.insert(
-            h,
-            Array {
-                dev,
-                size,
-                ctx,
-                mipmapped,
-            },
-        );
+        self.arrays.insert(h, Array { dev, size, ctx, mipmapped });
         Ok(h)
     }
 
@@ -300,9 +250,7 @@ impl State {
 /// rounded up to 512 bytes (a stand-in for the driver's tiling overhead).
 pub fn array_bytes(w: u64, h: u64, d: u64, channels: u64, format: u32) -> u64 {
     let texels = w.saturating_mul(h.max(1)).saturating_mul(d.max(1));
-    let bytes = texels
-        .saturating_mul(channels)
-        .saturating_mul(cuda_types::array_format::channel_bytes(format));
+    let bytes = texels.saturating_mul(channels).saturating_mul(cuda_types::array_format::channel_bytes(format));
     round_up(bytes, PTR_ALIGN)
 }
 

@@ -1,0 +1,331 @@
+//! `vgpu exporter`: `/metrics` (Prometheus text) and `/api/status` (the `vgpu status --json`
+//! document) over plain HTTP/1.1 — std::net, one short-lived thread per connection, no runtime.
+//! Every request re-reads the regions (a few atomic loads per slot), so there is no state to go
+//! stale and nothing is ever written to a region.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use crate::CliError;
+use crate::args::{default_cache, once, split_flag};
+use crate::metrics::{self, Located};
+use crate::ops;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+const CMD: &str = "exporter";
+/// Connections served at once; more get 503 (a scrape is a few milliseconds).
+const MAX_CONNECTIONS: usize = 64;
+const MAX_REQUEST: usize = 16 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    Cache(PathBuf),
+    Scan(PathBuf),
+}
+
+#[derive(Debug)]
+pub struct ExporterOpts {
+    pub listen: String,
+    pub allow_remote: bool,
+    pub source: Source,
+}
+
+pub fn parse(args: &[String]) -> Result<crate::args::Command, CliError> {
+    let (mut listen, mut cache, mut scan, mut allow_remote) = (None, None, None, false);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = split_flag(arg);
+        match flag {
+            "--help" | "-h" => return Ok(crate::args::Command::Help(Some(CMD))),
+            "--allow-remote" => {
+                allow_remote = true;
+                continue;
+            }
+            "--listen" | "--cache" | "--scan" => {}
+            _ => {
+                let what = if flag.starts_with('-') { "unknown option" } else { "unexpected argument" };
+                return Err(CliError::usage(Some(CMD), format!("{what} {arg:?} for `vgpu exporter`")));
+            }
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().cloned().ok_or_else(|| CliError::usage(Some(CMD), format!("{flag} needs a value")))?,
+        };
+        match flag {
+            "--listen" => listen = Some(once(CMD, flag, listen, value)?),
+            "--cache" => cache = Some(once(CMD, flag, cache, PathBuf::from(value))?),
+            _ => scan = Some(once(CMD, flag, scan, PathBuf::from(value))?),
+        }
+    }
+    let source = match (scan, cache) {
+        (Some(_), Some(_)) => return Err(CliError::usage(Some(CMD), "--scan and --cache cannot be combined".into())),
+        (Some(dir), None) => Source::Scan(dir),
+        (None, cache) => Source::Cache(cache.unwrap_or_else(default_cache)),
+    };
+    let listen = listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    check_listen(&listen, allow_remote)?;
+    Ok(crate::args::Command::Exporter(ExporterOpts { listen, allow_remote, source }))
+}
+
+/// Loopback only unless `--allow-remote`: the endpoint has no authentication or TLS, and what
+/// it serves names containers, file paths and PIDs.
+fn check_listen(listen: &str, allow_remote: bool) -> Result<Vec<SocketAddr>, CliError> {
+    let addrs: Vec<SocketAddr> = listen
+        .to_socket_addrs()
+        .map_err(|e| {
+            CliError::usage(
+                Some(CMD),
+                format!(
+                    "--listen {listen:?} is invalid ({e}); accepted: ADDRESS:PORT, e.g. 127.0.0.1:9464 or [::1]:9464"
+                ),
+            )
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(CliError::usage(Some(CMD), format!("--listen {listen:?} resolves to no address")));
+    }
+    if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()).filter(|_| !allow_remote) {
+        return Err(CliError::usage(
+            Some(CMD),
+            format!(
+                "--listen {listen:?} is not a loopback address ({}): the exporter has no authentication \
+                 or TLS and its metrics name containers, region paths and PIDs; pass --allow-remote to \
+                 serve on it anyway (e.g. a DaemonSet scraped by Prometheus, behind a NetworkPolicy)",
+                remote.ip()
+            ),
+        ));
+    }
+    Ok(addrs)
+}
+
+/// What one request reads: the regions, as the exporter's source says.
+struct Reader {
+    source: Source,
+    /// The last error logged for a `--cache` region, so a missing file is logged once, not on
+    /// every scrape.
+    last_error: Mutex<Option<String>>,
+}
+
+impl Reader {
+    fn metrics(&self) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match &self.source {
+            Source::Cache(path) => match ops::collect_status(path) {
+                Ok(s) => {
+                    self.note(None);
+                    metrics::render(&[Located::new(&s, None)], 0, now)
+                }
+                Err(e) => {
+                    self.note(Some(message(&e)));
+                    metrics::render(&[], 1, now)
+                }
+            },
+            Source::Scan(dir) => match ops::collect_scan(dir) {
+                Ok(scan) => {
+                    self.note(None);
+                    let located: Vec<Located> = scan.regions.iter().map(|s| Located::new(s, Some(dir))).collect();
+                    metrics::render(&located, scan.skipped.len(), now)
+                }
+                Err(e) => {
+                    self.note(Some(message(&e)));
+                    metrics::render(&[], 0, now)
+                }
+            },
+        }
+    }
+
+    /// (HTTP status, JSON body).
+    fn status_json(&self) -> (u16, String) {
+        let result = match &self.source {
+            Source::Cache(path) => ops::collect_status(path).and_then(|s| ops::json(&s)),
+            Source::Scan(dir) => ops::collect_scan(dir).and_then(|s| ops::json(&s)),
+        };
+        match result {
+            Ok(body) => (200, body),
+            Err(e) => (503, serde_json::json!({ "error": message(&e) }).to_string() + "\n"),
+        }
+    }
+
+    fn note(&self, error: Option<String>) {
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        if error.is_some() && *last != error {
+            eprintln!("vgpu exporter: {}", error.as_deref().unwrap_or_default());
+        } else if error.is_none() && last.is_some() {
+            eprintln!("vgpu exporter: source readable again");
+        }
+        *last = error;
+    }
+}
+
+fn message(e: &CliError) -> String {
+    match e {
+        CliError::Usage { msg, .. } | CliError::Runtime(msg) => msg.clone(),
+    }
+}
+
+/// Serves until killed. Prints the address actually bound (port 0 picks one) on stdout.
+pub fn serve(o: ExporterOpts) -> Result<String, CliError> {
+    let addrs = check_listen(&o.listen, o.allow_remote)?;
+    let listener =
+        TcpListener::bind(&addrs[..]).map_err(|e| CliError::Runtime(format!("cannot listen on {}: {e}", o.listen)))?;
+    let local = listener.local_addr().map_err(|e| CliError::Runtime(format!("listening socket: {e}")))?;
+    let what = match &o.source {
+        Source::Cache(p) => format!("region {}", p.display()),
+        Source::Scan(d) => format!("regions under {}", d.display()),
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "vgpu exporter: serving {what} on http://{local}/metrics and http://{local}/api/status");
+        let _ = out.flush();
+    }
+    let reader = Arc::new(Reader { source: o.source, last_error: Mutex::new(None) });
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        if active.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, SeqCst);
+            let _ = respond(&mut stream, 503, "text/plain; charset=utf-8", b"too many connections\n", false);
+            continue;
+        }
+        let (reader, done) = (Arc::clone(&reader), Arc::clone(&active));
+        let spawned = std::thread::Builder::new().name("vgpu-exporter-conn".into()).spawn(move || {
+            handle(stream, &reader);
+            done.fetch_sub(1, SeqCst);
+        });
+        if spawned.is_err() {
+            active.fetch_sub(1, SeqCst);
+        }
+    }
+    Ok(String::new())
+}
+
+/// One request, one response, then close.
+fn handle(mut stream: TcpStream, reader: &Reader) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break Some(pos);
+        }
+        if buf.len() > MAX_REQUEST {
+            break None;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let Some(end) = head_end else {
+        if !buf.is_empty() {
+            let _ = respond(&mut stream, 400, "text/plain; charset=utf-8", b"bad request\n", false);
+        }
+        return;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut parts = head.lines().next().unwrap_or("").split(' ');
+    let (method, target, version) =
+        (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if !version.starts_with("HTTP/1.") || parts.next().is_some() || !target.starts_with('/') {
+        let _ = respond(&mut stream, 400, "text/plain; charset=utf-8", b"bad request\n", false);
+        return;
+    }
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        let _ = respond(&mut stream, 405, "text/plain; charset=utf-8", b"only GET and HEAD\n", false);
+        return;
+    }
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let _ = match path {
+        "/metrics" => {
+            let body = reader.metrics();
+            respond(&mut stream, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head_only)
+        }
+        "/api/status" => {
+            let (code, body) = reader.status_json();
+            respond(&mut stream, code, "application/json", body.as_bytes(), head_only)
+        }
+        "/" => respond(
+            &mut stream,
+            200,
+            "text/plain; charset=utf-8",
+            b"libvgpu exporter\n/metrics     Prometheus metrics\n/api/status  vgpu status --json\n",
+            head_only,
+        ),
+        _ => respond(
+            &mut stream,
+            404,
+            "text/plain; charset=utf-8",
+            b"not found; try /metrics or /api/status\n",
+            head_only,
+        ),
+    };
+}
+
+fn respond(stream: &mut TcpStream, code: u16, content_type: &str, body: &[u8], head_only: bool) -> std::io::Result<()> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let allow = if code == 405 { "Allow: GET, HEAD\r\n" } else { "" };
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    if !head_only {
+        stream.write_all(body)?;
+    }
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Command as C;
+
+    fn p(args: &[&str]) -> Result<C, CliError> {
+        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn loopback_by_default_remote_only_when_allowed() {
+        let Ok(C::Exporter(o)) = p(&["--scan", "/d"]) else { panic!() };
+        assert_eq!(o.listen, DEFAULT_LISTEN);
+        assert!(matches!(o.source, Source::Scan(_)));
+        assert!(matches!(p(&["--listen", "[::1]:0"]), Ok(C::Exporter(_))));
+        assert!(matches!(p(&["--listen=localhost:0"]), Ok(C::Exporter(_))));
+        match p(&["--listen", "0.0.0.0:9464"]) {
+            Err(CliError::Usage { msg, .. }) => {
+                assert!(msg.contains("not a loopback address") && msg.contains("--allow-remote"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(p(&["--listen", "0.0.0.0:9464", "--allow-remote"]), Ok(C::Exporter(_))));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for (args, needle) in [
+            (&["--listen", "nonsense"][..], "--listen \"nonsense\" is invalid"),
+            (&["--scan", "/a", "--cache", "/b"], "cannot be combined"),
+            (&["--json"], "unknown option \"--json\""),
+            (&["--listen"], "--listen needs a value"),
+        ] {
+            match p(args) {
+                Err(CliError::Usage { msg, .. }) => assert!(msg.contains(needle), "{args:?}: {msg}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+    }
+}
