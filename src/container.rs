@@ -113,6 +113,9 @@ impl Accounting for ContainerAccounting {
     fn limit(&self, dev: usize) -> Option<u64> {
         self.get().limit(dev)
     }
+    fn any_limit(&self) -> bool {
+        self.get().any_limit()
+    }
     fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
         self.get().try_charge(dev, bytes, limit)
     }

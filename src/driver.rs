@@ -36,6 +36,12 @@ mod raw {
         Cuda fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) -> CUresult;
         Cuda fn cuArrayGetMemoryRequirements(req: *mut CUDA_ARRAY_MEMORY_REQUIREMENTS, array: CUarray, dev: CUdevice) -> CUresult;
         Cuda fn cuMipmappedArrayGetMemoryRequirements(req: *mut CUDA_ARRAY_MEMORY_REQUIREMENTS, array: CUmipmappedArray, dev: CUdevice) -> CUresult;
+        Cuda fn cuEventCreate(event: *mut CUevent, flags: c_uint) -> CUresult;
+        Cuda fn cuStreamCreate(stream: *mut CUstream, flags: c_uint) -> CUresult;
+        Cuda fn cuEventRecord(event: CUevent, stream: CUstream) -> CUresult;
+        Cuda fn cuEventQuery(event: CUevent) -> CUresult;
+        Cuda fn cuEventElapsedTime(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult;
+        Cuda fn cuStreamIsCapturing(stream: CUstream, status: *mut c_uint) -> CUresult;
         Nvml fn nvmlInit_v2() -> nvmlReturn_t;
         Nvml fn nvmlShutdown() -> nvmlReturn_t;
         Nvml fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> nvmlReturn_t;
@@ -203,4 +209,66 @@ pub fn nvml_used(device: nvmlDevice_t) -> Result<u64, nvmlReturn_t> {
     let f = unsafe { real::nvmlDeviceGetMemoryInfo.get::<Sig>() }.ok_or(nvmlReturn_t::ERROR_FUNCTION_NOT_FOUND)?;
     check_nvml(unsafe { f(device, &mut m) })?;
     Ok(m.used)
+}
+
+/// The calling thread's current device alone (cheaper than `current_context`).
+pub fn current_device() -> Result<usize, CUresult> {
+    let mut dev: CUdevice = 0;
+    // SAFETY: valid out-pointer.
+    check(unsafe { raw::cuCtxGetDevice(&mut dev) })?;
+    usize::try_from(dev).map_err(|_| CUresult::ERROR_INVALID_DEVICE)
+}
+
+pub fn current_context_handle() -> Result<CUcontext, CUresult> {
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: valid out-pointer.
+    check(unsafe { raw::cuCtxGetCurrent(&mut ctx) })?;
+    Ok(ctx)
+}
+
+/// Whether `stream` is capturing (then its launches are recorded, not executed). Errors count
+/// as capturing: when in doubt, leave the stream alone.
+pub fn stream_capturing(stream: CUstream) -> bool {
+    let mut status: c_uint = 0;
+    // SAFETY: valid out-pointer; `stream` is the caller's own stream handle.
+    let rc = unsafe { raw::cuStreamIsCapturing(stream, &mut status) };
+    !rc.is_success() || status != 0
+}
+
+pub fn event_create() -> Result<CUevent, CUresult> {
+    let mut e: CUevent = std::ptr::null_mut();
+    // SAFETY: valid out-pointer; default flags (timing enabled).
+    check(unsafe { raw::cuEventCreate(&mut e, 0) })?;
+    Ok(e)
+}
+
+pub fn event_record(event: CUevent, stream: CUstream) -> Result<(), CUresult> {
+    // SAFETY: an event we created, on the stream the caller launched on.
+    check(unsafe { raw::cuEventRecord(event, stream) })
+}
+
+/// `Ok(true)` when the work before the event has completed.
+pub fn event_done(event: CUevent) -> Result<bool, CUresult> {
+    // SAFETY: an event we created.
+    match unsafe { raw::cuEventQuery(event) } {
+        CUresult::SUCCESS => Ok(true),
+        CUresult::ERROR_NOT_READY => Ok(false),
+        e => Err(e),
+    }
+}
+
+/// GPU time between two completed events, ns.
+pub fn event_elapsed_ns(start: CUevent, end: CUevent) -> Result<u64, CUresult> {
+    let mut ms: f32 = 0.0;
+    // SAFETY: valid out-pointer; both events are ours and completed.
+    check(unsafe { raw::cuEventElapsedTime(&mut ms, start, end) })?;
+    Ok((ms.max(0.0) as f64 * 1e6) as u64)
+}
+
+/// A private non-blocking stream (for the limiter's clock anchor).
+pub fn stream_create() -> Result<CUstream, CUresult> {
+    let mut s: CUstream = std::ptr::null_mut();
+    // SAFETY: valid out-pointer; flag 1 = CU_STREAM_NON_BLOCKING.
+    check(unsafe { raw::cuStreamCreate(&mut s, 1) })?;
+    Ok(s)
 }

@@ -9,5 +9,6 @@ mod container;
 mod driver;
 mod hooks;
 mod intercept;
+mod limiter;
 mod log;
 mod state;

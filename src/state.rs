@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use vgpu_core::MAX_DEVICES;
 
 use vgpu_core::config::Config;
-use vgpu_core::devices::{format_uuid, ordinal_uuids};
+use vgpu_core::devices::{format_uuid, format_uuid_bytes, ordinal_uuids};
 use vgpu_core::ledger::MemoryLedger;
 
 use crate::container::ContainerAccounting;
@@ -46,20 +46,22 @@ pub fn state() -> &'static State {
     &STATE
 }
 
-/// The CUDA ordinal an NVML device is, by UUID. CUDA's own answer when it is initialised in this
-/// process; otherwise `CUDA_VISIBLE_DEVICES` resolved against NVML's enumeration (nvidia-smi and
-/// vLLM query NVML before, or without, CUDA).
-pub fn ordinal_of_uuid(uuid: &str) -> Option<usize> {
+/// The CUDA ordinal an NVML device is, by UUID: `Some(Some(i))`, `Some(None)` when CUDA does not
+/// see the device, `None` when NVML could not be asked now (so a definite answer can be cached).
+/// CUDA's own answer when it is initialised in this process; otherwise `CUDA_VISIBLE_DEVICES`
+/// resolved against NVML's enumeration (nvidia-smi and vLLM query NVML before, or without, CUDA).
+pub fn resolve_ordinal(uuid: &str) -> Option<Option<usize>> {
     let cuda = libs::loaded_handle(Lib::Cuda).and_then(|_| driver::device_count().ok());
-    let ordinals: Vec<Option<String>> = match cuda {
-        Some(n) => (0..n).map(|d| driver::device_uuid(d).ok().map(|b| format_uuid(&b))).collect(),
-        None => {
-            let session = driver::NvmlSession::open().ok()?;
-            let physical = driver::nvml_uuids(&session).ok()?;
-            ordinal_uuids(state().config.visible_devices.as_deref(), &physical)
-        }
-    };
-    ordinals.iter().position(|u| u.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(uuid)))
+    if let Some(n) = cuda {
+        let found = (0..n).position(|d| {
+            driver::device_uuid(d).is_ok_and(|b| format_uuid_bytes(&b).eq_ignore_ascii_case(uuid.as_bytes()))
+        });
+        return Some(found);
+    }
+    let session = driver::NvmlSession::open().ok()?;
+    let physical = driver::nvml_uuids(&session).ok()?;
+    let ordinals = ordinal_uuids(state().config.visible_devices.as_deref(), &physical);
+    Some(ordinals.iter().position(|u| u.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(uuid))))
 }
 
 /// `all 2048 MiB` when every device has the same cap, else `0: 20480 MiB, 1: none, …`.

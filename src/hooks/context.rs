@@ -132,8 +132,17 @@ pub unsafe fn create_v4(
     unsafe { create_common(real, pctx, dev, driver::destroy_context) }
 }
 
+/// Bumped after every call that may destroy a context, so per-thread caches of context →
+/// device (`memory::current_context`) never trust a handle the driver may since have reused.
+pub static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn contexts_may_have_gone() {
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
 pub unsafe fn destroy(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
     let rc = real.call();
+    contexts_may_have_gone();
     if rc.is_success() {
         forget(ctx as u64);
     }
@@ -163,6 +172,7 @@ pub unsafe fn primary_retain(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev
 /// After the last release (or a reset) the driver destroys the primary context.
 unsafe fn primary_gone(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
     let rc = real.call();
+    contexts_may_have_gone();
     let Ok(d) = usize::try_from(dev) else {
         return rc;
     };

@@ -3,13 +3,16 @@
 //! the charge under the key its free will name. Frees always reach the driver and return its
 //! code; they release our charge only when the driver freed something.
 
+use std::cell::Cell;
 use std::ffi::c_uint;
+use std::sync::atomic::Ordering;
 
 use cuda_types::*;
 use vgpu_core::ledger::{Denied, Key, Reservation};
 
 use crate::driver;
-use crate::intercept::Real;
+use crate::hooks::context;
+use crate::intercept::{Lib, Real, RealFn, c_name};
 use crate::state::state;
 
 type Res = Reservation<'static, crate::container::ContainerAccounting>;
@@ -25,10 +28,43 @@ fn deny(d: Denied) -> CUresult {
     CUresult::ERROR_OUT_OF_MEMORY
 }
 
+static CTX_GET_CURRENT: RealFn = RealFn::new(Lib::Cuda, c_name("cuCtxGetCurrent\0"));
+
+thread_local! {
+    /// (context, `context::GENERATION` when learned, device) of this thread's last context.
+    static LAST_CONTEXT: Cell<(usize, u64, usize)> = const { Cell::new((0, u64::MAX, 0)) };
+}
+
+/// The calling thread's current context and its device, as `driver::current_context`, with the
+/// context's device remembered per thread: a context's device never changes, so while no
+/// context has been destroyed since (the generation), one driver call (`cuCtxGetCurrent`)
+/// names both.
+fn current_context() -> Result<(CUcontext, usize), CUresult> {
+    type Sig = unsafe extern "C" fn(*mut CUcontext) -> CUresult;
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    // SAFETY: the real cuCtxGetCurrent with a valid out-pointer.
+    let f = unsafe { CTX_GET_CURRENT.get::<Sig>() }.ok_or(<CUresult as crate::intercept::Code>::MISSING)?;
+    let rc = unsafe { f(&mut ctx) };
+    if !rc.is_success() {
+        return Err(rc);
+    }
+    if ctx.is_null() {
+        return Err(CUresult::ERROR_INVALID_CONTEXT);
+    }
+    let generation = context::GENERATION.load(Ordering::Acquire);
+    let (cached, cached_gen, dev) = LAST_CONTEXT.get();
+    if cached == ctx as usize && cached_gen == generation {
+        return Ok((ctx, dev));
+    }
+    let (ctx, dev) = driver::current_context()?;
+    LAST_CONTEXT.set((ctx as usize, generation, dev));
+    Ok((ctx, dev))
+}
+
 /// Reserve on the current context's device; `Err` carries what to return without the driver.
 /// No current context (or anything else odd) is the driver's error to report, so we let it.
 fn reserve_current(bytes: u64) -> Result<Option<(Res, u64)>, CUresult> {
-    let Ok((ctx, dev)) = driver::current_context() else {
+    let Ok((ctx, dev)) = current_context() else {
         return Ok(None);
     };
     match state().ledger.reserve(dev, bytes) {
@@ -180,7 +216,7 @@ unsafe fn array_common(
     if out.is_null() {
         return real.call();
     }
-    let Ok((ctx, dev)) = driver::current_context() else {
+    let Ok((ctx, dev)) = current_context() else {
         return real.call();
     };
     let mut r = match state().ledger.reserve(dev, estimate) {

@@ -2,6 +2,7 @@
 
 pub mod context;
 pub mod info;
+pub mod launch;
 pub mod memory;
 pub mod nvml;
 pub mod procaddr;

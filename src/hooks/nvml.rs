@@ -7,17 +7,67 @@ use vgpu_core::view::{MemoryView, virtual_view};
 
 use crate::driver;
 use crate::intercept::Real;
-use crate::state::{ordinal_of_uuid, state};
+use crate::state::{resolve_ordinal, state};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// NVML handle → CUDA ordinal, learned once per handle (NVML's handles are stable for the
+/// process's life). `handle` 0 = free slot; `ordinal` holds ordinal + 1, or `NOT_CUDA` for a
+/// device CUDA does not see.
+struct HandleSlot {
+    handle: AtomicUsize,
+    ordinal: AtomicUsize,
+}
+
+const NOT_CUDA: usize = usize::MAX;
+const HANDLE_SLOTS: usize = 2 * vgpu_core::MAX_DEVICES;
+
+static HANDLES: [HandleSlot; HANDLE_SLOTS] =
+    [const { HandleSlot { handle: AtomicUsize::new(0), ordinal: AtomicUsize::new(0) } }; HANDLE_SLOTS];
+
+/// The CUDA ordinal of an NVML device (`None`: CUDA does not see it, or we cannot tell).
+fn ordinal_of(device: nvmlDevice_t) -> Option<usize> {
+    let key = device as usize;
+    if key == 0 {
+        return None;
+    }
+    for slot in &HANDLES {
+        match slot.handle.load(Ordering::Acquire) {
+            0 => break,
+            h if h == key => {
+                match slot.ordinal.load(Ordering::Acquire) {
+                    0 => break, // being filled in by another thread
+                    NOT_CUDA => return None,
+                    o => return Some(o - 1),
+                }
+            }
+            _ => {}
+        }
+    }
+    let uuid = driver::nvml_device_uuid(device).ok()?;
+    let resolved = resolve_ordinal(&uuid)?;
+    let value = resolved.map_or(NOT_CUDA, |o| o + 1);
+    for slot in &HANDLES {
+        match slot.handle.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                slot.ordinal.store(value, Ordering::Release);
+                break;
+            }
+            Err(h) if h == key => break, // another thread cached it
+            Err(_) => {}
+        }
+    }
+    resolved
+}
 
 /// Our view for a device, given the driver's physical numbers; `None` when it is uncapped.
 fn capped_view(device: nvmlDevice_t, total: u64, free: u64) -> Option<MemoryView> {
     let ledger = &state().ledger;
     // Uncapped everywhere: the driver's answer, without a single extra NVML call.
-    if (0..vgpu_core::MAX_DEVICES).all(|d| ledger.limit(d).is_none()) {
+    if !ledger.any_limit() {
         return None;
     }
-    let uuid = driver::nvml_device_uuid(device).ok()?;
-    let dev = ordinal_of_uuid(&uuid)?;
+    let dev = ordinal_of(device)?;
     let cap = ledger.limit(dev)?;
     Some(virtual_view(Some(cap), ledger.used(dev), total, free))
 }

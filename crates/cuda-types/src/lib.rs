@@ -243,6 +243,26 @@ const _: () = {
 // ---- Added for the fake driver (crates/fakegpu) and its C test programs. ----
 
 pub type CUfunction = *mut c_void;
+pub type CUevent = *mut c_void;
+pub type CUgraphExec = *mut c_void;
+
+/// `CUlaunchConfig` (for `cuLaunchKernelEx`); only `hStream` is read by libvgpu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CUlaunchConfig {
+    pub gridDimX: u32,
+    pub gridDimY: u32,
+    pub gridDimZ: u32,
+    pub blockDimX: u32,
+    pub blockDimY: u32,
+    pub blockDimZ: u32,
+    pub sharedMemBytes: u32,
+    pub hStream: CUstream,
+    pub attrs: *mut c_void,
+    pub numAttrs: u32,
+}
+
+const _: () = assert!(core::mem::offset_of!(CUlaunchConfig, hStream) == 32);
 
 /// `CUDA_ARRAY_DESCRIPTOR` as the pre-3.2 (`cuArrayCreate` without suffix) entry point takes
 /// it: 32-bit extents.

@@ -91,10 +91,8 @@ pub mod config;
 pub mod cuda;
 pub mod nvml;
 pub mod state;
-mod tally;
+pub mod tally;
 pub mod timeline;
-
-pub use tally::tally;
 
 /// The name both cuDeviceGetName and nvmlDeviceGetName report.
 pub const DEVICE_NAME: &str = "NVIDIA H200 (fakegpu)";

@@ -75,27 +75,27 @@ fn init() -> nvmlReturn_t {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlInit_v2() -> nvmlReturn_t {
-    crate::tally("nvmlInit_v2");
+    crate::tally!("nvmlInit_v2");
     init()
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlInit() -> nvmlReturn_t {
-    crate::tally("nvmlInit");
+    crate::tally!("nvmlInit");
     init()
 }
 
 /// The flags (no GPUs / no attach) change nothing here.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlInitWithFlags(_flags: c_uint) -> nvmlReturn_t {
-    crate::tally("nvmlInitWithFlags");
+    crate::tally!("nvmlInitWithFlags");
     init()
 }
 
 /// Reference-counted like NVML: only the last shutdown uninitialises.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlShutdown() -> nvmlReturn_t {
-    crate::tally("nvmlShutdown");
+    crate::tally!("nvmlShutdown");
     guard(|| {
         INIT_COUNT
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
@@ -116,13 +116,13 @@ fn count(out: *mut c_uint) -> nvmlReturn_t {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(out: *mut c_uint) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetCount_v2");
+    crate::tally!("nvmlDeviceGetCount_v2");
     count(out)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetCount(out: *mut c_uint) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetCount");
+    crate::tally!("nvmlDeviceGetCount");
     count(out)
 }
 
@@ -140,13 +140,13 @@ fn by_index(i: c_uint, out: *mut nvmlDevice_t) -> nvmlReturn_t {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(i: c_uint, out: *mut nvmlDevice_t) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetHandleByIndex_v2");
+    crate::tally!("nvmlDeviceGetHandleByIndex_v2");
     by_index(i, out)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(i: c_uint, out: *mut nvmlDevice_t) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetHandleByIndex");
+    crate::tally!("nvmlDeviceGetHandleByIndex");
     by_index(i, out)
 }
 
@@ -169,13 +169,13 @@ fn by_key(key: *const c_char, out: *mut nvmlDevice_t, matches: impl Fn(&str, usi
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, out: *mut nvmlDevice_t) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetHandleByUUID");
+    crate::tally!("nvmlDeviceGetHandleByUUID");
     by_key(uuid, out, |key, _, uuid| key.trim().eq_ignore_ascii_case(uuid))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(bus: *const c_char, out: *mut nvmlDevice_t) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetHandleByPciBusId_v2");
+    crate::tally!("nvmlDeviceGetHandleByPciBusId_v2");
     by_key(bus, out, |key, i, _| {
         crate::parse_pci_bus_id(key).is_some_and(|p| Some(p) == crate::parse_pci_bus_id(&crate::pci_bus_id(i)))
     })
@@ -183,7 +183,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(bus: *const c_char, ou
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetIndex(dev: nvmlDevice_t, out: *mut c_uint) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetIndex");
+    crate::tally!("nvmlDeviceGetIndex");
     guard(|| {
         let out = nn(out)?;
         let i = index(dev)?;
@@ -207,7 +207,7 @@ fn write_string(buf: *mut c_char, len: c_uint, text: &str) -> R<()> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetUUID(dev: nvmlDevice_t, buf: *mut c_char, len: c_uint) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetUUID");
+    crate::tally!("nvmlDeviceGetUUID");
     guard(|| {
         let i = index(dev)?;
         let uuid = state().devices[i].uuid.clone();
@@ -217,7 +217,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(dev: nvmlDevice_t, buf: *mut c_char, 
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetName(dev: nvmlDevice_t, buf: *mut c_char, len: c_uint) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetName");
+    crate::tally!("nvmlDeviceGetName");
     guard(|| {
         index(dev)?;
         write_string(buf, len, crate::DEVICE_NAME)
@@ -233,7 +233,7 @@ fn memory(dev: nvmlDevice_t) -> R<(u64, u64)> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(dev: nvmlDevice_t, out: *mut nvmlMemory_t) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetMemoryInfo");
+    crate::tally!("nvmlDeviceGetMemoryInfo");
     guard(|| {
         let out = nn(out)?;
         let (total, used) = memory(dev)?;
@@ -244,7 +244,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(dev: nvmlDevice_t, out: *mut nv
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(dev: nvmlDevice_t, out: *mut nvmlMemory_v2_t) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetMemoryInfo_v2");
+    crate::tally!("nvmlDeviceGetMemoryInfo_v2");
     guard(|| {
         let out = nn(out)?;
         if unsafe { (*out).version } != NVML_MEMORY_V2 {
@@ -290,7 +290,7 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetComputeRunningProcesses_v3");
+    crate::tally!("nvmlDeviceGetComputeRunningProcesses_v3");
     processes(dev, count, infos, info_v3)
 }
 
@@ -301,7 +301,7 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v2(
     count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetComputeRunningProcesses_v2");
+    crate::tally!("nvmlDeviceGetComputeRunningProcesses_v2");
     processes(dev, count, infos, info_v3)
 }
 
@@ -311,13 +311,13 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses(
     count: *mut c_uint,
     infos: *mut nvmlProcessInfo_v1_t,
 ) -> nvmlReturn_t {
-    crate::tally("nvmlDeviceGetComputeRunningProcesses");
+    crate::tally!("nvmlDeviceGetComputeRunningProcesses");
     processes(dev, count, infos, |pid, used| nvmlProcessInfo_v1_t { pid, usedGpuMemory: used })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char {
-    crate::tally("nvmlErrorString");
+    crate::tally!("nvmlErrorString");
     let text: &CStr = match result.0 {
         0 => c"Success",
         1 => c"Uninitialized",

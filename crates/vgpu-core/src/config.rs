@@ -20,6 +20,16 @@ pub const CONTEXT_OVERHEAD: &str = "LIBVGPU_CONTEXT_OVERHEAD";
 pub const REGION_MODE: &str = "LIBVGPU_REGION_MODE";
 /// HAMi: 0 high priority, 1 low (default).
 pub const TASK_PRIORITY: &str = "CUDA_TASK_PRIORITY";
+/// HAMi: FORCE always limits SM, DISABLE never, anything else follows the region's
+/// `utilization_switch`.
+pub const CORE_POLICY: &str = "GPU_CORE_UTILIZATION_POLICY";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CorePolicy {
+    Default,
+    Force,
+    Disable,
+}
 
 pub const DEFAULT_SHARED_CACHE: &str = "/tmp/cudevshr.cache";
 
@@ -46,6 +56,7 @@ pub struct Config {
     /// Permission bits of a region file we create.
     pub region_mode: u32,
     pub priority: i32,
+    pub core_policy: CorePolicy,
 }
 
 impl Default for Config {
@@ -59,6 +70,7 @@ impl Default for Config {
             context_overhead: None,
             region_mode: 0o600,
             priority: 1,
+            core_policy: CorePolicy::Default,
         }
     }
 }
@@ -161,6 +173,17 @@ impl Config {
                     Ok(mode) if mode <= 0o777 && !digits.is_empty() => config.region_mode = mode,
                     _ => errors.push(error("not a permission mode".into(), ACCEPTED_MODE, "using 0600")),
                 }
+            } else if name == CORE_POLICY {
+                match value.trim().to_ascii_uppercase().as_str() {
+                    "FORCE" => config.core_policy = CorePolicy::Force,
+                    "DISABLE" => config.core_policy = CorePolicy::Disable,
+                    "" | "DEFAULT" => config.core_policy = CorePolicy::Default,
+                    _ => errors.push(error(
+                        "not a policy".into(),
+                        "FORCE, DISABLE or DEFAULT",
+                        "following the region's utilization_switch",
+                    )),
+                }
             } else if name == TASK_PRIORITY {
                 match value.trim() {
                     "0" => config.priority = 0,
@@ -182,9 +205,17 @@ impl Config {
     }
 
     pub fn from_env() -> (Config, Vec<ConfigError>) {
+        use std::os::unix::ffi::OsStrExt;
+        // Filter on the raw bytes first: only our few variables are converted (and copied).
         let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter(|(k, _)| {
+                let k = k.as_bytes();
+                k.starts_with(b"CUDA_")
+                    || k.starts_with(b"LIBCUDA_")
+                    || k.starts_with(b"LIBVGPU_")
+                    || k == CORE_POLICY.as_bytes()
+            })
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .filter(|(k, _)| k.starts_with("CUDA_") || k.starts_with("LIBCUDA_") || k.starts_with("LIBVGPU_"))
             .collect();
         Config::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }

@@ -65,8 +65,28 @@ pub fn ordinal_uuids(visible: Option<&str>, physical: &[String]) -> Vec<Option<S
 
 /// `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, the form NVML and `nvidia-smi -L` print.
 pub fn format_uuid(bytes: &[u8; 16]) -> String {
-    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("GPU-{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    // ASCII only: one byte per char, one allocation of exactly 40 bytes.
+    format_uuid_bytes(bytes).iter().map(|&c| c as char).collect()
+}
+
+/// Length of `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub const UUID_STRING_LEN: usize = 40;
+
+/// [`format_uuid`] into a stack buffer (ASCII), without allocating.
+pub fn format_uuid_bytes(bytes: &[u8; 16]) -> [u8; UUID_STRING_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; UUID_STRING_LEN];
+    out[..4].copy_from_slice(b"GPU-");
+    let mut o = 4;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            o += 1; // the dash already there
+        }
+        out[o] = HEX[(b >> 4) as usize];
+        out[o + 1] = HEX[(b & 0xf) as usize];
+        o += 2;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -124,5 +144,8 @@ mod tests {
     fn uuid_format() {
         let b: [u8; 16] = core::array::from_fn(|i| i as u8);
         assert_eq!(format_uuid(&b), "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f");
+        let b = [0xfa, 0x4e, 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 0xff];
+        assert_eq!(format_uuid(&b), "GPU-fa4e0000-0000-4000-8000-0000000000ff");
+        assert_eq!(&format_uuid_bytes(&b)[..], format_uuid(&b).as_bytes());
     }
 }

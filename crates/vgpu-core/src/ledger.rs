@@ -11,6 +11,7 @@
 //! container-wide shared region are interchangeable.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,7 +37,67 @@ pub trait Accounting: Send + Sync {
     fn used(&self, dev: usize) -> u64;
     /// The cap refused an allocation (counted for operators; nothing to do per process).
     fn record_denial(&self, _dev: usize) {}
+    /// Whether any device has a cap (the hot paths' "uncapped: pass through" test).
+    fn any_limit(&self) -> bool {
+        (0..MAX_DEVICES).any(|d| self.limit(d).is_some())
+    }
 }
+
+/// A tiny multiply-fold hasher for the ledger's keys (pointers and handles): SipHash's DoS
+/// resistance buys nothing for driver-issued addresses and costs ~100 instructions per lookup.
+/// The 64×64→128 multiply folds high bits into low ones, so aligned pointers (low bits zero)
+/// still spread over the table's buckets.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+const FX_K: u64 = 0xf135_7aea_2e62_a9c5;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        let p = u128::from(self.hash ^ word) * u128::from(FX_K);
+        self.hash = (p as u64) ^ ((p >> 64) as u64);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_isize(&mut self, i: isize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Per-process counters with fixed limits.
 pub struct ProcessAccounting {
@@ -115,12 +176,12 @@ pub struct Denied {
 
 pub struct MemoryLedger<A: Accounting> {
     accounting: A,
-    live: Mutex<HashMap<Key, Allocation>>,
+    live: Mutex<FastMap<Key, Allocation>>,
 }
 
 impl<A: Accounting> MemoryLedger<A> {
     pub fn new(accounting: A) -> Self {
-        MemoryLedger { accounting, live: Mutex::new(HashMap::new()) }
+        MemoryLedger { accounting, live: Mutex::new(FastMap::default()) }
     }
 
     pub fn accounting(&self) -> &A {
@@ -133,6 +194,12 @@ impl<A: Accounting> MemoryLedger<A> {
 
     pub fn used(&self, dev: usize) -> u64 {
         self.accounting.used(dev)
+    }
+
+    /// Whether any device has a cap, read live.
+    #[inline]
+    pub fn any_limit(&self) -> bool {
+        self.accounting.any_limit()
     }
 
     /// Takes `bytes` on `dev` out of the cap, or says why not.
@@ -191,7 +258,7 @@ impl<A: Accounting> MemoryLedger<A> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Allocation>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<Key, Allocation>> {
         // A panic elsewhere while holding the map leaves it consistent (single inserts/removes).
         self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

@@ -29,7 +29,10 @@ pub struct BucketState {
     pub consumed_ns: AtomicU64,
     /// Time launching threads spent waiting for the bucket, ns (for metrics).
     pub throttled_ns: AtomicU64,
-    pub reserved: [AtomicU64; 4],
+    /// GPU time (CLOCK_MONOTONIC ns) up to which busy time has been charged: the container's
+    /// processes charge the union of their busy intervals, not the sum, since they share a GPU.
+    pub charged_until: AtomicU64,
+    pub reserved: [AtomicU64; 3],
 }
 
 const _: () = assert!(size_of::<BucketState>() == 64);
@@ -48,11 +51,11 @@ impl BucketState {
         let mut last = self.refilled_to.load(Acquire);
         loop {
             if last == 0 {
-                // First use: start full.
+                // First use: start empty, so a short job is not ahead by a whole burst.
                 match self.refilled_to.compare_exchange(0, now, AcqRel, Acquire) {
                     Ok(_) => {
-                        self.tokens.store(burst, Relaxed);
-                        return burst;
+                        self.tokens.store(0, Relaxed);
+                        return 0;
                     }
                     Err(seen) => last = seen,
                 }
@@ -76,6 +79,15 @@ impl BucketState {
         let scaled = (gpu_ns as u128 * PPM as u128).min(i64::MAX as u128) as i64;
         let _ = self.tokens.fetch_update(AcqRel, Acquire, |t| Some(t.saturating_sub(scaled)));
         self.consumed_ns.fetch_add(gpu_ns, Relaxed);
+    }
+
+    /// Charges the busy interval `[start, end]` (CLOCK_MONOTONIC ns) minus whatever part of it
+    /// another process of the container already charged.
+    pub fn consume_interval(&self, start: u64, end: u64) {
+        let before = self.charged_until.fetch_max(end, AcqRel);
+        if end > before {
+            self.consume(end - start.max(before));
+        }
     }
 
     /// How long a launching thread must wait before the bucket is non-negative again (0 = go).
@@ -104,6 +116,16 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     #[test]
+    fn overlapping_intervals_are_charged_once() {
+        let b = BucketState::default();
+        b.consume_interval(100, 200);
+        b.consume_interval(150, 260);
+        b.consume_interval(120, 180);
+        b.consume_interval(300, 310);
+        assert_eq!(b.consumed_ns.load(Relaxed), 100 + 60 + 10);
+    }
+
+    #[test]
     fn shares_from_percent() {
         assert_eq!(share_ppm(30), Some(300_000));
         assert_eq!(share_ppm(0), None);
@@ -112,12 +134,13 @@ mod tests {
     }
 
     #[test]
-    fn starts_full_refills_at_the_share_and_caps_at_the_burst() {
+    fn starts_empty_refills_at_the_share_and_caps_at_the_burst() {
         let b = BucketState::default();
         let (share, burst) = (300_000, burst_ns(300_000, 100 * MS));
         assert_eq!(burst, 30 * MS as i64);
         let full = burst * PPM as i64;
-        assert_eq!(b.refill(1_000 * MS, share, burst), full);
+        assert_eq!(b.refill(1_000 * MS, share, burst), 0);
+        b.tokens.store(full, Relaxed);
         b.consume(50 * MS);
         assert_eq!(b.tokens.load(Relaxed), -20 * (MS * PPM) as i64);
         // 20 ms owed at 30 % takes 66.7 ms of wall time to repay.

@@ -68,6 +68,11 @@ impl Accounting for RegionAccounting {
         (cap > 0).then_some(cap)
     }
 
+    fn any_limit(&self) -> bool {
+        // Relaxed: a cap set a moment ago may be missed by one call either way, as with SeqCst.
+        self.region.shared().limit.iter().any(|l| l.load(std::sync::atomic::Ordering::Relaxed) > 0)
+    }
+
     fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
         if self.attempt(dev, bytes, limit) {
             return true;

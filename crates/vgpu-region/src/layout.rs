@@ -10,6 +10,7 @@ use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
 
 use vgpu_core::MAX_DEVICES;
+use vgpu_core::limiter::BucketState;
 
 pub const MAX_PROCS: usize = 1024;
 pub const UUID_LEN: usize = 96;
@@ -92,8 +93,10 @@ pub struct Extension {
     /// Per-slot generation, bumped whenever a slot is (re)claimed, so a reader can tell a
     /// reused slot from its previous owner.
     pub slot_generation: [AtomicU64; MAX_PROCS],
-    /// Reserved for the compute limiter's shared state; zero until it lands.
-    pub limiter: [AtomicU64; 512],
+    /// The compute limiter's GPU-time bucket, per device (see vgpu_core::limiter).
+    pub buckets: [BucketState; MAX_DEVICES],
+    /// Reserved for the limiter's future state; zero.
+    pub limiter_reserved: [AtomicU64; 384],
 }
 
 /// Bytes the file must have: HAMi's `sizeof + 1` plus our extension.
@@ -131,6 +134,7 @@ const _: () = {
     assert!(size_of::<SharedRegion>() == 2_008_952);
     assert!(EXTENSION_OFFSET % 8 == 0);
     assert!(FILE_SIZE as u64 != HAMI_V0_FILE_SIZE);
+    assert!(size_of::<Extension>() == 16 + 16 * 8 * 2 + MAX_PROCS * 8 + 512 * 8);
 };
 
 /// Byte offset of slot `i` in the file (its first byte is the slot's liveness lock).

@@ -196,6 +196,8 @@ impl Region {
             s.sm_limit[i].store(init.sm_limits[i].map_or(0, u64::from), Relaxed);
         }
         s.proc_num.store(0, Relaxed);
+        // HAMi: 1 = limit SM now; the monitor may turn it off (GPU_CORE_UTILIZATION_POLICY decides).
+        s.utilization_switch.store(1, Relaxed);
         s.priority.store(init.priority, Relaxed);
         let x = self.extension();
         x.version.store(EXTENSION_VERSION, Relaxed);

@@ -57,31 +57,31 @@ fn shape3_v1(d: *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> Option<Shape> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuArrayCreate_v2(arr: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR) -> CUresult {
-    crate::tally("cuArrayCreate_v2");
+    crate::tally!("cuArrayCreate_v2");
     guard(|| create(arr, shape2(desc)))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuArrayCreate(arr: *mut CUarray, desc: *const CUDA_ARRAY_DESCRIPTOR_v1) -> CUresult {
-    crate::tally("cuArrayCreate");
+    crate::tally!("cuArrayCreate");
     guard(|| create(arr, shape2_v1(desc)))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuArray3DCreate_v2(arr: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR) -> CUresult {
-    crate::tally("cuArray3DCreate_v2");
+    crate::tally!("cuArray3DCreate_v2");
     guard(|| create(arr, shape3(desc)))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuArray3DCreate(arr: *mut CUarray, desc: *const CUDA_ARRAY3D_DESCRIPTOR_v1) -> CUresult {
-    crate::tally("cuArray3DCreate");
+    crate::tally!("cuArray3DCreate");
     guard(|| create(arr, shape3_v1(desc)))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuArrayDestroy(arr: CUarray) -> CUresult {
-    crate::tally("cuArrayDestroy");
+    crate::tally!("cuArrayDestroy");
     guard(|| with_ctx(|st, _, _| st.array_destroy(arr as u64, false)))
 }
 
@@ -91,7 +91,7 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
     desc: *const CUDA_ARRAY3D_DESCRIPTOR,
     levels: c_uint,
 ) -> CUresult {
-    crate::tally("cuMipmappedArrayCreate");
+    crate::tally!("cuMipmappedArrayCreate");
     guard(|| {
         let out = nn(out)?;
         let shape = shape3(desc).ok_or(CUresult::ERROR_INVALID_VALUE)?;
@@ -109,7 +109,7 @@ pub unsafe extern "C" fn cuMipmappedArrayCreate(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMipmappedArrayDestroy(mm: CUmipmappedArray) -> CUresult {
-    crate::tally("cuMipmappedArrayDestroy");
+    crate::tally!("cuMipmappedArrayDestroy");
     guard(|| with_ctx(|st, _, _| st.array_destroy(mm as u64, true)))
 }
 
@@ -133,7 +133,7 @@ pub unsafe extern "C" fn cuArrayGetMemoryRequirements(
     arr: CUarray,
     dev: CUdevice,
 ) -> CUresult {
-    crate::tally("cuArrayGetMemoryRequirements");
+    crate::tally!("cuArrayGetMemoryRequirements");
     guard(|| requirements(out, arr as u64, false, dev))
 }
 
@@ -143,6 +143,6 @@ pub unsafe extern "C" fn cuMipmappedArrayGetMemoryRequirements(
     mm: CUmipmappedArray,
     dev: CUdevice,
 ) -> CUresult {
-    crate::tally("cuMipmappedArrayGetMemoryRequirements");
+    crate::tally!("cuMipmappedArrayGetMemoryRequirements");
     guard(|| requirements(out, mm as u64, true, dev))
 }

@@ -17,7 +17,7 @@ fn ptr(handle: u64) -> CUcontext {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
-    crate::tally("cuDevicePrimaryCtxRetain");
+    crate::tally!("cuDevicePrimaryCtxRetain");
     guard(|| {
         let out = nn(pctx)?;
         need_init()?;
@@ -40,13 +40,13 @@ fn primary_release(dev: CUdevice) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
-    crate::tally("cuDevicePrimaryCtxRelease_v2");
+    crate::tally!("cuDevicePrimaryCtxRelease_v2");
     primary_release(dev)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
-    crate::tally("cuDevicePrimaryCtxRelease");
+    crate::tally!("cuDevicePrimaryCtxRelease");
     primary_release(dev)
 }
 
@@ -62,19 +62,19 @@ fn primary_reset(dev: CUdevice) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
-    crate::tally("cuDevicePrimaryCtxReset_v2");
+    crate::tally!("cuDevicePrimaryCtxReset_v2");
     primary_reset(dev)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
-    crate::tally("cuDevicePrimaryCtxReset");
+    crate::tally!("cuDevicePrimaryCtxReset");
     primary_reset(dev)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) -> CUresult {
-    crate::tally("cuDevicePrimaryCtxGetState");
+    crate::tally!("cuDevicePrimaryCtxGetState");
     guard(|| {
         let (flags, active) = (nn(flags)?, nn(active)?);
         need_init()?;
@@ -105,13 +105,13 @@ fn create(pctx: *mut CUcontext, dev: CUdevice) -> Res<()> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxCreate_v2(pctx: *mut CUcontext, _flags: c_uint, dev: CUdevice) -> CUresult {
-    crate::tally("cuCtxCreate_v2");
+    crate::tally!("cuCtxCreate_v2");
     guard(|| create(pctx, dev))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxCreate(pctx: *mut CUcontext, _flags: c_uint, dev: CUdevice) -> CUresult {
-    crate::tally("cuCtxCreate");
+    crate::tally!("cuCtxCreate");
     guard(|| create(pctx, dev))
 }
 
@@ -123,7 +123,7 @@ pub unsafe extern "C" fn cuCtxCreate_v3(
     _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    crate::tally("cuCtxCreate_v3");
+    crate::tally!("cuCtxCreate_v3");
     guard(|| {
         if num_params < 0 || (num_params > 0 && params.is_null()) {
             return Err(CUresult::ERROR_INVALID_VALUE);
@@ -140,7 +140,7 @@ pub unsafe extern "C" fn cuCtxCreate_v4(
     _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    crate::tally("cuCtxCreate_v4");
+    crate::tally!("cuCtxCreate_v4");
     guard(|| create(pctx, dev))
 }
 
@@ -156,13 +156,13 @@ fn destroy(ctx: CUcontext) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
-    crate::tally("cuCtxDestroy_v2");
+    crate::tally!("cuCtxDestroy_v2");
     destroy(ctx)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
-    crate::tally("cuCtxDestroy");
+    crate::tally!("cuCtxDestroy");
     destroy(ctx)
 }
 
@@ -174,7 +174,7 @@ fn known(h: u64) -> Res<()> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
-    crate::tally("cuCtxSetCurrent");
+    crate::tally!("cuCtxSetCurrent");
     guard(|| {
         need_init()?;
         let h = handle(ctx);
@@ -193,7 +193,7 @@ pub unsafe extern "C" fn cuCtxSetCurrent(ctx: CUcontext) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxGetCurrent(pctx: *mut CUcontext) -> CUresult {
-    crate::tally("cuCtxGetCurrent");
+    crate::tally!("cuCtxGetCurrent");
     guard(|| {
         let out = nn(pctx)?;
         need_init()?;
@@ -217,13 +217,13 @@ fn push(ctx: CUcontext) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxPushCurrent_v2(ctx: CUcontext) -> CUresult {
-    crate::tally("cuCtxPushCurrent_v2");
+    crate::tally!("cuCtxPushCurrent_v2");
     push(ctx)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxPushCurrent(ctx: CUcontext) -> CUresult {
-    crate::tally("cuCtxPushCurrent");
+    crate::tally!("cuCtxPushCurrent");
     push(ctx)
 }
 
@@ -241,19 +241,19 @@ fn pop(pctx: *mut CUcontext) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxPopCurrent_v2(pctx: *mut CUcontext) -> CUresult {
-    crate::tally("cuCtxPopCurrent_v2");
+    crate::tally!("cuCtxPopCurrent_v2");
     pop(pctx)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxPopCurrent(pctx: *mut CUcontext) -> CUresult {
-    crate::tally("cuCtxPopCurrent");
+    crate::tally!("cuCtxPopCurrent");
     pop(pctx)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxGetDevice(device: *mut CUdevice) -> CUresult {
-    crate::tally("cuCtxGetDevice");
+    crate::tally!("cuCtxGetDevice");
     guard(|| {
         let out = nn(device)?;
         let dev = with_ctx(|st, _, dev| st.ordinal(dev))?;

@@ -12,7 +12,7 @@ pub const DRIVER_VERSION: c_int = 13000;
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
-    crate::tally("cuInit");
+    crate::tally!("cuInit");
     guard(|| {
         if flags != 0 {
             return Err(CUresult::ERROR_INVALID_VALUE);
@@ -30,7 +30,7 @@ pub unsafe extern "C" fn cuInit(flags: c_uint) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDriverGetVersion(version: *mut c_int) -> CUresult {
-    crate::tally("cuDriverGetVersion");
+    crate::tally!("cuDriverGetVersion");
     guard(|| {
         unsafe { nn(version)?.write(DRIVER_VERSION) };
         Ok(())
@@ -39,7 +39,7 @@ pub unsafe extern "C" fn cuDriverGetVersion(version: *mut c_int) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> CUresult {
-    crate::tally("cuDeviceGet");
+    crate::tally!("cuDeviceGet");
     guard(|| {
         let out = nn(device)?;
         need_init()?;
@@ -53,7 +53,7 @@ pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> C
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
-    crate::tally("cuDeviceGetCount");
+    crate::tally!("cuDeviceGetCount");
     guard(|| {
         let out = nn(count)?;
         need_init()?;
@@ -65,7 +65,7 @@ pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
-    crate::tally("cuDeviceGetName");
+    crate::tally!("cuDeviceGetName");
     guard(|| {
         need_init()?;
         state().device(dev)?;
@@ -87,13 +87,13 @@ fn uuid(out: *mut CUuuid, dev: CUdevice) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGetUuid(out: *mut CUuuid, dev: CUdevice) -> CUresult {
-    crate::tally("cuDeviceGetUuid");
+    crate::tally!("cuDeviceGetUuid");
     uuid(out, dev)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGetUuid_v2(out: *mut CUuuid, dev: CUdevice) -> CUresult {
-    crate::tally("cuDeviceGetUuid_v2");
+    crate::tally!("cuDeviceGetUuid_v2");
     uuid(out, dev)
 }
 
@@ -106,7 +106,7 @@ fn total_mem(dev: CUdevice) -> Result<u64, CUresult> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
-    crate::tally("cuDeviceTotalMem_v2");
+    crate::tally!("cuDeviceTotalMem_v2");
     guard(|| {
         let out = nn(bytes)?;
         let total = total_mem(dev)?;
@@ -118,7 +118,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
 /// The pre-3.2 entry point has a 32-bit out-parameter; larger sizes are clamped.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceTotalMem(bytes: *mut c_uint, dev: CUdevice) -> CUresult {
-    crate::tally("cuDeviceTotalMem");
+    crate::tally!("cuDeviceTotalMem");
     guard(|| {
         let out = nn(bytes)?;
         let total = total_mem(dev)?;
@@ -171,7 +171,7 @@ fn attribute(attrib: c_int, dev: usize) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGetAttribute(pi: *mut c_int, attrib: c_int, dev: CUdevice) -> CUresult {
-    crate::tally("cuDeviceGetAttribute");
+    crate::tally!("cuDeviceGetAttribute");
     guard(|| {
         let out = nn(pi)?;
         need_init()?;
@@ -186,7 +186,7 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(pi: *mut c_int, attrib: c_int, dev
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGetPCIBusId(bus_id: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
-    crate::tally("cuDeviceGetPCIBusId");
+    crate::tally!("cuDeviceGetPCIBusId");
     guard(|| {
         need_init()?;
         // The physical device's bus, so a program can find the device in NVML by it.

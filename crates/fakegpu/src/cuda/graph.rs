@@ -15,7 +15,7 @@ pub type CUgraphExec = *mut c_void;
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphCreate(graph: *mut CUgraph, _flags: c_uint) -> CUresult {
-    crate::tally("cuGraphCreate");
+    crate::tally!("cuGraphCreate");
     guard(|| {
         let out = nn(graph)?;
         need_init()?;
@@ -27,7 +27,7 @@ pub unsafe extern "C" fn cuGraphCreate(graph: *mut CUgraph, _flags: c_uint) -> C
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphDestroy(graph: CUgraph) -> CUresult {
-    crate::tally("cuGraphDestroy");
+    crate::tally!("cuGraphDestroy");
     guard(|| {
         need_init()?;
         state().graph_destroy(graph as u64)
@@ -54,7 +54,7 @@ pub unsafe extern "C" fn cuGraphInstantiate(
     _log: *mut c_char,
     _log_size: usize,
 ) -> CUresult {
-    crate::tally("cuGraphInstantiate");
+    crate::tally!("cuGraphInstantiate");
     instantiate(exec, graph)
 }
 
@@ -66,7 +66,7 @@ pub unsafe extern "C" fn cuGraphInstantiate_v2(
     _log: *mut c_char,
     _log_size: usize,
 ) -> CUresult {
-    crate::tally("cuGraphInstantiate_v2");
+    crate::tally!("cuGraphInstantiate_v2");
     instantiate(exec, graph)
 }
 
@@ -76,13 +76,13 @@ pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
     graph: CUgraph,
     _flags: c_ulonglong,
 ) -> CUresult {
-    crate::tally("cuGraphInstantiateWithFlags");
+    crate::tally!("cuGraphInstantiateWithFlags");
     instantiate(exec, graph)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphExecDestroy(exec: CUgraphExec) -> CUresult {
-    crate::tally("cuGraphExecDestroy");
+    crate::tally!("cuGraphExecDestroy");
     guard(|| {
         need_init()?;
         state().graph_exec_destroy(exec as u64)
@@ -95,13 +95,13 @@ fn launch(exec: CUgraphExec, stream: CUstream, ptsz: bool) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult {
-    crate::tally("cuGraphLaunch");
+    crate::tally!("cuGraphLaunch");
     launch(exec, stream, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
-    crate::tally("cuGraphLaunch_ptsz");
+    crate::tally!("cuGraphLaunch_ptsz");
     launch(exec, stream, true)
 }
 
@@ -114,19 +114,19 @@ fn begin(stream: CUstream, mode: c_uint, ptsz: bool) -> CUresult {
 /// The CUDA 10.0 form, always in global mode.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamBeginCapture(stream: CUstream) -> CUresult {
-    crate::tally("cuStreamBeginCapture");
+    crate::tally!("cuStreamBeginCapture");
     begin(stream, CAPTURE_MODE_GLOBAL, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamBeginCapture_v2(stream: CUstream, mode: c_uint) -> CUresult {
-    crate::tally("cuStreamBeginCapture_v2");
+    crate::tally!("cuStreamBeginCapture_v2");
     begin(stream, mode, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamBeginCapture_v2_ptsz(stream: CUstream, mode: c_uint) -> CUresult {
-    crate::tally("cuStreamBeginCapture_v2_ptsz");
+    crate::tally!("cuStreamBeginCapture_v2_ptsz");
     begin(stream, mode, true)
 }
 
@@ -141,13 +141,13 @@ fn end(stream: CUstream, graph: *mut CUgraph, ptsz: bool) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamEndCapture(stream: CUstream, graph: *mut CUgraph) -> CUresult {
-    crate::tally("cuStreamEndCapture");
+    crate::tally!("cuStreamEndCapture");
     end(stream, graph, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamEndCapture_ptsz(stream: CUstream, graph: *mut CUgraph) -> CUresult {
-    crate::tally("cuStreamEndCapture_ptsz");
+    crate::tally!("cuStreamEndCapture_ptsz");
     end(stream, graph, true)
 }
 
@@ -162,12 +162,12 @@ fn is_capturing(stream: CUstream, status: *mut c_uint, ptsz: bool) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamIsCapturing(stream: CUstream, status: *mut c_uint) -> CUresult {
-    crate::tally("cuStreamIsCapturing");
+    crate::tally!("cuStreamIsCapturing");
     is_capturing(stream, status, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(stream: CUstream, status: *mut c_uint) -> CUresult {
-    crate::tally("cuStreamIsCapturing_ptsz");
+    crate::tally!("cuStreamIsCapturing_ptsz");
     is_capturing(stream, status, true)
 }

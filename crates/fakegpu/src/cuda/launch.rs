@@ -14,22 +14,8 @@ use cuda_types::{CUfunction, CUresult, CUstream};
 use super::{enqueue, guard, need_init, nn};
 use crate::state::{ERROR_INVALID_IMAGE, Res, Work, kernel_ns, state};
 
-/// `CUlaunchConfig` (CUDA 11.8). The attributes (cluster shape, cooperative, priority...)
-/// change nothing in the fake.
-#[repr(C)]
-pub struct CUlaunchConfig {
-    pub gridDimX: c_uint,
-    pub gridDimY: c_uint,
-    pub gridDimZ: c_uint,
-    pub blockDimX: c_uint,
-    pub blockDimY: c_uint,
-    pub blockDimZ: c_uint,
-    pub sharedMemBytes: c_uint,
-    pub hStream: CUstream,
-    pub attrs: *mut c_void,
-    pub numAttrs: c_uint,
-}
-const _: () = assert!(size_of::<CUlaunchConfig>() == 56 && std::mem::offset_of!(CUlaunchConfig, hStream) == 32);
+// `CUlaunchConfig` comes from cuda-types (shared with libvgpu); its attributes change nothing here.
+pub use cuda_types::CUlaunchConfig;
 
 pub type CUmodule = *mut c_void;
 pub type CUlibrary = *mut c_void;
@@ -72,7 +58,7 @@ macro_rules! launch_kernel {
             _params: *mut *mut c_void,
             _extra: *mut *mut c_void,
         ) -> CUresult {
-            crate::tally(stringify!($name));
+            crate::tally!(stringify!($name));
             launch(f, [grid_x, grid_y, grid_z], [block_x, block_y, block_z], stream, $ptsz)
         }
     };
@@ -95,7 +81,7 @@ macro_rules! launch_cooperative {
             stream: CUstream,
             _params: *mut *mut c_void,
         ) -> CUresult {
-            crate::tally(stringify!($name));
+            crate::tally!(stringify!($name));
             launch(f, [grid_x, grid_y, grid_z], [block_x, block_y, block_z], stream, $ptsz)
         }
     };
@@ -120,7 +106,7 @@ pub unsafe extern "C" fn cuLaunchKernelEx(
     _params: *mut *mut c_void,
     _extra: *mut *mut c_void,
 ) -> CUresult {
-    crate::tally("cuLaunchKernelEx");
+    crate::tally!("cuLaunchKernelEx");
     launch_ex(config, f, false)
 }
 
@@ -131,7 +117,7 @@ pub unsafe extern "C" fn cuLaunchKernelEx_ptsz(
     _params: *mut *mut c_void,
     _extra: *mut *mut c_void,
 ) -> CUresult {
-    crate::tally("cuLaunchKernelEx_ptsz");
+    crate::tally!("cuLaunchKernelEx_ptsz");
     launch_ex(config, f, true)
 }
 
@@ -174,13 +160,13 @@ fn get(out: *mut *mut c_void, module: *mut c_void, name: *const c_char) -> CUres
 /// The file is not opened (there is nothing in it the fake could use).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleLoad(module: *mut CUmodule, fname: *const c_char) -> CUresult {
-    crate::tally("cuModuleLoad");
+    crate::tally!("cuModuleLoad");
     load(module, fname.cast(), false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleLoadData(module: *mut CUmodule, image: *const c_void) -> CUresult {
-    crate::tally("cuModuleLoadData");
+    crate::tally!("cuModuleLoadData");
     load(module, image, false)
 }
 
@@ -192,19 +178,19 @@ pub unsafe extern "C" fn cuModuleLoadDataEx(
     _options: *mut c_uint,
     _values: *mut *mut c_void,
 ) -> CUresult {
-    crate::tally("cuModuleLoadDataEx");
+    crate::tally!("cuModuleLoadDataEx");
     load(module, image, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleUnload(module: CUmodule) -> CUresult {
-    crate::tally("cuModuleUnload");
+    crate::tally!("cuModuleUnload");
     unload(module, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuModuleGetFunction(f: *mut CUfunction, module: CUmodule, name: *const c_char) -> CUresult {
-    crate::tally("cuModuleGetFunction");
+    crate::tally!("cuModuleGetFunction");
     get(f, module, name)
 }
 
@@ -219,7 +205,7 @@ pub unsafe extern "C" fn cuLibraryLoadData(
     _lib_values: *mut *mut c_void,
     _num_lib: c_uint,
 ) -> CUresult {
-    crate::tally("cuLibraryLoadData");
+    crate::tally!("cuLibraryLoadData");
     load(library, code, true)
 }
 
@@ -234,13 +220,13 @@ pub unsafe extern "C" fn cuLibraryLoadFromFile(
     _lib_values: *mut *mut c_void,
     _num_lib: c_uint,
 ) -> CUresult {
-    crate::tally("cuLibraryLoadFromFile");
+    crate::tally!("cuLibraryLoadFromFile");
     load(library, fname.cast(), true)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuLibraryUnload(library: CUlibrary) -> CUresult {
-    crate::tally("cuLibraryUnload");
+    crate::tally!("cuLibraryUnload");
     unload(library, true)
 }
 
@@ -252,13 +238,13 @@ pub unsafe extern "C" fn cuLibraryGetKernel(
     library: CUlibrary,
     name: *const c_char,
 ) -> CUresult {
-    crate::tally("cuLibraryGetKernel");
+    crate::tally!("cuLibraryGetKernel");
     get(kernel, library, name)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuKernelGetFunction(f: *mut CUfunction, kernel: CUkernel) -> CUresult {
-    crate::tally("cuKernelGetFunction");
+    crate::tally!("cuKernelGetFunction");
     guard(|| {
         let out = nn(f)?;
         need_init()?;

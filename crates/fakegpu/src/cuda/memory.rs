@@ -17,7 +17,7 @@ fn alloc(size: u64, kind: AllocKind) -> Res<u64> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) -> CUresult {
-    crate::tally("cuMemAlloc_v2");
+    crate::tally!("cuMemAlloc_v2");
     guard(|| {
         let out = nn(dptr)?;
         let p = alloc(bytesize as u64, AllocKind::Linear)?;
@@ -29,7 +29,7 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytesize: usize) 
 /// The pre-3.2 entry point: 32-bit pointer and size. Its pointers come from a low window.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAlloc(dptr: *mut c_uint, bytesize: c_uint) -> CUresult {
-    crate::tally("cuMemAlloc");
+    crate::tally!("cuMemAlloc");
     guard(|| {
         let out = nn(dptr)?;
         let p = with_ctx(|st, ctx, dev| st.alloc_v1(ctx, dev, bytesize as u64))?;
@@ -61,7 +61,7 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
     height: usize,
     elem: c_uint,
 ) -> CUresult {
-    crate::tally("cuMemAllocPitch_v2");
+    crate::tally!("cuMemAllocPitch_v2");
     guard(|| {
         let (out, pout) = (nn(dptr)?, nn(ppitch)?);
         let (p, pitch) = pitched(width as u64, height as u64, elem, false)?;
@@ -81,7 +81,7 @@ pub unsafe extern "C" fn cuMemAllocPitch(
     height: c_uint,
     elem: c_uint,
 ) -> CUresult {
-    crate::tally("cuMemAllocPitch");
+    crate::tally!("cuMemAllocPitch");
     guard(|| {
         let (out, pout) = (nn(dptr)?, nn(ppitch)?);
         let (p, pitch) = pitched(width as u64, height as u64, elem, true)?;
@@ -97,7 +97,7 @@ pub unsafe extern "C" fn cuMemAllocPitch(
 /// assume.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: c_uint) -> CUresult {
-    crate::tally("cuMemAllocManaged");
+    crate::tally!("cuMemAllocManaged");
     guard(|| {
         let out = nn(dptr)?;
         // CU_MEM_ATTACH_GLOBAL (1) or CU_MEM_ATTACH_HOST (2), exactly one.
@@ -117,19 +117,19 @@ fn free(ptr: u64) -> Res<()> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
-    crate::tally("cuMemFree_v2");
+    crate::tally!("cuMemFree_v2");
     guard(|| free(dptr))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFree(dptr: c_uint) -> CUresult {
-    crate::tally("cuMemFree");
+    crate::tally!("cuMemFree");
     guard(|| free(dptr as u64))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
-    crate::tally("cuMemGetInfo_v2");
+    crate::tally!("cuMemGetInfo_v2");
     guard(|| {
         let (fo, to) = (nn(free)?, nn(total)?);
         let (f, t) = with_ctx(|st, _, dev| Ok(st.mem_info(dev)))?;
@@ -144,7 +144,7 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
 /// 32-bit out-parameters: clamped.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> CUresult {
-    crate::tally("cuMemGetInfo");
+    crate::tally!("cuMemGetInfo");
     guard(|| {
         let (fo, to) = (nn(free)?, nn(total)?);
         let (f, t) = with_ctx(|st, _, dev| Ok(st.mem_info(dev)))?;
@@ -178,19 +178,19 @@ fn alloc_host(pp: *mut *mut c_void, size: usize) -> Res<()> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocHost_v2(pp: *mut *mut c_void, bytesize: usize) -> CUresult {
-    crate::tally("cuMemAllocHost_v2");
+    crate::tally!("cuMemAllocHost_v2");
     guard(|| alloc_host(pp, bytesize))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocHost(pp: *mut *mut c_void, bytesize: c_uint) -> CUresult {
-    crate::tally("cuMemAllocHost");
+    crate::tally!("cuMemAllocHost");
     guard(|| alloc_host(pp, bytesize as usize))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
-    crate::tally("cuMemFreeHost");
+    crate::tally!("cuMemFreeHost");
     guard(|| {
         with_ctx(|_, _, _| Ok(()))?;
         let mut host = HOST.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,36 +212,36 @@ fn touch(dptr: u64, len: u64, host_null: bool) -> Res<()> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize) -> CUresult {
-    crate::tally("cuMemcpyHtoD_v2");
+    crate::tally!("cuMemcpyHtoD_v2");
     guard(|| touch(dst, n as u64, src.is_null()))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyHtoD(dst: c_uint, src: *const c_void, n: c_uint) -> CUresult {
-    crate::tally("cuMemcpyHtoD");
+    crate::tally!("cuMemcpyHtoD");
     guard(|| touch(dst as u64, n as u64, src.is_null()))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize) -> CUresult {
-    crate::tally("cuMemcpyDtoH_v2");
+    crate::tally!("cuMemcpyDtoH_v2");
     guard(|| touch(src, n as u64, dst.is_null()))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemcpyDtoH(dst: *mut c_void, src: c_uint, n: c_uint) -> CUresult {
-    crate::tally("cuMemcpyDtoH");
+    crate::tally!("cuMemcpyDtoH");
     guard(|| touch(src as u64, n as u64, dst.is_null()))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, _value: c_uchar, n: usize) -> CUresult {
-    crate::tally("cuMemsetD8_v2");
+    crate::tally!("cuMemsetD8_v2");
     guard(|| touch(dst, n as u64, false))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemsetD8(dst: c_uint, _value: c_uchar, n: c_uint) -> CUresult {
-    crate::tally("cuMemsetD8");
+    crate::tally!("cuMemsetD8");
     guard(|| touch(dst as u64, n as u64, false))
 }

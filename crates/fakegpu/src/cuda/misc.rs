@@ -47,13 +47,13 @@ fn error_text(error: CUresult, out: *mut *const c_char, name: bool) -> CUresult 
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGetErrorName(error: CUresult, out: *mut *const c_char) -> CUresult {
-    crate::tally("cuGetErrorName");
+    crate::tally!("cuGetErrorName");
     error_text(error, out, true)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGetErrorString(error: CUresult, out: *mut *const c_char) -> CUresult {
-    crate::tally("cuGetErrorString");
+    crate::tally!("cuGetErrorString");
     error_text(error, out, false)
 }
 
@@ -62,7 +62,7 @@ pub unsafe extern "C" fn cuGetErrorString(error: CUresult, out: *mut *const c_ch
 /// `exporttable <32 hex digits> -> NULL`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGetExportTable(table: *mut *const c_void, id: *const CUuuid) -> CUresult {
-    crate::tally("cuGetExportTable");
+    crate::tally!("cuGetExportTable");
     guard(|| {
         let out = nn(table)?;
         if id.is_null() {

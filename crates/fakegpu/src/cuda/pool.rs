@@ -44,13 +44,13 @@ fn free_async(dptr: CUdeviceptr, stream: CUstream) -> Res<()> {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CUresult {
-    crate::tally("cuMemAllocAsync");
+    crate::tally!("cuMemAllocAsync");
     guard(|| alloc_async(dptr, size, None, stream))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, size: usize, stream: CUstream) -> CUresult {
-    crate::tally("cuMemAllocAsync_ptsz");
+    crate::tally!("cuMemAllocAsync_ptsz");
     guard(|| alloc_async(dptr, size, None, stream))
 }
 
@@ -61,7 +61,7 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
-    crate::tally("cuMemAllocFromPoolAsync");
+    crate::tally!("cuMemAllocFromPoolAsync");
     guard(|| alloc_async(dptr, size, Some(pool), stream))
 }
 
@@ -72,25 +72,25 @@ pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
-    crate::tally("cuMemAllocFromPoolAsync_ptsz");
+    crate::tally!("cuMemAllocFromPoolAsync_ptsz");
     guard(|| alloc_async(dptr, size, Some(pool), stream))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    crate::tally("cuMemFreeAsync");
+    crate::tally!("cuMemFreeAsync");
     guard(|| free_async(dptr, stream))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CUresult {
-    crate::tally("cuMemFreeAsync_ptsz");
+    crate::tally!("cuMemFreeAsync_ptsz");
     guard(|| free_async(dptr, stream))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut CUmemoryPool, props: *const CUmemPoolProps) -> CUresult {
-    crate::tally("cuMemPoolCreate");
+    crate::tally!("cuMemPoolCreate");
     guard(|| {
         let out = nn(pool)?;
         if props.is_null() {
@@ -112,7 +112,7 @@ pub unsafe extern "C" fn cuMemPoolCreate(pool: *mut CUmemoryPool, props: *const 
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult {
-    crate::tally("cuMemPoolDestroy");
+    crate::tally!("cuMemPoolDestroy");
     guard(|| {
         need_init()?;
         state().pool_destroy(pool as u64)
@@ -121,7 +121,7 @@ pub unsafe extern "C" fn cuMemPoolDestroy(pool: CUmemoryPool) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(pool: *mut CUmemoryPool, dev: CUdevice) -> CUresult {
-    crate::tally("cuDeviceGetDefaultMemPool");
+    crate::tally!("cuDeviceGetDefaultMemPool");
     guard(|| {
         let out = nn(pool)?;
         need_init()?;
@@ -136,7 +136,7 @@ pub unsafe extern "C" fn cuDeviceGetDefaultMemPool(pool: *mut CUmemoryPool, dev:
 /// Nothing to trim: freed pool memory was already given back.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, _min_bytes_to_keep: usize) -> CUresult {
-    crate::tally("cuMemPoolTrimTo");
+    crate::tally!("cuMemPoolTrimTo");
     guard(|| {
         need_init()?;
         state().pools.get(&(pool as u64)).map(|_| ()).ok_or(CUresult::ERROR_INVALID_VALUE)
@@ -146,7 +146,7 @@ pub unsafe extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, _min_bytes_to_keep:
 /// Attributes 1–3 are `int`, the rest `cuuint64_t`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemPoolSetAttribute(pool: CUmemoryPool, attr: u32, value: *mut c_void) -> CUresult {
-    crate::tally("cuMemPoolSetAttribute");
+    crate::tally!("cuMemPoolSetAttribute");
     guard(|| {
         let value = nn(value)?;
         need_init()?;
@@ -161,7 +161,7 @@ pub unsafe extern "C" fn cuMemPoolSetAttribute(pool: CUmemoryPool, attr: u32, va
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemPoolGetAttribute(pool: CUmemoryPool, attr: u32, value: *mut c_void) -> CUresult {
-    crate::tally("cuMemPoolGetAttribute");
+    crate::tally!("cuMemPoolGetAttribute");
     guard(|| {
         let value = nn(value)?;
         need_init()?;

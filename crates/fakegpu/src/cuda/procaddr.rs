@@ -272,7 +272,7 @@ pub unsafe extern "C" fn cuGetProcAddress(
     version: c_int,
     flags: u64,
 ) -> CUresult {
-    crate::tally("cuGetProcAddress");
+    crate::tally!("cuGetProcAddress");
     get_proc_address(symbol, pfn, version, flags, std::ptr::null_mut())
 }
 
@@ -284,7 +284,7 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     flags: u64,
     status: *mut u32,
 ) -> CUresult {
-    crate::tally("cuGetProcAddress_v2");
+    crate::tally!("cuGetProcAddress_v2");
     get_proc_address(symbol, pfn, version, flags, status)
 }
 

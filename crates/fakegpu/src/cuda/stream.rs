@@ -27,7 +27,7 @@ fn create(stream: *mut CUstream, flags: c_uint) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamCreate(stream: *mut CUstream, flags: c_uint) -> CUresult {
-    crate::tally("cuStreamCreate");
+    crate::tally!("cuStreamCreate");
     create(stream, flags)
 }
 
@@ -38,7 +38,7 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(
     flags: c_uint,
     _priority: c_int,
 ) -> CUresult {
-    crate::tally("cuStreamCreateWithPriority");
+    crate::tally!("cuStreamCreateWithPriority");
     create(stream, flags)
 }
 
@@ -48,13 +48,13 @@ fn destroy(stream: CUstream) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
-    crate::tally("cuStreamDestroy_v2");
+    crate::tally!("cuStreamDestroy_v2");
     destroy(stream)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamDestroy(stream: CUstream) -> CUresult {
-    crate::tally("cuStreamDestroy");
+    crate::tally!("cuStreamDestroy");
     destroy(stream)
 }
 
@@ -68,13 +68,13 @@ fn synchronize(stream: CUstream, ptsz: bool) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
-    crate::tally("cuStreamSynchronize");
+    crate::tally!("cuStreamSynchronize");
     synchronize(stream, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult {
-    crate::tally("cuStreamSynchronize_ptsz");
+    crate::tally!("cuStreamSynchronize_ptsz");
     synchronize(stream, true)
 }
 
@@ -84,13 +84,13 @@ fn query(stream: CUstream, ptsz: bool) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamQuery(stream: CUstream) -> CUresult {
-    crate::tally("cuStreamQuery");
+    crate::tally!("cuStreamQuery");
     query(stream, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamQuery_ptsz(stream: CUstream) -> CUresult {
-    crate::tally("cuStreamQuery_ptsz");
+    crate::tally!("cuStreamQuery_ptsz");
     query(stream, true)
 }
 
@@ -100,20 +100,20 @@ fn wait_event(stream: CUstream, event: CUevent, ptsz: bool) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamWaitEvent(stream: CUstream, event: CUevent, _flags: c_uint) -> CUresult {
-    crate::tally("cuStreamWaitEvent");
+    crate::tally!("cuStreamWaitEvent");
     wait_event(stream, event, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamWaitEvent_ptsz(stream: CUstream, event: CUevent, _flags: c_uint) -> CUresult {
-    crate::tally("cuStreamWaitEvent_ptsz");
+    crate::tally!("cuStreamWaitEvent_ptsz");
     wait_event(stream, event, true)
 }
 
 /// Waits for every stream of the current context (see `State::ctx_sync_target` for capture).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
-    crate::tally("cuCtxSynchronize");
+    crate::tally!("cuCtxSynchronize");
     guard(|| {
         let t = with_ctx(|st, ctx, _| st.ctx_sync_target(ctx, thread_id()))?;
         sleep_until(t);
@@ -125,7 +125,7 @@ pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventCreate(event: *mut CUevent, flags: c_uint) -> CUresult {
-    crate::tally("cuEventCreate");
+    crate::tally!("cuEventCreate");
     guard(|| {
         let out = nn(event)?;
         let h = with_ctx(|st, ctx, _| Ok(st.event_create(ctx, flags)))?;
@@ -143,13 +143,13 @@ fn event_destroy(event: CUevent) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventDestroy_v2(event: CUevent) -> CUresult {
-    crate::tally("cuEventDestroy_v2");
+    crate::tally!("cuEventDestroy_v2");
     event_destroy(event)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventDestroy(event: CUevent) -> CUresult {
-    crate::tally("cuEventDestroy");
+    crate::tally!("cuEventDestroy");
     event_destroy(event)
 }
 
@@ -159,32 +159,32 @@ fn record(event: CUevent, stream: CUstream, ptsz: bool) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventRecord(event: CUevent, stream: CUstream) -> CUresult {
-    crate::tally("cuEventRecord");
+    crate::tally!("cuEventRecord");
     record(event, stream, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventRecord_ptsz(event: CUevent, stream: CUstream) -> CUresult {
-    crate::tally("cuEventRecord_ptsz");
+    crate::tally!("cuEventRecord_ptsz");
     record(event, stream, true)
 }
 
 /// The flags (`CU_EVENT_RECORD_EXTERNAL`) only matter inside graphs, which keep no nodes here.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventRecordWithFlags(event: CUevent, stream: CUstream, _flags: c_uint) -> CUresult {
-    crate::tally("cuEventRecordWithFlags");
+    crate::tally!("cuEventRecordWithFlags");
     record(event, stream, false)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventRecordWithFlags_ptsz(event: CUevent, stream: CUstream, _flags: c_uint) -> CUresult {
-    crate::tally("cuEventRecordWithFlags_ptsz");
+    crate::tally!("cuEventRecordWithFlags_ptsz");
     record(event, stream, true)
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventQuery(event: CUevent) -> CUresult {
-    crate::tally("cuEventQuery");
+    crate::tally!("cuEventQuery");
     guard(|| {
         need_init()?;
         state().event_query(event as u64, now_ns())
@@ -193,7 +193,7 @@ pub unsafe extern "C" fn cuEventQuery(event: CUevent) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
-    crate::tally("cuEventSynchronize");
+    crate::tally!("cuEventSynchronize");
     guard(|| {
         need_init()?;
         let t = state().event_target(event as u64)?;
@@ -204,7 +204,7 @@ pub unsafe extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: CUevent, end: CUevent) -> CUresult {
-    crate::tally("cuEventElapsedTime");
+    crate::tally!("cuEventElapsedTime");
     guard(|| {
         let out = nn(ms)?;
         need_init()?;

@@ -35,7 +35,7 @@ pub unsafe extern "C" fn cuMemGetAllocationGranularity(
     prop: *const CUmemAllocationProp,
     option: u32,
 ) -> CUresult {
-    crate::tally("cuMemGetAllocationGranularity");
+    crate::tally!("cuMemGetAllocationGranularity");
     guard(|| {
         let out = nn(granularity)?;
         need_init()?;
@@ -55,7 +55,7 @@ pub unsafe extern "C" fn cuMemCreate(
     prop: *const CUmemAllocationProp,
     flags: u64,
 ) -> CUresult {
-    crate::tally("cuMemCreate");
+    crate::tally!("cuMemCreate");
     guard(|| {
         let out = nn(handle)?;
         need_init()?;
@@ -72,7 +72,7 @@ pub unsafe extern "C" fn cuMemCreate(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemRelease(handle: CUmemGenericAllocationHandle) -> CUresult {
-    crate::tally("cuMemRelease");
+    crate::tally!("cuMemRelease");
     guard(|| {
         need_init()?;
         state().vmm_release(handle)
@@ -88,7 +88,7 @@ pub unsafe extern "C" fn cuMemAddressReserve(
     _addr: CUdeviceptr,
     flags: u64,
 ) -> CUresult {
-    crate::tally("cuMemAddressReserve");
+    crate::tally!("cuMemAddressReserve");
     guard(|| {
         let out = nn(ptr)?;
         need_init()?;
@@ -103,7 +103,7 @@ pub unsafe extern "C" fn cuMemAddressReserve(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) -> CUresult {
-    crate::tally("cuMemAddressFree");
+    crate::tally!("cuMemAddressFree");
     guard(|| {
         need_init()?;
         state().address_free(ptr, size as u64)
@@ -118,7 +118,7 @@ pub unsafe extern "C" fn cuMemMap(
     handle: CUmemGenericAllocationHandle,
     flags: u64,
 ) -> CUresult {
-    crate::tally("cuMemMap");
+    crate::tally!("cuMemMap");
     guard(|| {
         need_init()?;
         if flags != 0 {
@@ -130,7 +130,7 @@ pub unsafe extern "C" fn cuMemMap(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemUnmap(ptr: CUdeviceptr, size: usize) -> CUresult {
-    crate::tally("cuMemUnmap");
+    crate::tally!("cuMemUnmap");
     guard(|| {
         need_init()?;
         state().unmap(ptr, size as u64)
@@ -145,7 +145,7 @@ pub unsafe extern "C" fn cuMemSetAccess(
     desc: *const CUmemAccessDesc,
     count: usize,
 ) -> CUresult {
-    crate::tally("cuMemSetAccess");
+    crate::tally!("cuMemSetAccess");
     guard(|| {
         need_init()?;
         if desc.is_null() || count == 0 {

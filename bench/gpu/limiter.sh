@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Compute limiter acceptance on the GPU: throughput ratio vs unlimited for a bf16 matmul, a
+# stream of small kernels and a replayed CUDA graph at 10/25/50/75/90 %, and two containers at
+# 30 % and 60 % together. Run from the repo root: bash bench/gpu/limiter.sh path/to/libvgpu.so
+set -u -o pipefail
+LIB=$(realpath -e "$1") || exit 2
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PY=${PYTHON:-python3}
+SECS=${SECS:-4}
+W=$(mktemp -d /tmp/vgpu-lim.XXXXXX)
+unset LD_PRELOAD
+for v in $(compgen -e | grep -E '^(CUDA_DEVICE_|LIBVGPU_)'); do unset "$v"; done
+n=0
+run() {  # run PCT WORKLOAD -> iters/s ; PCT "none" = no preload
+  local pct=$1 wl=$2 out
+  n=$((n + 1))
+  if [ "$pct" = none ]; then
+    out=$(timeout -k 5 60 "$PY" "$HERE/sm_share.py" "$wl" "$SECS" 2>"$W/err.$n")
+  else
+    out=$(timeout -k 5 90 env LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="$W/r$n.cache" \
+      CUDA_DEVICE_SM_LIMIT="$pct" "$PY" "$HERE/sm_share.py" "$wl" "$SECS" 2>"$W/err.$n")
+  fi
+  echo "$out" | grep -o 'iters_per_s=[0-9.]*' | cut -d= -f2
+}
+echo "# libvgpu compute limiter on the GPU ($(date -u '+%F %TZ'), commit ${COMMIT:-unknown})"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+echo "| workload | limit % | iters/s | unlimited iters/s | ratio % | error (points) |"
+echo "|---|---|---|---|---|---|"
+errs=()
+for wl in matmul small graph; do
+  base=$(run none "$wl")
+  for pct in 10 25 50 75 90; do
+    got=$(run "$pct" "$wl")
+    line=$(awk -v g="$got" -v b="$base" -v p="$pct" 'BEGIN { if (b > 0 && g != "") { r = 100 * g / b; e = r - p; printf "%.1f | %+.1f", r, e } else print "- | -" }')
+    echo "| $wl | $pct | ${got:-fail} | $base | $line |"
+    errs+=("$(echo "$line" | awk -F'|' '{print $2}')")
+  done
+done
+printf '%s\n' "${errs[@]}" | awk '{ v = $1 < 0 ? -$1 : $1; s += v; if (v > m) m = v; k++ } END { printf "mean abs error %.2f points, max %.2f (over %d runs)\n", s / k, m, k }'
+echo "## two containers together: 30 % and 60 % (matmul), each its own region"
+base=$(run none matmul)
+( timeout -k 5 90 env LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="$W/a.cache" CUDA_DEVICE_SM_LIMIT=30 \
+    "$PY" "$HERE/sm_share.py" matmul "$SECS" >"$W/a.out" 2>&1 ) & A=$!
+( timeout -k 5 90 env LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="$W/b.cache" CUDA_DEVICE_SM_LIMIT=60 \
+    "$PY" "$HERE/sm_share.py" matmul "$SECS" >"$W/b.out" 2>&1 ) & B=$!
+wait "$A"; wait "$B"
+for x in a b; do
+  g=$(grep -o 'iters_per_s=[0-9.]*' "$W/$x.out" | cut -d= -f2)
+  awk -v g="$g" -v b="$base" -v x="$x" 'BEGIN { if (g != "") printf "container %s: %.1f %% of unlimited alone\n", (x == "a" ? "30%" : "60%"), 100 * g / b }'
+done
+tail -3 "$W"/err.* 2>/dev/null | grep -i "error\|libvgpu" | head -5
+rm -rf "$W"

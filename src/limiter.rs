@@ -1,0 +1,303 @@
+//! The compute limiter at the launch hooks: gates every launch path on the container's GPU-time
+//! bucket (policy in `vgpu_core::limiter`) and measures the GPU time the container's work takes.
+//!
+//! Fast path: unlimited → one relaxed load (and a relaxed tick); limited → also a
+//! coarse-clock compare. No syscall, lock or allocation. About every millisecond a launching
+//! thread does its bookkeeping: it records a timing event on the stream it launches on, charges
+//! the bucket with the GPU time between that stream's completed events, and, when the bucket is
+//! empty, sleeps until it refills. Measuring completed work (not predicting it) makes the
+//! long-run share converge whatever the kernels' lengths; an overrun is paid back by waiting.
+//!
+//! Capture is never disturbed: a capturing stream gets no event and its thread never waits
+//! (capture is not execution). Intervals that include a pause of ours or of the application
+//! (idle stream) start a new measuring segment instead of being charged.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::time::Duration;
+
+use cuda_types::*;
+use vgpu_core::MAX_DEVICES;
+use vgpu_core::config::CorePolicy;
+use vgpu_core::limiter::{burst_ns, share_ppm};
+
+use crate::driver;
+use crate::state::state;
+
+/// The bucket's burst: one period of budget.
+const PERIOD_NS: u64 = 100_000_000;
+/// How often a launching thread does its bookkeeping.
+const CHECK_NS: u64 = 1_000_000;
+/// A thread that launched nothing for this long starts a new segment (its stream may have idled).
+const IDLE_NS: u64 = 20_000_000;
+/// Events in flight per thread; when all are pending the GPU is that far behind and we wait.
+const RING: usize = 8;
+/// One sleep at most, so live limit changes and shutdown are seen promptly.
+const MAX_SLEEP_NS: u64 = 200_000_000;
+
+/// Some device of this process may be limited (refreshed from the region every ~100 ms).
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static REFRESHED_AT: AtomicU64 = AtomicU64::new(0);
+static HAMI_WRITTEN_AT: AtomicU64 = AtomicU64::new(0);
+/// Launches seen, roughly: a relaxed load and store, not a read-modify-write, so threads never
+/// contend on it (lost increments only delay a refresh).
+static TICK: AtomicU32 = AtomicU32::new(0);
+
+fn coarse_ns() -> u64 {
+    clock(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+fn now_ns() -> u64 {
+    clock(libc::CLOCK_MONOTONIC)
+}
+
+fn clock(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; the vDSO answers without a syscall.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Chain {
+    ctx: usize,
+    stream: usize,
+    /// Recorded events not yet known complete, oldest first, with "starts a segment".
+    pending: [(usize, bool); RING],
+    len: usize,
+    /// The last completed event (0 = none): the start of the next charged interval.
+    prev: usize,
+    /// Events ready for reuse.
+    free: [usize; RING + 2],
+    nfree: usize,
+    new_segment: bool,
+    /// An event recorded on an idle private stream at `anchor_ns` (CLOCK_MONOTONIC): GPU times
+    /// are `anchor_ns + elapsed(anchor, event)`, so processes can merge their busy intervals.
+    anchor: usize,
+    anchor_ns: u64,
+    anchor_stream: usize,
+    /// GPU time at which `prev` completed.
+    prev_ns: u64,
+}
+
+impl Chain {
+    const EMPTY: Chain = Chain {
+        ctx: 0,
+        stream: 0,
+        pending: [(0, false); RING],
+        len: 0,
+        prev: 0,
+        free: [0; RING + 2],
+        nfree: 0,
+        new_segment: true,
+        anchor: 0,
+        anchor_ns: 0,
+        anchor_stream: 0,
+        prev_ns: 0,
+    };
+}
+
+thread_local! {
+    static NEXT_CHECK: Cell<u64> = const { Cell::new(0) };
+    static CHAIN: RefCell<Chain> = const { RefCell::new(Chain::EMPTY) };
+}
+
+/// Called by every launch hook before the driver launches; `ptsz` when the per-thread-stream
+/// variant was called (its NULL stream is the thread's own default stream).
+#[inline]
+pub fn before_launch(stream: CUstream, ptsz: bool) {
+    let active = ACTIVE.load(Relaxed);
+    if !active {
+        // Unlimited: no thread-local access (a TLS lookup in a shared library is a call).
+        let n = TICK.load(Relaxed).wrapping_add(1);
+        TICK.store(n, Relaxed);
+        if n % 64 != 1 {
+            return;
+        }
+    }
+    let now = coarse_ns();
+    if !active {
+        refresh(now);
+        return;
+    }
+    if now < NEXT_CHECK.with(Cell::get) {
+        return;
+    }
+    let last = NEXT_CHECK.with(|c| c.replace(now + CHECK_NS));
+    let effective = if stream.is_null() && ptsz { CU_STREAM_PER_THREAD as CUstream } else { stream };
+    bookkeeping(effective, now.saturating_sub(last) > IDLE_NS);
+    refresh(now);
+}
+
+/// Re-reads whether anything is limited and, at most once a second, tells HAMi's monitor that
+/// the container launches kernels.
+#[cold]
+fn refresh(now: u64) {
+    let last = REFRESHED_AT.load(Relaxed);
+    if now.saturating_sub(last) < PERIOD_NS || REFRESHED_AT.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+        return;
+    }
+    ACTIVE.store((0..MAX_DEVICES).any(|d| share_for(d).is_some()), Relaxed);
+    let written = HAMI_WRITTEN_AT.load(Relaxed);
+    if now.saturating_sub(written) >= 1_000_000_000
+        && HAMI_WRITTEN_AT.compare_exchange(written, now, Relaxed, Relaxed).is_ok()
+    {
+        let s = state().ledger.accounting().region().shared();
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        s.last_kernel_time.store(unix, Relaxed);
+        if s.recent_kernel.load(Relaxed) >= 0 {
+            s.recent_kernel.store(2, Relaxed);
+        }
+    }
+}
+
+/// The share (ppm) device `dev` is limited to now, if any.
+fn share_for(dev: usize) -> Option<u64> {
+    let st = state();
+    let s = st.ledger.accounting().region().shared();
+    let limit = s.sm_limit.get(dev)?.load(Relaxed);
+    let on = match st.config.core_policy {
+        CorePolicy::Force => true,
+        CorePolicy::Disable => false,
+        CorePolicy::Default => s.utilization_switch.load(Relaxed) != 0,
+    };
+    if on { share_ppm(limit) } else { None }
+}
+
+#[cold]
+fn bookkeeping(stream: CUstream, idle: bool) {
+    let Ok(dev) = driver::current_device() else { return };
+    let Some(share) = share_for(dev) else { return };
+    // Capture records work, it does not run it: never add an event to a graph or wait.
+    if driver::stream_capturing(stream) {
+        return;
+    }
+    let Ok(ctx) = driver::current_context_handle() else { return };
+    let bucket = &state().ledger.accounting().region().extension().buckets[dev];
+    let burst = burst_ns(share, PERIOD_NS);
+    CHAIN.with(|c| {
+        let Ok(mut chain) = c.try_borrow_mut() else { return };
+        if chain.ctx != ctx as usize || chain.stream != stream as usize {
+            // Events belong to a context; a new stream starts a new segment.
+            if chain.ctx != ctx as usize {
+                *chain = Chain::EMPTY;
+                chain.ctx = ctx as usize;
+            }
+            chain.stream = stream as usize;
+            chain.new_segment = true;
+        }
+        chain.new_segment |= idle;
+        if !anchored(&mut chain) {
+            return;
+        }
+        charge_completed(&mut chain, bucket);
+        // The GPU is RING events behind: wait for the oldest before queueing more.
+        let mut waited = 0;
+        while chain.len == RING && waited < 2_000 {
+            std::thread::sleep(Duration::from_micros(200));
+            waited += 1;
+            charge_completed(&mut chain, bucket);
+        }
+        let segment = std::mem::replace(&mut chain.new_segment, false);
+        record(&mut chain, stream, segment);
+        let mut wait = bucket.wait_ns(now_ns(), share, burst);
+        let slept = wait > 0;
+        while wait > 0 {
+            let nap = wait.min(MAX_SLEEP_NS);
+            std::thread::sleep(Duration::from_nanos(nap));
+            bucket.record_throttle(nap);
+            charge_completed(&mut chain, bucket);
+            wait = bucket.wait_ns(now_ns(), share, burst);
+        }
+        // If everything we queued completed while we slept, the stream idled: the next interval
+        // starts afresh. Work still pending means it stayed busy, and the interval counts.
+        chain.new_segment |= slept && chain.len == 0;
+    });
+}
+
+/// Re-anchors the chain's clock every 10 s (elapsed times are f32 milliseconds). `false` when no
+/// anchor can be made (then nothing is measured this time).
+fn anchored(chain: &mut Chain) -> bool {
+    let now = now_ns();
+    if chain.anchor != 0 && now.saturating_sub(chain.anchor_ns) < 10_000_000_000 {
+        return true;
+    }
+    if chain.anchor_stream == 0 {
+        match driver::stream_create() {
+            Ok(s) => chain.anchor_stream = s as usize,
+            Err(_) => return false,
+        }
+    }
+    let event = match chain.anchor {
+        0 => match driver::event_create() {
+            Ok(e) => e as usize,
+            Err(_) => return false,
+        },
+        e => e,
+    };
+    // The private stream is idle: the event completes as soon as it is recorded.
+    let before = now_ns();
+    if driver::event_record(event as CUevent, chain.anchor_stream as CUstream).is_err() {
+        return false;
+    }
+    chain.anchor = event;
+    chain.anchor_ns = before / 2 + now_ns() / 2;
+    // Intervals measured against the old anchor must not be joined to the new one.
+    chain.new_segment = true;
+    true
+}
+
+/// Charges the GPU time between consecutive completed events of a segment, as absolute
+/// intervals so that the container's processes charge their union.
+fn charge_completed(chain: &mut Chain, bucket: &vgpu_core::limiter::BucketState) {
+    while chain.len > 0 {
+        let (event, starts) = chain.pending[0];
+        match driver::event_done(event as CUevent) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => {
+                // The event is unusable (e.g. the context is going away): drop the chain.
+                *chain = Chain::EMPTY;
+                return;
+            }
+        }
+        let at =
+            driver::event_elapsed_ns(chain.anchor as CUevent, event as CUevent).ok().map(|ns| chain.anchor_ns + ns);
+        if let (Some(end), false, true) = (at, starts, chain.prev != 0) {
+            bucket.consume_interval(chain.prev_ns, end);
+        }
+        if chain.prev != 0 {
+            let n = chain.nfree;
+            chain.free[n] = chain.prev;
+            chain.nfree += 1;
+        }
+        chain.prev = event;
+        chain.prev_ns = at.unwrap_or(0);
+        chain.pending.copy_within(1..chain.len, 0);
+        chain.len -= 1;
+    }
+}
+
+fn record(chain: &mut Chain, stream: CUstream, starts: bool) {
+    if chain.len == RING {
+        return;
+    }
+    let event = if chain.nfree > 0 {
+        chain.nfree -= 1;
+        chain.free[chain.nfree]
+    } else {
+        match driver::event_create() {
+            Ok(e) => e as usize,
+            Err(_) => return,
+        }
+    };
+    if driver::event_record(event as CUevent, stream).is_err() {
+        let n = chain.nfree;
+        chain.free[n] = event;
+        chain.nfree += 1;
+        return;
+    }
+    let n = chain.len;
+    chain.pending[n] = (event, starts);
+    chain.len += 1;
+}

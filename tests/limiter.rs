@@ -1,0 +1,131 @@
+//! The compute limiter on the fake driver's simulated GPU timeline: achieved share = GPU time /
+//! wall time of a job that always has work, against `CUDA_DEVICE_SM_LIMIT`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{Run, fresh_region_path};
+
+fn share(line: &str) -> f64 {
+    let v = line.split_whitespace().find_map(|w| w.strip_prefix("share=")).expect("share=");
+    v.parse().unwrap()
+}
+
+/// Runs `kernels` with `args` under limit `pct`; about `gpu_ms` of GPU work.
+fn run(pct: u32, args: &[String]) -> f64 {
+    let r = Run::new("kernels")
+        .env("CUDA_DEVICE_SM_LIMIT", pct.to_string())
+        .env("FAKEGPU_QUEUE_DEPTH", "16")
+        .args(args)
+        .ok();
+    share(r.line("launches="))
+}
+
+fn args(us: u64, gpu_ms: u64, extra: &[&str]) -> Vec<String> {
+    let n = gpu_ms * 1000 / us;
+    let mut a = vec!["--us".to_string(), us.to_string(), "--n".to_string(), n.to_string()];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+#[test]
+fn single_process_shares_hold_for_every_limit_and_kernel_length() {
+    // One kernel length at a time (five limits in parallel): 20 us kernels are host-bound and
+    // a 2-core CI machine running fifteen jobs at once would measure its own load.
+    let mut results = Vec::new();
+    for us in [20u64, 500, 5000] {
+        // The job's unlimited share on this machine (host-bound for short kernels) is the
+        // reference: the target is a fraction of the unlimited throughput.
+        let handles: Vec<_> = [0u32, 10, 25, 50, 75, 90]
+            .into_iter()
+            .map(|pct| {
+                // Long kernels need longer runs: the last queued work is never paid back.
+                let gpu_ms = if us >= 5000 { 3000 } else { 1500 };
+                std::thread::spawn(move || (pct, us, run(pct, &args(us, gpu_ms, &[]))))
+            })
+            .collect();
+        let mut batch: Vec<(u32, u64, f64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let unlimited = batch.remove(0).2;
+        results.extend(batch.into_iter().map(|(pct, us, got)| (pct, us, got / unlimited)));
+    }
+    let mut report = String::new();
+    let (mut short, mut long) = (Vec::new(), Vec::new());
+    for (pct, us, got) in results {
+        let err = (got * 100.0 - pct as f64).abs();
+        report += &format!("limit {pct:>2}% kernel {us:>4} us: {:.2}% of unlimited (error {err:.2})\n", got * 100.0);
+        if us < 5000 { short.push(err) } else { long.push(err) }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    eprintln!(
+        "{report}20/500 us: mean {:.2}, max {:.2}; 5 ms: mean {:.2}, max {:.2}",
+        mean(&short),
+        max(&short),
+        mean(&long),
+        max(&long)
+    );
+    assert!(mean(&short) <= 2.0 && max(&short) <= 5.0, "short kernels off target\n{report}");
+    // Known gap (issue 4 stays open): with 5 ms kernels and a deep queue, the work still queued
+    // when the run ends is never paid back; over these 3 s runs that reads as a few points high.
+    assert!(mean(&long) <= 5.0 && max(&long) <= 9.0, "5 ms kernels off target\n{report}");
+}
+
+#[test]
+fn every_launch_path_is_gated_and_capture_is_untouched() {
+    for extra in [
+        &["--launch", "ex"][..],
+        &["--launch", "coop"][..],
+        &["--ptsz", "--stream", "per-thread"][..],
+        &["--launch", "ex", "--ptsz", "--stream", "per-thread"][..],
+        // Graphs: launches are captured (never gated nor given an event), then replayed (gated).
+        &["--graph", "10"][..],
+        &["--graph", "10", "--ptsz"][..],
+    ] {
+        let got = run(50, &args(500, 1500, extra)) * 100.0;
+        assert!((got - 50.0).abs() <= 5.0, "{extra:?}: {got:.2}%");
+    }
+}
+
+#[test]
+fn unlimited_is_untouched() {
+    let got = run(0, &args(500, 500, &[])) * 100.0;
+    assert!(got > 97.0, "{got:.2}%");
+    let got = run(100, &args(500, 500, &[])) * 100.0;
+    assert!(got > 97.0, "{got:.2}%");
+}
+
+/// Three processes of one container share one budget (one region) on one simulated GPU.
+#[test]
+fn a_containers_processes_share_one_budget() {
+    let a = common::artifacts();
+    let region = fresh_region_path();
+    let timeline = region.with_extension("timeline");
+    let start = std::time::SystemTime::now();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            let mut cmd = Command::new(a.bin_dir.join("kernels"));
+            cmd.env("LD_LIBRARY_PATH", &a.driver_dir)
+                .env("LD_PRELOAD", &a.lib)
+                .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+                .env("CUDA_DEVICE_SM_LIMIT", "30")
+                .env("FAKEGPU_TIMELINE", &timeline)
+                .env("FAKEGPU_QUEUE_DEPTH", "16")
+                .args(args(500, 800, &[]))
+                .stdout(Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let mut gpu_ms = 0.0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("launches=")).unwrap();
+        gpu_ms += line.split_whitespace().find_map(|w| w.strip_prefix("gpu_ms=")).unwrap().parse::<f64>().unwrap();
+    }
+    let wall_ms = start.elapsed().unwrap().as_secs_f64() * 1000.0;
+    let got = gpu_ms / wall_ms * 100.0;
+    let _ = std::fs::remove_file(&timeline);
+    assert!((got - 30.0).abs() <= 5.0, "container share {got:.2}% (gpu {gpu_ms:.0} ms over {wall_ms:.0} ms)");
+}
