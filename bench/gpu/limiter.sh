@@ -10,10 +10,10 @@ SECS=${SECS:-4}
 W=$(mktemp -d /tmp/vgpu-lim.XXXXXX)
 unset LD_PRELOAD
 for v in $(compgen -e | grep -E '^(CUDA_DEVICE_|LIBVGPU_)'); do unset "$v"; done
-n=0
 run() {  # run PCT WORKLOAD -> iters/s ; PCT "none" = no preload
   local pct=$1 wl=$2 out
-  n=$((n + 1))
+  # A fresh region per run (run is called in $(...), so a counter would not survive).
+  n=$(mktemp -u XXXXXX)
   if [ "$pct" = none ]; then
     out=$(timeout -k 5 60 "$PY" "$HERE/sm_share.py" "$wl" "$SECS" 2>"$W/err.$n")
   else
