@@ -25,15 +25,21 @@ fn check(cmd: &mut Command) -> Output {
     out
 }
 
-/// The fake driver directory and the compiled job, once per test binary. Cargo builds the
-/// library before running integration tests; it sits in `target/<profile>`, two levels above
-/// this binary (`target/<profile>/deps/…`).
+/// The fake driver directory and the compiled job, once per test binary. Cargo does not build
+/// a cdylib for its own crate's integration tests, so build it here; it lands in
+/// `target/<profile>`, two levels above this binary (`target/<profile>/deps/…`).
 fn tools() -> &'static Tools {
     static TOOLS: OnceLock<Tools> = OnceLock::new();
     TOOLS.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let exe = std::env::current_exe().unwrap();
         let profile = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let mut build = Command::new(env!("CARGO"));
+        build.current_dir(&repo).args(["build", "-p", "fakegpu"]);
+        if profile.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        check(&mut build);
         let dir = profile.join("fakegpu-e2e");
         let driver = dir.join("driver");
         check(Command::new("sh").arg(repo.join("crates/fakegpu/make-driver-dir.sh")).arg(&profile).arg(&driver));
