@@ -7,6 +7,14 @@ use std::process::{Command, Stdio};
 
 use common::{Run, fresh_region_path};
 
+/// The tests of this file run one at a time: the shares they measure are wall-clock ratios, and
+/// a 2-core CI machine running them together would measure its own load.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn share(line: &str) -> f64 {
     let v = line.split_whitespace().find_map(|w| w.strip_prefix("share=")).expect("share=");
     v.parse().unwrap()
@@ -31,21 +39,25 @@ fn args(us: u64, gpu_ms: u64, extra: &[&str]) -> Vec<String> {
 
 #[test]
 fn single_process_shares_hold_for_every_limit_and_kernel_length() {
-    // One kernel length at a time (five limits in parallel): 20 us kernels are host-bound and
-    // a 2-core CI machine running fifteen jobs at once would measure its own load.
+    let _serial = serial();
+    // One kernel length at a time. 20 us kernels are host-bound (each job needs a core), so
+    // they run one after another; longer kernels leave the CPU idle and run side by side.
     let mut results = Vec::new();
     for us in [20u64, 500, 5000] {
         // The job's unlimited share on this machine (host-bound for short kernels) is the
         // reference: the target is a fraction of the unlimited throughput.
-        let handles: Vec<_> = [0u32, 10, 25, 50, 75, 90]
-            .into_iter()
-            .map(|pct| {
-                // Long kernels need longer runs: the last queued work is never paid back.
-                let gpu_ms = if us >= 5000 { 3000 } else { 1500 };
-                std::thread::spawn(move || (pct, us, run(pct, &args(us, gpu_ms, &[]))))
-            })
-            .collect();
-        let mut batch: Vec<(u32, u64, f64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let job = move |pct: u32| {
+            // Long kernels need longer runs: the last queued work is never paid back.
+            let gpu_ms = if us >= 5000 { 3000 } else { 1500 };
+            (pct, us, run(pct, &args(us, gpu_ms, &[])))
+        };
+        let limits = [0u32, 10, 25, 50, 75, 90];
+        let mut batch: Vec<(u32, u64, f64)> = if us < 100 {
+            limits.into_iter().map(job).collect()
+        } else {
+            let handles: Vec<_> = limits.into_iter().map(|p| std::thread::spawn(move || job(p))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        };
         let unlimited = batch.remove(0).2;
         results.extend(batch.into_iter().map(|(pct, us, got)| (pct, us, got / unlimited)));
     }
@@ -73,6 +85,7 @@ fn single_process_shares_hold_for_every_limit_and_kernel_length() {
 
 #[test]
 fn every_launch_path_is_gated_and_capture_is_untouched() {
+    let _serial = serial();
     for extra in [
         &["--launch", "ex"][..],
         &["--launch", "coop"][..],
@@ -89,6 +102,7 @@ fn every_launch_path_is_gated_and_capture_is_untouched() {
 
 #[test]
 fn unlimited_is_untouched() {
+    let _serial = serial();
     let got = run(0, &args(500, 500, &[])) * 100.0;
     assert!(got > 97.0, "{got:.2}%");
     let got = run(100, &args(500, 500, &[])) * 100.0;
@@ -98,6 +112,7 @@ fn unlimited_is_untouched() {
 /// Three processes of one container share one budget (one region) on one simulated GPU.
 #[test]
 fn a_containers_processes_share_one_budget() {
+    let _serial = serial();
     let a = common::artifacts();
     let region = fresh_region_path();
     let timeline = region.with_extension("timeline");
