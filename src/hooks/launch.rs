@@ -14,75 +14,29 @@ fn gate(real: Real<'_, CUresult>, stream: CUstream, ptsz: bool) -> CUresult {
     real.call()
 }
 
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn launch_kernel(
-    real: Real<'_, CUresult>,
-    _f: CUfunction,
-    _gx: c_uint,
-    _gy: c_uint,
-    _gz: c_uint,
-    _bx: c_uint,
-    _by: c_uint,
-    _bz: c_uint,
-    _shared: c_uint,
-    stream: CUstream,
-    _params: *mut *mut c_void,
-    _extra: *mut *mut c_void,
-) -> CUresult {
-    gate(real, stream, false)
+/// A handler and its `_ptsz` twin for a launch function whose stream is the argument `$stream`.
+macro_rules! launch_pair {
+    ($plain:ident, $ptsz:ident, $stream:ident ($($arg:ident : $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $plain(real: Real<'_, CUresult>, $($arg: $ty),*) -> CUresult {
+            gate(real, $stream, false)
+        }
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $ptsz(real: Real<'_, CUresult>, $($arg: $ty),*) -> CUresult {
+            gate(real, $stream, true)
+        }
+    };
 }
 
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn launch_kernel_ptsz(
-    real: Real<'_, CUresult>,
-    _f: CUfunction,
-    _gx: c_uint,
-    _gy: c_uint,
-    _gz: c_uint,
-    _bx: c_uint,
-    _by: c_uint,
-    _bz: c_uint,
-    _shared: c_uint,
-    stream: CUstream,
-    _params: *mut *mut c_void,
-    _extra: *mut *mut c_void,
-) -> CUresult {
-    gate(real, stream, true)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn launch_cooperative(
-    real: Real<'_, CUresult>,
-    _f: CUfunction,
-    _gx: c_uint,
-    _gy: c_uint,
-    _gz: c_uint,
-    _bx: c_uint,
-    _by: c_uint,
-    _bz: c_uint,
-    _shared: c_uint,
-    stream: CUstream,
-    _params: *mut *mut c_void,
-) -> CUresult {
-    gate(real, stream, false)
-}
-
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn launch_cooperative_ptsz(
-    real: Real<'_, CUresult>,
-    _f: CUfunction,
-    _gx: c_uint,
-    _gy: c_uint,
-    _gz: c_uint,
-    _bx: c_uint,
-    _by: c_uint,
-    _bz: c_uint,
-    _shared: c_uint,
-    stream: CUstream,
-    _params: *mut *mut c_void,
-) -> CUresult {
-    gate(real, stream, true)
-}
+launch_pair!(launch_kernel, launch_kernel_ptsz, stream (
+    _f: CUfunction, _gx: c_uint, _gy: c_uint, _gz: c_uint, _bx: c_uint, _by: c_uint, _bz: c_uint,
+    _shared: c_uint, stream: CUstream, _params: *mut *mut c_void, _extra: *mut *mut c_void
+));
+launch_pair!(launch_cooperative, launch_cooperative_ptsz, stream (
+    _f: CUfunction, _gx: c_uint, _gy: c_uint, _gz: c_uint, _bx: c_uint, _by: c_uint, _bz: c_uint,
+    _shared: c_uint, stream: CUstream, _params: *mut *mut c_void
+));
+launch_pair!(graph_launch, graph_launch_ptsz, stream (_exec: CUgraphExec, stream: CUstream));
 
 fn config_stream(config: *const CUlaunchConfig) -> CUstream {
     // SAFETY: read only when non-null; the driver reads the same field.
@@ -107,12 +61,4 @@ pub unsafe fn launch_kernel_ex_ptsz(
     _extra: *mut *mut c_void,
 ) -> CUresult {
     gate(real, config_stream(config), true)
-}
-
-pub unsafe fn graph_launch(real: Real<'_, CUresult>, _exec: CUgraphExec, stream: CUstream) -> CUresult {
-    gate(real, stream, false)
-}
-
-pub unsafe fn graph_launch_ptsz(real: Real<'_, CUresult>, _exec: CUgraphExec, stream: CUstream) -> CUresult {
-    gate(real, stream, true)
 }
