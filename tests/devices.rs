@@ -10,21 +10,6 @@ mod common;
 
 use common::{GIB, MIB, Run, field};
 
-/// Runs `run` to a clean exit with a region file of its own, removed afterwards: the shared
-/// region (`CUDA_DEVICE_MEMORY_SHARED_CACHE`, default `/tmp/cudevshr.cache`) keeps the caps of
-/// the process that created it, so runs sharing one would see each other's caps.
-fn go(run: Run) -> common::Result {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = common::artifacts().bin_dir.parent().expect("e2e dir").join("regions");
-    std::fs::create_dir_all(&dir).expect("region dir");
-    let path =
-        dir.join(format!("{}-{}-{}.cache", module_path!(), std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    let r = run.env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &path).ok();
-    let _ = std::fs::remove_file(&path);
-    r
-}
-
 /// The fake's context costs 300 MiB (its default).
 const CONTEXT: u64 = 300 * MIB;
 
@@ -122,7 +107,7 @@ fn nvml_shows_each_cap_on_its_physical_gpu_before_cuda() {
     for case in CASES {
         for caps in cap_sets(case) {
             let env = cap_env(&caps);
-            let r = go(run("nvml_smi", case.visible, &env_refs(&env)));
+            let r = run("nvml_smi", case.visible, &env_refs(&env)).ok();
             let what = describe(case, &caps);
             assert_eq!(r.line("count "), "count 0 n=4", "{what}");
             for p in 0..4 {
@@ -145,7 +130,7 @@ fn nvml_shows_each_cap_on_its_physical_gpu_with_cuda() {
             for (ordinal, size) in sizes.iter().enumerate().take(case.ordinals.len()) {
                 args.extend(["--alloc".to_string(), ordinal.to_string(), size.to_string()]);
             }
-            let r = go(run("nvml_smi", case.visible, &env_refs(&env)).args(&args));
+            let r = run("nvml_smi", case.visible, &env_refs(&env)).args(&args).ok();
             let what = describe(case, &caps);
             for l in r.lines("cuda-alloc ") {
                 assert!(l.ends_with(" 0"), "{what}: {l}");
@@ -181,7 +166,7 @@ fn cuda_views_and_enforcement_follow_the_ordinal() {
                     "1g".to_string(),
                 ]);
             }
-            let r = go(run("alloc_linked", case.visible, &env_refs(&env)).args(&args));
+            let r = run("alloc_linked", case.visible, &env_refs(&env)).args(&args).ok();
             let what = describe(case, &caps);
             assert_eq!(r.field("count", "n"), n as u64, "{what}");
             let meminfo = r.lines("meminfo ");
@@ -209,13 +194,13 @@ fn cuda_views_and_enforcement_follow_the_ordinal() {
 #[test]
 fn reordered_cap_lands_on_physical_gpu_2_only() {
     let caps = [("CUDA_DEVICE_MEMORY_LIMIT_0", "1g")];
-    let nvml = go(run("nvml_smi", Some("2,0"), &caps));
+    let nvml = run("nvml_smi", Some("2,0"), &caps).ok();
     let lines: Vec<&str> = nvml.lines("gpu ").into_iter().filter(|l| l.contains("MiB / ")).collect();
     assert_eq!(
         lines,
         ["gpu 0 0MiB / 10240MiB", "gpu 1 0MiB / 20480MiB", "gpu 2 0MiB / 1024MiB", "gpu 3 0MiB / 40960MiB",]
     );
-    let cuda = go(run("alloc_linked", Some("2,0"), &caps).args(["init", "totalmem", "0", "totalmem", "1"]));
+    let cuda = run("alloc_linked", Some("2,0"), &caps).args(["init", "totalmem", "0", "totalmem", "1"]).ok();
     assert_eq!(cuda.field("totalmem 0 ", "bytes"), GIB);
     assert_eq!(cuda.field("totalmem 1 ", "bytes"), 10 * GIB);
 }
@@ -226,7 +211,7 @@ fn reordered_cap_lands_on_physical_gpu_2_only() {
 fn general_cap_covers_the_visible_gpus_only() {
     let caps = [("CUDA_DEVICE_MEMORY_LIMIT", "2g")];
     for args in [&[][..], &["--alloc", "0", "64m"][..]] {
-        let r = go(run("nvml_smi", Some("3,1"), &caps).args(args));
+        let r = run("nvml_smi", Some("3,1"), &caps).args(args).ok();
         let used = if args.is_empty() { 0 } else { 64 * MIB + CONTEXT };
         assert_eq!(nvml_gpu(&r, 3), (2 * GIB, used, 2 * GIB - used), "{args:?}");
         assert_eq!(nvml_gpu(&r, 1), (2 * GIB, 0, 2 * GIB), "{args:?}");
@@ -240,11 +225,11 @@ fn general_cap_covers_the_visible_gpus_only() {
 #[test]
 fn empty_visible_list_caps_nothing() {
     let caps = [("CUDA_DEVICE_MEMORY_LIMIT", "2g")];
-    let r = go(run("nvml_smi", Some(""), &caps));
+    let r = run("nvml_smi", Some(""), &caps).ok();
     for p in 0..4 {
         assert_eq!(nvml_gpu(&r, p).0, physical_total(p), "{}", r.stdout);
     }
-    let r = go(run("nvml_smi", Some(""), &caps).args(["--alloc", "0", "64m"]));
+    let r = run("nvml_smi", Some(""), &caps).args(["--alloc", "0", "64m"]).ok();
     assert_eq!(r.line("cuda-alloc "), "cuda-alloc 0 67108864 100", "NO_DEVICE");
     for p in 0..4 {
         assert_eq!(nvml_gpu(&r, p).0, physical_total(p), "{}", r.stdout);
@@ -260,14 +245,14 @@ fn nvml_first_agrees_with_cuda_on_lists_with_an_invalid_entry() {
     let caps = [("CUDA_DEVICE_MEMORY_LIMIT", "2g")];
     let cases: [(&str, &[usize]); 4] = [("1,7,0", &[1]), ("1,GPU-ffff,0", &[1]), ("1,1,0", &[1]), ("7,0", &[])];
     for (visible, seen) in cases {
-        let cuda = go(run("alloc_linked", Some(visible), &caps).args(["init", "count"]));
+        let cuda = run("alloc_linked", Some(visible), &caps).args(["init", "count"]).ok();
         if seen.is_empty() {
             assert!(cuda.line("init ").starts_with("init 100 "), "NO_DEVICE under {visible:?}");
         } else {
             assert_eq!(cuda.field("count", "n"), seen.len() as u64, "CUDA sees {seen:?} under {visible:?}");
         }
-        let before = go(run("nvml_smi", Some(visible), &caps));
-        let after = go(run("nvml_smi", Some(visible), &caps).args(["--alloc", "0", "0"]));
+        let before = run("nvml_smi", Some(visible), &caps).ok();
+        let after = run("nvml_smi", Some(visible), &caps).args(["--alloc", "0", "0"]).ok();
         for p in 0..4 {
             let want = if seen.contains(&p) { 2 * GIB } else { physical_total(p) };
             assert_eq!(nvml_gpu(&after, p).0, want, "{visible:?} with CUDA: gpu {p}\n{}", after.stdout);

@@ -7,21 +7,6 @@ mod common;
 
 use common::{GIB, MIB, Run, field};
 
-/// Runs `run` to a clean exit with a region file of its own, removed afterwards: the shared
-/// region (`CUDA_DEVICE_MEMORY_SHARED_CACHE`, default `/tmp/cudevshr.cache`) keeps the caps of
-/// the process that created it, so runs sharing one would see each other's caps.
-fn go(run: Run) -> common::Result {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = common::artifacts().bin_dir.parent().expect("e2e dir").join("regions");
-    std::fs::create_dir_all(&dir).expect("region dir");
-    let path =
-        dir.join(format!("{}-{}-{}.cache", module_path!(), std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    let r = run.env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &path).ok();
-    let _ = std::fs::remove_file(&path);
-    r
-}
-
 /// The fake's context costs 300 MiB (its default), which libvgpu measures through NVML.
 const CONTEXT: u64 = 300 * MIB;
 const PHYSICAL: u64 = 16 * GIB;
@@ -97,7 +82,7 @@ fn smi(env: &[(&str, &str)], args: &[&str]) -> common::Result {
     for (k, v) in env {
         run = run.env(k, v);
     }
-    go(run.args(args))
+    run.args(args).ok()
 }
 
 #[test]
@@ -138,13 +123,13 @@ fn smi_cap_above_the_physical_size_shows_the_physical_size() {
 #[test]
 fn smi_uncapped_is_the_drivers_output() {
     for args in [&[][..], &["--alloc", "0", "1g"][..], &["--alloc", "1", "3g"][..]] {
-        let plain = go(Run::new("nvml_smi").env("FAKEGPU_DEVICES", "3").without_preload().args(args));
+        let plain = Run::new("nvml_smi").env("FAKEGPU_DEVICES", "3").without_preload().args(args).ok();
         for cap in [None, Some("0")] {
             let mut run = Run::new("nvml_smi").env("FAKEGPU_DEVICES", "3");
             if let Some(cap) = cap {
                 run = run.env("CUDA_DEVICE_MEMORY_LIMIT", cap);
             }
-            let hooked = go(run.args(args));
+            let hooked = run.args(args).ok();
             assert_eq!(without_pids(&hooked.stdout), without_pids(&plain.stdout), "{args:?} cap {cap:?}");
             assert_eq!(hooked.stderr, "", "silent when there is nothing to say");
         }
@@ -184,7 +169,7 @@ fn linked(cap: Option<&str>) -> common::Result {
     if let Some(cap) = cap {
         run = run.env("CUDA_DEVICE_MEMORY_LIMIT", cap);
     }
-    go(run)
+    run.ok()
 }
 
 #[test]
@@ -194,7 +179,7 @@ fn linked_program_gets_the_hooks() {
     for i in 0..3 {
         assert_capped(&r, i, 2 * GIB, 0);
     }
-    let r = go(Run::new("nvml_linked").env("FAKEGPU_DEVICES", "3").env("CUDA_DEVICE_MEMORY_LIMIT_2", "5g"));
+    let r = Run::new("nvml_linked").env("FAKEGPU_DEVICES", "3").env("CUDA_DEVICE_MEMORY_LIMIT_2", "5g").ok();
     assert_eq!(gpu(&r, 0).total, PHYSICAL);
     assert_eq!(gpu(&r, 1).total, PHYSICAL);
     assert_capped(&r, 2, 5 * GIB, 0);
@@ -207,7 +192,7 @@ fn before_shutdown(r: &common::Result) -> String {
 
 #[test]
 fn linked_program_uncapped_is_the_drivers_output() {
-    let plain = go(Run::new("nvml_linked").env("FAKEGPU_DEVICES", "3").without_preload());
+    let plain = Run::new("nvml_linked").env("FAKEGPU_DEVICES", "3").without_preload().ok();
     let hooked = linked(None);
     assert_eq!(before_shutdown(&hooked), before_shutdown(&plain));
     assert_eq!(hooked.stderr, "");
@@ -215,7 +200,7 @@ fn linked_program_uncapped_is_the_drivers_output() {
 
 #[test]
 fn nvml_errors_pass_through_unchanged() {
-    let plain = go(Run::new("nvml_linked").env("FAKEGPU_DEVICES", "3").without_preload());
+    let plain = Run::new("nvml_linked").env("FAKEGPU_DEVICES", "3").without_preload().ok();
     // The fake answers as NVML does: version mismatch, invalid argument for a handle that is no
     // device and for a NULL out-pointer.
     for (probe, code) in
@@ -234,7 +219,7 @@ fn nvml_errors_pass_through_unchanged() {
 /// NVML queries hold a reference only while they run, so the application's shutdown is final.
 #[test]
 fn nvml_shutdown_is_the_applications() {
-    let plain = go(Run::new("nvml_linked").env("FAKEGPU_DEVICES", "3").without_preload());
+    let plain = Run::new("nvml_linked").env("FAKEGPU_DEVICES", "3").without_preload().ok();
     assert_eq!(plain.line("probe after-shutdown "), "probe after-shutdown 1");
     for cap in [None, Some("2g")] {
         let r = linked(cap);

@@ -74,6 +74,8 @@ pub fn fresh_region_path() -> PathBuf {
 /// A program run under the preload against the fake driver.
 pub struct Run {
     cmd: Command,
+    /// This run's own region file, removed once the program has exited.
+    region: PathBuf,
 }
 
 impl Run {
@@ -96,8 +98,9 @@ impl Run {
         cmd.env("LD_LIBRARY_PATH", &a.driver_dir).env("LD_PRELOAD", &a.lib).env("FAKEGPU_MEMORY", "16g");
         // Each run is its own container unless a test says otherwise: tests run in parallel and
         // must not meet in the default /tmp/cudevshr.cache.
-        cmd.env("CUDA_DEVICE_MEMORY_SHARED_CACHE", fresh_region_path());
-        Run { cmd }
+        let region = fresh_region_path();
+        cmd.env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region);
+        Run { cmd, region }
     }
 
     pub fn without_preload(mut self) -> Run {
@@ -117,6 +120,7 @@ impl Run {
 
     pub fn output(mut self) -> Result {
         let out: Output = self.cmd.output().expect("spawn test program");
+        let _ = std::fs::remove_file(&self.region);
         Result {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
