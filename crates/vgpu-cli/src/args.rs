@@ -37,7 +37,8 @@ Commands:
   set      change memory caps / SM shares live, without restarting anything
   reap     reclaim the slots (and memory accounting) of processes that died
   run      run a command under a memory cap / SM share (sets the variables and LD_PRELOAD)
-  exporter serve Prometheus metrics (and the status JSON) of one region or a directory of them
+  exporter serve a live dashboard, Prometheus metrics and the status JSON of one region or a
+           directory of them
   help     show help for a command
 
 Options:
@@ -113,20 +114,30 @@ sent to vgpu are passed on to CMD.
 
 pub const EXPORTER_HELP: &str = "\
 Usage: vgpu exporter [--listen ADDR:PORT] [--allow-remote] [--cache PATH | --scan DIR]
+                     [--sample-interval SECONDS]
 
 Serves, over HTTP/1.1:
-  /metrics     Prometheus text format: per region and device memory used/cap, SM limit,
-               contexts, allocation denials (cap vs driver), processes alive/dead
-  /api/status  the JSON of `vgpu status --json` (with --scan: `vgpu status --scan DIR --json`)
-Regions are re-read on every request; nothing is cached and nothing is written.
+  /             a live dashboard (one self-contained page): per GPU, each container's memory
+                used vs cap (contexts and dead processes shown apart), SM limit vs the share
+                achieved over the last 10 minutes, throttled time, OOM denials, processes
+  /metrics      Prometheus text format: per region and device memory used/cap, SM limit,
+                contexts, allocation denials (cap vs driver), GPU and throttled time,
+                processes alive/dead
+  /api/status   the JSON of `vgpu status --json` (with --scan: `vgpu status --scan DIR --json`)
+  /api/history  the last 10 minutes per region and device, one point per sample: memory used
+                and contexts, achieved SM share and throttled time in % of the interval
+Regions are re-read on every request and sampled for the history; nothing is written.
 
 Options:
-  --listen ADDR:PORT  where to listen (default 127.0.0.1:9464; port 0 picks a free port)
-  --allow-remote      allow a non-loopback --listen address (there is no authentication or TLS,
-                      and the metrics name containers, paths and PIDs)
-  --cache PATH        one region (default: $CUDA_DEVICE_MEMORY_SHARED_CACHE or /tmp/cudevshr.cache)
-  --scan DIR          every region in DIR and its direct subdirectories (HAMi:
-                      /usr/local/vgpu/containers, one directory per container)
+  --listen ADDR:PORT         where to listen (default 127.0.0.1:9464; port 0 picks a free port)
+  --allow-remote             allow a non-loopback --listen address (there is no authentication
+                             or TLS, and the metrics name containers, paths and PIDs)
+  --cache PATH               one region (default: $CUDA_DEVICE_MEMORY_SHARED_CACHE or
+                             /tmp/cudevshr.cache)
+  --scan DIR                 every region in DIR and its direct subdirectories (HAMi:
+                             /usr/local/vgpu/containers, one directory per container)
+  --sample-interval SECONDS  how often the history samples the regions: 0.5 to 60 s
+                             (2, 2s, 500ms; default 2)
 ";
 
 /// Parses `argv[1..]` as the OS gave it: `vgpu run` keeps its command's arguments as they are

@@ -1,7 +1,8 @@
-//! `vgpu exporter`: `/metrics` (Prometheus text) and `/api/status` (the `vgpu status --json`
-//! document) over plain HTTP/1.1 — std::net, one short-lived thread per connection, no runtime.
-//! Every request re-reads the regions (a few atomic loads per slot), so there is no state to go
-//! stale and nothing is ever written to a region.
+//! `vgpu exporter`: `/metrics` (Prometheus text), `/api/status` (the `vgpu status --json`
+//! document), `/api/history` and the dashboard page `/` over plain HTTP/1.1 — std::net, one
+//! short-lived thread per connection, no runtime. Every request re-reads the regions (a few
+//! atomic loads per slot), so what it serves never goes stale; the one piece of state is the
+//! history a sampler thread keeps for rates and charts. Nothing is ever written to a region.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -9,10 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::CliError;
-use crate::args::{default_cache, once, split_flag};
+use crate::args::{default_cache, invalid, once, split_flag};
+use crate::history::{self, History};
 use crate::metrics::{self, Located};
 use crate::ops;
 
@@ -22,6 +24,9 @@ const CMD: &str = "exporter";
 const MAX_CONNECTIONS: usize = 64;
 const MAX_REQUEST: usize = 16 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The dashboard: one self-contained page (no framework, nothing fetched from elsewhere), so it
+/// works on an air-gapped node.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -34,10 +39,12 @@ pub struct ExporterOpts {
     pub listen: String,
     pub allow_remote: bool,
     pub source: Source,
+    pub sample_interval: Duration,
 }
 
 pub fn parse(args: &[String]) -> Result<crate::args::Command, CliError> {
     let (mut listen, mut cache, mut scan, mut allow_remote) = (None, None, None, false);
+    let mut interval = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = split_flag(arg);
@@ -47,7 +54,7 @@ pub fn parse(args: &[String]) -> Result<crate::args::Command, CliError> {
                 allow_remote = true;
                 continue;
             }
-            "--listen" | "--cache" | "--scan" => {}
+            "--listen" | "--cache" | "--scan" | "--sample-interval" => {}
             _ => {
                 let what = if flag.starts_with('-') { "unknown option" } else { "unexpected argument" };
                 return Err(CliError::usage(Some(CMD), format!("{what} {arg:?} for `vgpu exporter`")));
@@ -60,6 +67,7 @@ pub fn parse(args: &[String]) -> Result<crate::args::Command, CliError> {
         match flag {
             "--listen" => listen = Some(once(CMD, flag, listen, value)?),
             "--cache" => cache = Some(once(CMD, flag, cache, PathBuf::from(value))?),
+            "--sample-interval" => interval = Some(once(CMD, flag, interval, parse_interval(&value)?)?),
             _ => scan = Some(once(CMD, flag, scan, PathBuf::from(value))?),
         }
     }
@@ -70,7 +78,31 @@ pub fn parse(args: &[String]) -> Result<crate::args::Command, CliError> {
     };
     let listen = listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
     check_listen(&listen, allow_remote)?;
-    Ok(crate::args::Command::Exporter(ExporterOpts { listen, allow_remote, source }))
+    let sample_interval = interval.unwrap_or(history::DEFAULT_INTERVAL);
+    Ok(crate::args::Command::Exporter(ExporterOpts { listen, allow_remote, source, sample_interval }))
+}
+
+const ACCEPTED_INTERVAL: &str = "seconds from 0.5 to 60, optionally with a unit: 2, 2s, 0.5, 500ms";
+
+/// `2`, `2s`, `0.5`, `500ms`.
+fn parse_interval(value: &str) -> Result<Duration, CliError> {
+    let text = value.trim();
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(n) => (n, 1e-3),
+        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
+    };
+    let bad = |why: &str| invalid(CMD, "--sample-interval", value, why, ACCEPTED_INTERVAL);
+    let seconds = number.trim().parse::<f64>().map_err(|_| bad("not a number"))? * scale;
+    if !seconds.is_finite() {
+        return Err(bad("not a number"));
+    }
+    if seconds < history::MIN_INTERVAL.as_secs_f64() {
+        return Err(bad("below 0.5 s"));
+    }
+    if seconds > history::MAX_INTERVAL.as_secs_f64() {
+        return Err(bad("above 60 s"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Loopback only unless `--allow-remote`: the endpoint has no authentication or TLS, and what
@@ -104,15 +136,42 @@ fn check_listen(listen: &str, allow_remote: bool) -> Result<Vec<SocketAddr>, Cli
     Ok(addrs)
 }
 
-/// What one request reads: the regions, as the exporter's source says.
+/// What one request reads: the regions, as the exporter's source says, and the history.
 struct Reader {
     source: Source,
     /// The last error logged for a `--cache` region, so a missing file is logged once, not on
     /// every scrape.
     last_error: Mutex<Option<String>>,
+    history: Mutex<History>,
+    /// The sampler's monotonic clock starts here.
+    started: Instant,
 }
 
 impl Reader {
+    /// One reading of every region into the history (read before taking the lock, so a
+    /// request for the history never waits on the regions).
+    fn sample(&self) {
+        let (regions, scan_dir) = match &self.source {
+            Source::Cache(path) => (ops::collect_status(path).map(|s| vec![s]), None),
+            Source::Scan(dir) => (ops::collect_scan(dir).map(|s| s.regions), Some(dir.as_path())),
+        };
+        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let at_ns = self.started.elapsed().as_nanos() as u64;
+        match regions {
+            Ok(regions) => {
+                self.note(None);
+                let located: Vec<Located> = regions.iter().map(|s| Located::new(s, scan_dir)).collect();
+                self.history.lock().unwrap_or_else(|p| p.into_inner()).record(&located, unix_ms as u64, at_ns);
+            }
+            Err(e) => self.note(Some(message(&e))),
+        }
+    }
+
+    fn history_json(&self) -> String {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_string(&*history).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+    }
+
     fn metrics(&self) -> String {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         match &self.source {
@@ -181,10 +240,19 @@ pub fn serve(o: ExporterOpts) -> Result<String, CliError> {
     };
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "vgpu exporter: serving {what} on http://{local}/metrics and http://{local}/api/status");
+        let _ = writeln!(
+            out,
+            "vgpu exporter: serving {what} on http://{local}/ (dashboard; also /metrics, /api/status, /api/history)"
+        );
         let _ = out.flush();
     }
-    let reader = Arc::new(Reader { source: o.source, last_error: Mutex::new(None) });
+    let reader = Arc::new(Reader {
+        source: o.source,
+        last_error: Mutex::new(None),
+        history: Mutex::new(History::new(o.sample_interval)),
+        started: Instant::now(),
+    });
+    spawn_sampler(Arc::clone(&reader), o.sample_interval)?;
     let active = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
@@ -203,6 +271,28 @@ pub fn serve(o: ExporterOpts) -> Result<String, CliError> {
         }
     }
     Ok(String::new())
+}
+
+/// Reads the regions every `interval`, on a schedule that does not drift with the time a
+/// reading takes.
+fn spawn_sampler(reader: Arc<Reader>, interval: Duration) -> Result<(), CliError> {
+    let sampler = move || {
+        let mut next = Instant::now();
+        loop {
+            reader.sample();
+            next += interval;
+            let now = Instant::now();
+            match next.checked_duration_since(now) {
+                Some(wait) => std::thread::sleep(wait),
+                None => next = now,
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("vgpu-exporter-sampler".into())
+        .spawn(sampler)
+        .map(drop)
+        .map_err(|e| CliError::Runtime(format!("cannot start the sampler thread: {e}")))
 }
 
 /// One request, one response, then close.
@@ -252,18 +342,13 @@ fn handle(mut stream: TcpStream, reader: &Reader) {
             let (code, body) = reader.status_json();
             respond(&mut stream, code, "application/json", body.as_bytes(), head_only)
         }
-        "/" => respond(
-            &mut stream,
-            200,
-            "text/plain; charset=utf-8",
-            b"libvgpu exporter\n/metrics     Prometheus metrics\n/api/status  vgpu status --json\n",
-            head_only,
-        ),
+        "/api/history" => respond(&mut stream, 200, "application/json", reader.history_json().as_bytes(), head_only),
+        "/" => respond(&mut stream, 200, "text/html; charset=utf-8", DASHBOARD.as_bytes(), head_only),
         _ => respond(
             &mut stream,
             404,
             "text/plain; charset=utf-8",
-            b"not found; try /metrics or /api/status\n",
+            b"not found; try / (dashboard), /metrics, /api/status or /api/history\n",
             head_only,
         ),
     };
@@ -315,12 +400,31 @@ mod tests {
     }
 
     #[test]
+    fn sample_intervals() {
+        let interval = |v: &str| match p(&["--sample-interval", v]) {
+            Ok(C::Exporter(o)) => o.sample_interval,
+            other => panic!("{v}: {other:?}"),
+        };
+        assert_eq!(interval("2"), Duration::from_secs(2));
+        assert_eq!(interval("2s"), Duration::from_secs(2));
+        assert_eq!(interval("0.5"), Duration::from_millis(500));
+        assert_eq!(interval("750ms"), Duration::from_millis(750));
+        let Ok(C::Exporter(o)) = p(&[]) else { panic!() };
+        assert_eq!(o.sample_interval, history::DEFAULT_INTERVAL);
+    }
+
+    #[test]
     fn usage_errors() {
         for (args, needle) in [
             (&["--listen", "nonsense"][..], "--listen \"nonsense\" is invalid"),
             (&["--scan", "/a", "--cache", "/b"], "cannot be combined"),
             (&["--json"], "unknown option \"--json\""),
             (&["--listen"], "--listen needs a value"),
+            (&["--sample-interval", "0.1"], "--sample-interval \"0.1\" is invalid (below 0.5 s)"),
+            (&["--sample-interval", "2m"], "--sample-interval \"2m\" is invalid (not a number)"),
+            (&["--sample-interval", "61"], "(above 60 s)"),
+            (&["--sample-interval", "inf"], "(not a number)"),
+            (&["--sample-interval", "1", "--sample-interval", "2"], "given more than once"),
         ] {
             match p(args) {
                 Err(CliError::Usage { msg, .. }) => assert!(msg.contains(needle), "{args:?}: {msg}"),

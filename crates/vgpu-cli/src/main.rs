@@ -7,6 +7,7 @@
 
 mod args;
 mod exporter;
+mod history;
 mod metrics;
 mod ops;
 mod render;

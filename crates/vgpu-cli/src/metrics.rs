@@ -64,11 +64,35 @@ pub fn escape_label(v: &str) -> String {
     out
 }
 
+/// A sample's value: integers as they are, nanosecond counters as seconds (the unit Prometheus
+/// expects) written exactly in decimal rather than through a lossy f64.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Value {
+    Count(u64),
+    Nanos(u64),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match *self {
+            Value::Count(v) => write!(f, "{v}"),
+            Value::Nanos(ns) => {
+                let (secs, frac) = (ns / 1_000_000_000, ns % 1_000_000_000);
+                if frac == 0 {
+                    write!(f, "{secs}")
+                } else {
+                    write!(f, "{secs}.{}", format!("{frac:09}").trim_end_matches('0'))
+                }
+            }
+        }
+    }
+}
+
 struct Family {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    samples: Vec<(Vec<(&'static str, String)>, u64)>,
+    samples: Vec<(Vec<(&'static str, String)>, Value)>,
 }
 
 impl Family {
@@ -76,7 +100,10 @@ impl Family {
         Family { name, kind, help, samples: Vec::new() }
     }
     fn add(&mut self, labels: Vec<(&'static str, String)>, value: u64) {
-        self.samples.push((labels, value));
+        self.samples.push((labels, Value::Count(value)));
+    }
+    fn add_nanos(&mut self, labels: Vec<(&'static str, String)>, ns: u64) {
+        self.samples.push((labels, Value::Nanos(ns)));
     }
 }
 
@@ -155,6 +182,16 @@ pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
         "counter",
         "Allocations refused: reason=cap by the container's cap, reason=driver by the driver while within the cap.",
     );
+    let mut gpu_time = Family::new(
+        "libvgpu_gpu_time_seconds_total",
+        "counter",
+        "GPU time the compute limiter charged to the container (the union of its processes' busy intervals), seconds; measured only while an SM limit applies.",
+    );
+    let mut throttled = Family::new(
+        "libvgpu_throttled_seconds_total",
+        "counter",
+        "Time the container's launching threads slept waiting for the compute limiter, seconds, summed over threads.",
+    );
     let mut procs = Family::new(
         "libvgpu_processes",
         "gauge",
@@ -189,7 +226,9 @@ pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
             buffer.add(l.clone(), live_sum(&s.processes, d.index, |u| u.data));
             dead.add(l.clone(), d.dead_used);
             denials.add(with(l.clone(), "reason", "cap"), d.cap_denials);
-            denials.add(with(l, "reason", "driver"), d.driver_denials);
+            denials.add(with(l.clone(), "reason", "driver"), d.driver_denials);
+            gpu_time.add_nanos(l.clone(), d.gpu_time_ns);
+            throttled.add_nanos(l, d.throttled_ns);
         }
         for p in &s.processes {
             for u in &p.usage {
@@ -211,9 +250,25 @@ pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
     skip.add(Vec::new(), skipped as u64);
 
     let mut out = String::new();
-    for f in
-        [used, limit, core, context, module, buffer, last_kernel, dead, denials, procs, per_process, info, count, skip]
-    {
+    let families = [
+        used,
+        limit,
+        core,
+        context,
+        module,
+        buffer,
+        last_kernel,
+        dead,
+        denials,
+        gpu_time,
+        throttled,
+        procs,
+        per_process,
+        info,
+        count,
+        skip,
+    ];
+    for f in families {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help.replace('\\', "\\\\").replace('\n', "\\n"));
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
         for (labels, value) in &f.samples {
@@ -248,5 +303,56 @@ mod tests {
         assert_eq!(hami_dir("pod-b"), None);
         assert_eq!(hami_dir("abc_def"), None);
         assert_eq!(hami_dir("0f8fad5b-d9cb-469f-a165-70867728950e_"), None);
+    }
+
+    #[test]
+    fn nanosecond_counters_are_exact_seconds() {
+        assert_eq!(Value::Nanos(0).to_string(), "0");
+        assert_eq!(Value::Nanos(1_500_000_000).to_string(), "1.5");
+        assert_eq!(Value::Nanos(2_000_000_000).to_string(), "2");
+        assert_eq!(Value::Nanos(1).to_string(), "0.000000001");
+        assert_eq!(Value::Nanos(u64::MAX).to_string(), "18446744073.709551615");
+        assert_eq!(Value::Count(u64::MAX).to_string(), "18446744073709551615");
+    }
+
+    fn one_device(gpu_time_ns: u64, throttled_ns: u64) -> Status {
+        use crate::snapshot::{Device, Version};
+        Status {
+            schema_version: 1,
+            path: "/r/a.cache".into(),
+            version: Version { major: 1, minor: 2, extension: 1 },
+            device_num: 1,
+            proc_num: 0,
+            alive_processes: 0,
+            dead_slots: 0,
+            priority: 1,
+            utilization_switch: 1,
+            last_kernel_time: 0,
+            devices: vec![Device {
+                index: 0,
+                uuid: "GPU-aaaa".into(),
+                memory_limit: None,
+                sm_limit: Some(30),
+                used: 0,
+                context: 0,
+                dead_used: 0,
+                cap_denials: 0,
+                driver_denials: 0,
+                gpu_time_ns,
+                throttled_ns,
+            }],
+            processes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn limiter_counters_are_exported_in_seconds() {
+        let s = one_device(12_250_000_000, 3_000_000);
+        let body = render(&[Located::new(&s, None)], 0, 0);
+        let labels = r#"{container="a.cache",pod_uid="",path="/r/a.cache",vdevice_index="0",device_uuid="GPU-aaaa"}"#;
+        assert!(body.contains("# TYPE libvgpu_gpu_time_seconds_total counter\n"), "{body}");
+        assert!(body.contains(&format!("\nlibvgpu_gpu_time_seconds_total{labels} 12.25\n")), "{body}");
+        assert!(body.contains("# TYPE libvgpu_throttled_seconds_total counter\n"), "{body}");
+        assert!(body.contains(&format!("\nlibvgpu_throttled_seconds_total{labels} 0.003\n")), "{body}");
     }
 }

@@ -20,6 +20,19 @@ pub fn size(bytes: u64) -> String {
     format!("{text} {}", UNITS[unit])
 }
 
+/// Nanoseconds as a human duration: "0.25 s", "12.5 s", "3 min 20 s", "2 h 5 min".
+pub fn duration(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    if secs < 60 {
+        let text = format!("{:.2}", ns as f64 / 1e9);
+        return format!("{} s", text.trim_end_matches('0').trim_end_matches('.'));
+    }
+    if secs < 3600 {
+        return format!("{} min {} s", secs / 60, secs % 60);
+    }
+    format!("{} h {} min", secs / 3600, secs % 3600 / 60)
+}
+
 pub fn cap(limit: Option<u64>) -> String {
     limit.map_or("unlimited".into(), size)
 }
@@ -69,6 +82,16 @@ pub fn status(s: &Status) -> String {
             ]);
         }
         out += &table(&rows);
+    }
+    // Only where the limiter ran: an unlimited device measures nothing, and a line of zeros would
+    // read as "idle".
+    for d in s.devices.iter().filter(|d| d.gpu_time_ns > 0 || d.throttled_ns > 0) {
+        out += &format!(
+            "device {}: {} of GPU time under the SM limit, {} throttled\n",
+            d.index,
+            duration(d.gpu_time_ns),
+            duration(d.throttled_ns)
+        );
     }
     for d in s.devices.iter().filter(|d| d.dead_used > 0) {
         out += &format!(
@@ -143,6 +166,16 @@ mod tests {
         assert_eq!(size(300 << 20), "300 MiB");
         assert_eq!(size(u64::MAX), "16777216 TiB");
         assert_eq!(cap(None), "unlimited");
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(duration(0), "0 s");
+        assert_eq!(duration(250_000_000), "0.25 s");
+        assert_eq!(duration(12_500_000_000), "12.5 s");
+        assert_eq!(duration(59_999_000_000), "60 s");
+        assert_eq!(duration(200_000_000_000), "3 min 20 s");
+        assert_eq!(duration(7_500_000_000_000), "2 h 5 min");
     }
 
     #[test]

@@ -53,6 +53,11 @@ pub struct Device {
     pub dead_used: u64,
     pub cap_denials: u64,
     pub driver_denials: u64,
+    /// GPU time the compute limiter charged to the container since the region was created, ns
+    /// (the bucket's `consumed_ns`). Measured only while an SM limit applies.
+    pub gpu_time_ns: u64,
+    /// Time launching threads slept waiting for the limiter, ns, summed over threads.
+    pub throttled_ns: u64,
 }
 
 #[derive(Serialize)]
@@ -77,9 +82,9 @@ pub struct Usage {
 }
 
 /// Which device rows to show: those the region describes (`device_num`), extended to any higher
-/// index that carries usage or a denial. A region created before CUDA knew its devices has
-/// device_num 0 but may already hold limits from the environment: then limits count too. (A
-/// general `CUDA_DEVICE_MEMORY_LIMIT` sets all 16 slots, which must not make 16 rows.)
+/// index that carries usage, a denial or limiter time. A region created before CUDA knew its
+/// devices has device_num 0 but may already hold limits from the environment: then limits count
+/// too. (A general `CUDA_DEVICE_MEMORY_LIMIT` sets all 16 slots, which must not make 16 rows.)
 fn device_count(r: &Region, processes: &[Process]) -> usize {
     let s = r.shared();
     let x = r.extension();
@@ -88,6 +93,7 @@ fn device_count(r: &Region, processes: &[Process]) -> usize {
         (described == 0 && (s.limit[d].load(SeqCst) != 0 || s.sm_limit[d].load(SeqCst) != 0))
             || x.cap_denials[d].load(SeqCst) != 0
             || x.driver_denials[d].load(SeqCst) != 0
+            || x.buckets[d].consumed_ns.load(SeqCst) != 0
             || processes.iter().any(|p| p.usage.iter().any(|u| u.device == d))
     };
     let last_busy = (0..MAX_DEVICES).rev().find(|&d| busy(d)).map_or(0, |d| d + 1);
@@ -148,6 +154,8 @@ pub fn take(r: &Region, path: &str) -> Status {
                 dead_used: sum("dead", d, |u| u.total),
                 cap_denials: x.cap_denials[d].load(SeqCst),
                 driver_denials: x.driver_denials[d].load(SeqCst),
+                gpu_time_ns: x.buckets[d].consumed_ns.load(SeqCst),
+                throttled_ns: x.buckets[d].throttled_ns.load(SeqCst),
             }
         })
         .collect();

@@ -195,6 +195,8 @@ fn metrics_over_http_match_the_regions_in_the_exposition_format() {
     pa.record_denial(0);
     pa.record_denial(0);
     ra.extension().driver_denials[0].fetch_add(5, SeqCst);
+    ra.extension().buckets[0].consume(12_250_000_000);
+    ra.extension().buckets[0].record_throttle(3_000_000);
     let pb = process(&a, 200, 0);
     pb.charge(1, 200 * MIB, Kind::Data);
     let dead = process(&a, 300, 0);
@@ -227,6 +229,8 @@ fn metrics_over_http_match_the_regions_in_the_exposition_format() {
     let with_reason = |r| [pa_labels[0], pa_labels[2], ("reason", r)];
     assert_eq!(value(&m, "libvgpu_allocation_denials_total", &with_reason("cap")), 2.0);
     assert_eq!(value(&m, "libvgpu_allocation_denials_total", &with_reason("driver")), 5.0);
+    assert_eq!(value(&m, "libvgpu_gpu_time_seconds_total", &pa_labels), 12.25);
+    assert_eq!(value(&m, "libvgpu_throttled_seconds_total", &pa_labels), 0.003);
     let dev1 = [("path", s(&a)), ("vdevice_index", "1"), ("device_uuid", "GPU-bbbb")];
     assert_eq!(value(&m, "hami_vgpu_memory_used_bytes", &dev1), (200 * MIB) as f64);
     assert_eq!(value(&m, "hami_vgpu_memory_limit_bytes", &dev1), 0.0, "0 = no cap");
@@ -359,4 +363,101 @@ fn help_lists_the_new_commands() {
     assert!(out.contains("run ") && out.contains("exporter "), "{out}");
     assert!(ok(&["help", "exporter"]).contains("--allow-remote"));
     assert!(ok(&["run", "--help"]).starts_with("Usage: vgpu run"));
+}
+
+#[test]
+fn the_dashboard_is_one_self_contained_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let _r = region(&dir.path().join("a.cache"), GIB);
+    let e = Exporter::start(&["--scan", s(dir.path())]);
+    let (code, headers, page) = e.get("/");
+    assert_eq!((code, headers["content-type"].as_str()), (200, "text/html; charset=utf-8"));
+    assert!(page.starts_with("<!doctype html>") && page.trim_end().ends_with("</html>"));
+    assert!(page.contains("/api/status") && page.contains("/api/history"), "the page polls both");
+    // Nothing is fetched from elsewhere: a node without internet gets the whole page.
+    for external in ["http://", "https://", "src=", "@import", "url("] {
+        assert!(!page.contains(external), "the page references {external:?}");
+    }
+    for link in page.split("<link").skip(1) {
+        assert!(link.contains("href=\"data:"), "only inline links: <link{}", &link[..link.find('>').unwrap()]);
+    }
+    let (code, headers, body) = e.request("HEAD", "/");
+    assert_eq!((code, body.as_str()), (200, ""));
+    assert_eq!(headers["content-length"].parse::<usize>().unwrap(), page.len());
+    let (code, headers, body) = e.request("HEAD", "/api/history");
+    assert_eq!((code, headers["content-type"].as_str(), body.as_str()), (200, "application/json", ""));
+    assert_eq!(e.request("POST", "/").0, 405);
+    assert_eq!(e.request("PUT", "/api/history").0, 405);
+}
+
+/// Polls `/api/history` until `done` accepts it.
+fn history_until(e: &Exporter, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, headers, body) = e.get("/api/history");
+        assert_eq!((code, headers["content-type"].as_str()), (200, "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if done(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {what} in {v:#}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn history_samples_memory_and_the_achieved_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.cache");
+    let ra = region(&a, 2 * GIB);
+    let p = process(&a, 100, 0);
+    p.charge(1, 300 * MIB, Kind::Context);
+    assert!(p.try_charge(1, 200 * MIB, p.limit(1)));
+    let e = Exporter::start(&["--scan", s(dir.path()), "--sample-interval", "0.5"]);
+    let series = |v: &serde_json::Value, dev: u64| {
+        v["series"].as_array().unwrap().iter().find(|x| x["path"] == s(&a) && x["device"] == dev).cloned()
+    };
+    let points = |v: &serde_json::Value, dev: u64| series(v, dev).map_or(0, |s| s["points"].as_array().unwrap().len());
+    let v = history_until(&e, "second point", |v| points(v, 1) >= 2);
+    assert_eq!((v["schema_version"].as_u64(), v["interval_s"].as_f64()), (Some(1), Some(0.5)));
+    assert_eq!((v["window_s"].as_u64(), v["truncated"].as_bool()), (Some(600), Some(false)));
+    let s1 = series(&v, 1).unwrap();
+    assert_eq!(
+        (s1["container"].as_str(), s1["pod_uid"].as_str(), s1["uuid"].as_str()),
+        (Some("a.cache"), Some(""), Some("GPU-bbbb"))
+    );
+    let pts = s1["points"].as_array().unwrap();
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for p in pts {
+        assert_eq!(
+            (p["used"].as_u64(), p["context"].as_u64(), p["dead_used"].as_u64()),
+            (Some(500 * MIB), Some(300 * MIB), Some(0))
+        );
+        assert_eq!(p["sm_limit"], 30);
+        let t = p["t"].as_f64().unwrap();
+        assert!(t <= unix && t > unix - 60.0, "t={t} is unix seconds");
+    }
+    assert!(pts[0]["achieved_pct"].is_null(), "a first reading has no rate: {}", pts[0]);
+    assert_eq!((pts[1]["achieved_pct"].as_f64(), pts[1]["throttled_pct"].as_f64()), (Some(0.0), Some(0.0)));
+
+    // The container runs: one second of GPU time and 0.1 s throttled, charged at once, show as
+    // rates whose integral over the readings' wall times gives those amounts back.
+    let before = points(&v, 1);
+    ra.extension().buckets[1].consume(1_000_000_000);
+    ra.extension().buckets[1].record_throttle(100_000_000);
+    let v = history_until(&e, "the charged second", |v| points(v, 1) > before + 2);
+    let pts = series(&v, 1).unwrap()["points"].as_array().unwrap().clone();
+    let integral = |field: &str| -> f64 {
+        (before..pts.len())
+            .map(|i| {
+                pts[i][field].as_f64().unwrap() / 100.0
+                    * (pts[i]["t"].as_f64().unwrap() - pts[i - 1]["t"].as_f64().unwrap())
+            })
+            .sum()
+    };
+    assert!((integral("achieved_pct") - 1.0).abs() < 0.02, "{:#?}", &pts[before..]);
+    assert!((integral("throttled_pct") - 0.1).abs() < 0.005, "{:#?}", &pts[before..]);
+    let busy = pts[before..].iter().filter(|p| p["achieved_pct"].as_f64().unwrap() > 0.0).count();
+    assert_eq!(busy, 1, "one interval saw the charge: {:#?}", &pts[before..]);
+    assert!(points(&v, 0) >= 2, "every device of the region is sampled");
 }

@@ -9,7 +9,10 @@ use vgpu_core::ledger::{Accounting, Kind};
 fn status_shows_caps_usage_and_processes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.cache");
-    let _r = region(&path, 2 * GIB);
+    let r = region(&path, 2 * GIB);
+    // The limiter's bucket of device 1 (30 % SM): GPU time charged, time spent throttled.
+    r.extension().buckets[1].consume(1_500_000_000);
+    r.extension().buckets[1].record_throttle(250_000_000);
     let a = process(&path, 100, 4242);
     a.charge(0, 512 * MIB, Kind::Context);
     assert!(a.try_charge(0, GIB, a.limit(0)));
@@ -34,6 +37,8 @@ fn status_shows_caps_usage_and_processes() {
     let d1 = &v["devices"][1];
     assert_eq!((d1["memory_limit"].is_null(), d1["sm_limit"].as_u64()), (true, Some(30)));
     assert_eq!(d1["used"], 200 * MIB);
+    assert_eq!((d1["gpu_time_ns"].as_u64(), d1["throttled_ns"].as_u64()), (Some(1_500_000_000), Some(250_000_000)));
+    assert_eq!((d0["gpu_time_ns"].as_u64(), d0["throttled_ns"].as_u64()), (Some(0), Some(0)));
     assert_eq!(v["devices"].as_array().unwrap().len(), 2);
 
     let procs = v["processes"].as_array().unwrap();
@@ -62,6 +67,7 @@ fn status_shows_caps_usage_and_processes() {
         "4242",
         "dev 0: 1.5 GiB (contexts 512 MiB)",
         "dev 1: 200 MiB",
+        "device 1: 1.5 s of GPU time under the SM limit, 0.25 s throttled",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
@@ -69,6 +75,7 @@ fn status_shows_caps_usage_and_processes() {
     let row = text.lines().find(|l| l.starts_with("0 ") && l.contains("GPU-aaaa")).unwrap();
     let cells: Vec<&str> = row.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
     assert_eq!(cells, ["0", "GPU-aaaa", "2 GiB", "1.5 GiB", "512 MiB", "unlimited", "2"]);
+    assert!(!text.contains("device 0: 0 s of GPU time"), "no limiter line for a device it never ran on:\n{text}");
 }
 
 #[test]
