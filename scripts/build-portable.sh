@@ -11,7 +11,7 @@
 #
 # Environment: GLIBC_FLOOR (default 2.17), TARGET_TRIPLE (default: this machine's,
 # x86_64-unknown-linux-gnu; aarch64-unknown-linux-gnu is added with rustup but not tested here),
-# ZIGLANG_VERSION / CARGO_ZIGBUILD_VERSION (pins of the PyPI packages).
+# ZIGLANG_VERSION / CARGO_ZIGBUILD_VERSION (pins of the PyPI packages), CARGO_TARGET_DIR (honoured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/portable}
@@ -19,7 +19,7 @@ floor=${GLIBC_FLOOR:-2.17}
 triple=${TARGET_TRIPLE:-$(uname -m)-unknown-linux-gnu}
 tools=$PWD/target/portable-tools
 
-have_tools() { cargo zigbuild --version >/dev/null 2>&1 && { command -v zig >/dev/null || python3 -c 'import ziglang' 2>/dev/null; }; }
+have_tools() { cargo-zigbuild --version >/dev/null 2>&1 && { command -v zig >/dev/null || python3 -c 'import ziglang' 2>/dev/null; }; }
 if ! have_tools; then
     export PATH=$tools/bin:$PATH
     if ! have_tools; then
@@ -32,12 +32,12 @@ fi
 if ! rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
     rustup target add "$triple"
 fi
-echo "== cargo zigbuild --release --target $triple.$floor ($(cargo zigbuild --version))"
+echo "== cargo zigbuild --release --target $triple.$floor ($(cargo-zigbuild --version))"
 start=$SECONDS
 cargo zigbuild --release --target "$triple.$floor" -p libvgpu -p vgpu-cli
 echo "built in $((SECONDS - start)) s"
 
-built=target/$triple/release
+built=${CARGO_TARGET_DIR:-target}/$triple/release
 mkdir -p "$out"
 # Ship without debug info (the release profile keeps line tables for local profiling).
 for f in libvgpu.so vgpu; do
