@@ -186,11 +186,13 @@ fn bookkeeping(stream: CUstream, idle: bool) {
             chain.stream = stream as usize;
             chain.new_segment = true;
         }
-        chain.new_segment |= idle;
         if !anchored(&mut chain) {
             return;
         }
         charge_completed(&mut chain, bucket);
+        // A thread away for a while may have left its stream idle, and that gap is not GPU time;
+        // but if our last event is still pending the stream has been busy all along.
+        chain.new_segment |= idle && chain.len == 0;
         // The GPU is RING events behind: wait for the oldest before queueing more.
         let mut waited = 0;
         while chain.len == RING && waited < 2_000 {
@@ -209,9 +211,18 @@ fn bookkeeping(stream: CUstream, idle: bool) {
             charge_completed(&mut chain, bucket);
             wait = bucket.wait_ns(now_ns(), share, burst);
         }
-        // If everything we queued completed while we slept, the stream idled: the next interval
-        // starts afresh. Work still pending means it stayed busy, and the interval counts.
-        chain.new_segment |= slept && chain.len == 0;
+        // If everything we queued completed while we slept, the stream idled: what follows starts
+        // a new segment, and it must start *here*, before the launch we held back. Starting it at
+        // the next check instead would leave that launch uncharged, once per sleep: with 0.2 ms
+        // kernels and a sleep every few ms that is a tenth of the work, and the share overshoots.
+        // Work still pending means the stream stayed busy, and the interval counts as it is.
+        if slept && chain.len == 0 {
+            record(&mut chain, stream, true);
+        }
+        if slept {
+            // The time asleep is not the thread being away from its stream.
+            NEXT_CHECK.with(|c| c.set(coarse_ns() + CHECK_NS));
+        }
     });
 }
 
@@ -254,7 +265,16 @@ fn charge_completed(chain: &mut Chain, bucket: &vgpu_core::limiter::BucketState)
         let (event, starts) = chain.pending[0];
         match driver::event_done(event as CUevent) {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => {
+                // The stream has been busy since `prev` completed and still is: charge that much
+                // now, not when the event completes, so a thread cannot run a deep queue of long
+                // kernels ahead of its budget. The completion charges only the rest (the bucket
+                // charges the union of intervals).
+                if !starts && chain.prev != 0 && chain.prev_ns != 0 {
+                    bucket.consume_interval(chain.prev_ns, now_ns());
+                }
+                return;
+            }
             Err(_) => {
                 // The event is unusable (e.g. the context is going away): drop the chain.
                 *chain = Chain::EMPTY;

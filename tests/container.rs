@@ -167,3 +167,24 @@ fn vgpu_set_changes_the_next_allocation() {
         String::from_utf8_lossy(&status.stdout)
     );
 }
+
+/// The context's cost is measured once per container (NVML costs every process start ~15 ms on
+/// an H200): a later process charges the kept figure even where a measurement would differ.
+#[test]
+fn the_first_processes_context_measurement_serves_the_container() {
+    let region = fresh_region_path();
+    let first = in_container(&region, "4g", &["init", "meminfo"]).output().unwrap();
+    let first = String::from_utf8_lossy(&first.stdout);
+    let line = first.lines().find(|l| l.starts_with("meminfo")).unwrap();
+    assert_eq!(field(line, "free"), 4 * GIB - CONTEXT, "{first}");
+    let kept = Region::open_existing(&region).unwrap().extension().context_cost[0].load(SeqCst);
+    assert_eq!(kept, CONTEXT);
+
+    // This driver's contexts cost 500 MiB, but the container's figure stands.
+    let later =
+        in_container(&region, "4g", &["init", "meminfo"]).env("FAKEGPU_CONTEXT_OVERHEAD", "500m").output().unwrap();
+    let later = String::from_utf8_lossy(&later.stdout);
+    let line = later.lines().find(|l| l.starts_with("meminfo")).unwrap();
+    assert_eq!(field(line, "free"), 4 * GIB - CONTEXT, "{later}");
+    let _ = std::fs::remove_file(&region);
+}

@@ -5,8 +5,9 @@
 //!
 //! The cost is measured per context as the change in the device's NVML `used` across the
 //! creating call (racy against other processes, so clamped to a plausible range), only where a
-//! cap makes it matter. `LIBVGPU_CONTEXT_OVERHEAD` fixes it instead; without NVML we charge
-//! [`FALLBACK_COST`] and say so once.
+//! cap makes it matter, and once per container: the first measurement is kept in the region
+//! and later processes charge it without starting NVML. `LIBVGPU_CONTEXT_OVERHEAD` fixes it
+//! instead; without NVML we charge [`FALLBACK_COST`] and say so once.
 
 use std::ffi::{c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,12 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     if st.ledger.limit(dev).is_none() {
         return (create(), 0);
     }
+    // Measured once per container: contexts of one device cost the same, and NVML's start-up
+    // would otherwise be paid by every process.
+    let cached = st.ledger.accounting().region().extension().context_cost.get(dev);
+    if let Some(cost) = cached.map(|c| c.load(Ordering::Relaxed)).filter(|&c| c > 0) {
+        return (create(), cost);
+    }
     // One NVML reference for the measurement, given back when it ends.
     let session = driver::NvmlSession::open().ok();
     let nvml = session.as_ref().and_then(|s| {
@@ -44,7 +51,13 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     }
     let after = nvml.and_then(|d| driver::nvml_used(d).ok());
     match (before, after) {
-        (Some(b), Some(a)) => (rc, a.saturating_sub(b).min(MAX_PLAUSIBLE_COST)),
+        (Some(b), Some(a)) => {
+            let cost = a.saturating_sub(b).min(MAX_PLAUSIBLE_COST);
+            if let Some(c) = cached.filter(|_| cost > 0) {
+                let _ = c.compare_exchange(0, cost, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            (rc, cost)
+        }
         _ => {
             static WARNED: AtomicBool = AtomicBool::new(false);
             if !WARNED.swap(true, Ordering::Relaxed) {

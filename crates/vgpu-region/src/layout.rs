@@ -95,8 +95,12 @@ pub struct Extension {
     pub slot_generation: [AtomicU64; MAX_PROCS],
     /// The compute limiter's GPU-time bucket, per device (see vgpu_core::limiter).
     pub buckets: [BucketState; MAX_DEVICES],
-    /// Reserved for the limiter's future state; zero.
-    pub limiter_reserved: [AtomicU64; 384],
+    /// Device memory one context costs, bytes per device, as first measured in this container
+    /// (0 = not yet). Later processes charge it without measuring: the measurement needs NVML,
+    /// whose initialisation costs a process start ~15 ms on an H200.
+    pub context_cost: [AtomicU64; MAX_DEVICES],
+    /// Reserved; zero.
+    pub reserved: [AtomicU64; 368],
 }
 
 /// Bytes the file must have: HAMi's `sizeof + 1` plus our extension.
