@@ -131,4 +131,7 @@ impl Accounting for ContainerAccounting {
     fn record_denial(&self, dev: usize) {
         self.get().record_denial(dev)
     }
+    fn record_driver_denial(&self, dev: usize) {
+        self.get().record_driver_denial(dev)
+    }
 }

@@ -188,3 +188,24 @@ fn the_first_processes_context_measurement_serves_the_container() {
     assert_eq!(field(line, "free"), 4 * GIB - CONTEXT, "{later}");
     let _ = std::fs::remove_file(&region);
 }
+
+/// Operators see refusals: the cap's own (`cap_denials`) apart from a driver out of memory
+/// while the cap still had room (`driver_denials`).
+#[test]
+fn refusals_are_counted_by_whom() {
+    for (cap, by_cap) in [("2g", true), ("64g", false)] {
+        let region = fresh_region_path();
+        let out = in_container(&region, cap, &["init", "alloc-until-oom", "256m"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("alloc-until-oom 268435456 2 "), "{cap}: {stdout}");
+        let r = Region::open_existing(&region).unwrap();
+        let (cap_n, driver_n) =
+            (r.extension().cap_denials[0].load(SeqCst), r.extension().driver_denials[0].load(SeqCst));
+        if by_cap {
+            assert_eq!((cap_n, driver_n), (1, 0), "{cap}");
+        } else {
+            assert_eq!((cap_n, driver_n), (0, 1), "{cap}: the 16g device ran out first");
+        }
+        let _ = std::fs::remove_file(&region);
+    }
+}

@@ -85,6 +85,7 @@ unsafe fn alloc_ptr<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P,
         Err(rc) => return rc,
     };
     let rc = real.call();
+    reservation.0.driver_answered(rc == CUresult::ERROR_OUT_OF_MEMORY);
     if rc.is_success() {
         let (r, ctx) = reservation;
         // SAFETY: the driver wrote the new pointer through the caller's non-null `dptr`.
@@ -151,6 +152,7 @@ pub unsafe fn alloc_pitch(
         Err(rc) => return rc,
     };
     let rc = real.call();
+    r.driver_answered(rc == CUresult::ERROR_OUT_OF_MEMORY);
     if !rc.is_success() {
         return rc;
     }
@@ -188,6 +190,7 @@ pub unsafe fn create(
         Err(d) => return deny(d),
     };
     let rc = real.call();
+    r.driver_answered(rc == CUresult::ERROR_OUT_OF_MEMORY);
     if rc.is_success() {
         // SAFETY: the driver wrote the handle through the caller's non-null pointer.
         r.commit(Key::VmmHandle(unsafe { *handle }), 0);
@@ -224,6 +227,7 @@ unsafe fn array_common(
         Err(d) => return deny(d),
     };
     let rc = real.call();
+    r.driver_answered(rc == CUresult::ERROR_OUT_OF_MEMORY);
     if !rc.is_success() {
         return rc;
     }

@@ -37,6 +37,8 @@ pub trait Accounting: Send + Sync {
     fn used(&self, dev: usize) -> u64;
     /// The cap refused an allocation (counted for operators; nothing to do per process).
     fn record_denial(&self, _dev: usize) {}
+    /// The driver itself was out of memory while the cap had room (counted for operators).
+    fn record_driver_denial(&self, _dev: usize) {}
     /// Whether any device has a cap (the hot paths' "uncapped: pass through" test).
     fn any_limit(&self) -> bool {
         (0..MAX_DEVICES).any(|d| self.limit(d).is_some())
@@ -208,6 +210,7 @@ impl<A: Accounting> MemoryLedger<A> {
         if self.accounting.try_charge(dev, bytes, limit) {
             Ok(Reservation { ledger: self, dev, bytes, settled: false })
         } else {
+            self.accounting.record_denial(dev);
             Err(Denied { dev, requested: bytes, used: self.accounting.used(dev), limit: limit.unwrap_or(0) })
         }
     }
@@ -276,6 +279,14 @@ pub struct Reservation<'a, A: Accounting> {
 impl<A: Accounting> Reservation<'_, A> {
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// The driver's answer to the allocation this reserved: counts an out-of-memory refusal
+    /// (the reservation itself is rolled back when dropped).
+    pub fn driver_answered(&self, out_of_memory: bool) {
+        if out_of_memory {
+            self.ledger.accounting.record_driver_denial(self.dev);
+        }
     }
 
     /// Changes the reserved amount to what the driver really allocated (pitch, array layout).

@@ -111,4 +111,10 @@ impl Accounting for RegionAccounting {
             c.fetch_add(1, SeqCst);
         }
     }
+
+    fn record_driver_denial(&self, dev: usize) {
+        if let Some(c) = self.region.extension().driver_denials.get(dev) {
+            c.fetch_add(1, SeqCst);
+        }
+    }
 }
