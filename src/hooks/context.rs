@@ -34,9 +34,13 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     }
     // Measured once per container: contexts of one device cost the same, and NVML's start-up
     // would otherwise be paid by every process.
-    let cached = st.ledger.accounting().region().extension().context_cost.get(dev);
-    if let Some(cost) = cached.map(|c| c.load(Ordering::Relaxed)).filter(|&c| c > 0) {
-        return (create(), cost);
+    let ext = st.ledger.accounting().region().extension();
+    let (Some(cached), Some(creating)) = (ext.context_cost.get(dev), ext.contexts_creating.get(dev)) else {
+        return (create(), FALLBACK_COST);
+    };
+    let known = cached.load(Ordering::Relaxed);
+    if known > 0 {
+        return (create(), known);
     }
     // One NVML reference for the measurement, given back when it ends.
     let session = driver::NvmlSession::open().ok();
@@ -44,17 +48,23 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
         let uuid = driver::device_uuid(dev).ok()?;
         driver::nvml_device_by_uuid(s, &format_uuid(&uuid)).ok()
     });
+    let at_start = creating.fetch_add(1, Ordering::SeqCst) + 1;
     let before = nvml.and_then(|d| driver::nvml_used(d).ok());
     let rc = create();
+    let after = nvml.and_then(|d| driver::nvml_used(d).ok());
+    let at_end = creating.fetch_sub(1, Ordering::SeqCst);
     if !rc.is_success() {
         return (rc, 0);
     }
-    let after = nvml.and_then(|d| driver::nvml_used(d).ok());
     match (before, after) {
         (Some(b), Some(a)) => {
-            let cost = a.saturating_sub(b).min(MAX_PLAUSIBLE_COST);
-            if let Some(c) = cached.filter(|_| cost > 0) {
-                let _ = c.compare_exchange(0, cost, Ordering::Relaxed, Ordering::Relaxed);
+            let overlap = at_start.max(at_end);
+            let cost = cost_estimate(a.saturating_sub(b), overlap);
+            // A measurement alone is the container's figure; an overlapped one only until then.
+            if overlap == 1 {
+                cached.store(cost, Ordering::Relaxed);
+            } else {
+                let _ = cached.compare_exchange(0, cost, Ordering::Relaxed, Ordering::Relaxed);
             }
             (rc, cost)
         }
@@ -70,6 +80,13 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
             (rc, FALLBACK_COST)
         }
     }
+}
+
+/// One context's cost from the growth of the device's `used` while `overlap` of the container's
+/// contexts (ours included) were being created: 32 processes starting at once would otherwise
+/// each charge up to 32 contexts and refuse one another. Clamped to a plausible range.
+fn cost_estimate(growth: u64, overlap: u64) -> u64 {
+    (growth / overlap.max(1)).min(MAX_PLAUSIBLE_COST)
 }
 
 /// The driver freed `ctx` and everything allocated in it.
@@ -207,4 +224,17 @@ pub unsafe fn primary_release(real: Real<'_, CUresult>, dev: CUdevice) -> CUresu
 
 pub unsafe fn primary_reset(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
     unsafe { primary_gone(real, dev) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_creations_share_the_growth() {
+        assert_eq!(cost_estimate(520 << 20, 1), 520 << 20);
+        assert_eq!(cost_estimate(32 * (520 << 20), 32), 520 << 20);
+        assert_eq!(cost_estimate(3 << 30, 0), 3 << 30);
+        assert_eq!(cost_estimate(64 << 30, 1), MAX_PLAUSIBLE_COST);
+    }
 }

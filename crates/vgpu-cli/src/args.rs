@@ -97,8 +97,8 @@ from the environment are dropped: the command line is the whole configuration.
 
 Options:
   --memory SIZE  memory cap, binary units: 4g, 4096m, 4GiB, 1.5g; 0 or unlimited = no cap
-  --sm PERCENT   SM share 0-100 (30 or 30%); 0, 100 or unlimited = no limit (the limiter is
-                 in progress: the value is recorded, not yet enforced)
+  --sm PERCENT   SM share 0-100 (30 or 30%); 0, 100 or unlimited = no limit. Enforced by the
+                 compute limiter: launches wait while the container's GPU-time budget is spent
   --device I     apply the limits to CUDA device I only (0-15, as CMD sees it); may be repeated
   --cache PATH   use (or create) this region file, shared with other processes given the same
                  path, and keep it afterwards; default: a private region in a fresh temporary

@@ -99,8 +99,11 @@ pub struct Extension {
     /// (0 = not yet). Later processes charge it without measuring: the measurement needs NVML,
     /// whose initialisation costs a process start ~15 ms on an H200.
     pub context_cost: [AtomicU64; MAX_DEVICES],
+    /// Contexts being created right now, per device: a creation that overlaps others sees
+    /// their memory in its NVML measurement too.
+    pub contexts_creating: [AtomicU64; MAX_DEVICES],
     /// Reserved; zero.
-    pub reserved: [AtomicU64; 368],
+    pub reserved: [AtomicU64; 352],
 }
 
 /// Bytes the file must have: HAMi's `sizeof + 1` plus our extension.
@@ -137,6 +140,8 @@ const _: () = {
     assert!(offset_of!(SharedRegion, sem_postinit) == 2_008_920);
     assert!(size_of::<SharedRegion>() == 2_008_952);
     assert!(EXTENSION_OFFSET % 8 == 0);
+    // bench/gpu/sm_share.py reads device 0's bucket at this offset.
+    assert!(EXTENSION_OFFSET + offset_of!(Extension, buckets) == 2_017_416);
     assert!(FILE_SIZE as u64 != HAMI_V0_FILE_SIZE);
     assert!(size_of::<Extension>() == 16 + 16 * 8 * 2 + MAX_PROCS * 8 + 512 * 8);
 };
