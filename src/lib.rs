@@ -11,4 +11,5 @@ mod hooks;
 mod intercept;
 mod limiter;
 mod log;
+mod node;
 mod state;

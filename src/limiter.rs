@@ -20,9 +20,10 @@ use std::time::Duration;
 use cuda_types::*;
 use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::CorePolicy;
-use vgpu_core::limiter::{burst_ns, share_ppm};
+use vgpu_core::limiter::{BucketState, PPM, burst_ns, share_ppm};
 
 use crate::driver;
+use crate::node::{self, Place};
 use crate::state::state;
 
 /// The bucket's burst: one period of budget.
@@ -35,6 +36,11 @@ const IDLE_NS: u64 = 20_000_000;
 const RING: usize = 8;
 /// One sleep at most, so live limit changes and shutdown are seen promptly.
 const MAX_SLEEP_NS: u64 = 200_000_000;
+/// The longest sleep of a thread whose container meets others in the node table: its queued
+/// work must keep showing as active (`vgpu_region::node::ACTIVE_NS`) while it sleeps.
+const COORDINATED_NAP_NS: u64 = 5_000_000;
+/// How often a low-priority thread looks again whether the high-priority container is done.
+const YIELD_NAP_NS: u64 = 2_000_000;
 
 /// Some device of this process may be limited (refreshed from the region every ~100 ms).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -48,7 +54,7 @@ fn coarse_ns() -> u64 {
     clock(libc::CLOCK_MONOTONIC_COARSE)
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     clock(libc::CLOCK_MONOTONIC)
 }
 
@@ -137,7 +143,7 @@ fn refresh(now: u64) {
     if now.saturating_sub(last) < PERIOD_NS || REFRESHED_AT.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
         return;
     }
-    ACTIVE.store((0..MAX_DEVICES).any(|d| share_for(d).is_some()), Relaxed);
+    ACTIVE.store((0..MAX_DEVICES).any(|d| share_for(d).is_some()) || coordinates(), Relaxed);
     let written = HAMI_WRITTEN_AT.load(Relaxed);
     if now.saturating_sub(written) >= 1_000_000_000
         && HAMI_WRITTEN_AT.compare_exchange(written, now, Relaxed, Relaxed).is_ok()
@@ -149,6 +155,27 @@ fn refresh(now: u64) {
             s.recent_kernel.store(2, Relaxed);
         }
     }
+}
+
+/// Whether launches must look at the other containers even without a limit: a high-priority
+/// container tells the node when it is active; a low-priority one yields to it (or to HAMi's
+/// monitor, which blocks a container by setting `recent_kernel` to -1).
+fn coordinates() -> bool {
+    let st = state();
+    if st.ledger.accounting().region().shared().recent_kernel.load(Relaxed) < 0 {
+        return true;
+    }
+    let Some(path) = st.config.node_file.as_deref() else { return false };
+    if st.config.priority == 0 {
+        return node::table().is_some();
+    }
+    // Low priority and unlimited: never create the table, only look whether one exists.
+    let table = match node::opened() {
+        Some(t) => Some(t),
+        None if std::path::Path::new(path).exists() => node::table(),
+        None => None,
+    };
+    table.is_some_and(|t| t.has_high_priority(now_ns()))
 }
 
 /// The share (ppm) device `dev` is limited to now, if any.
@@ -167,13 +194,34 @@ fn share_for(dev: usize) -> Option<u64> {
 #[cold]
 fn bookkeeping(stream: CUstream, idle: bool) {
     let Ok(dev) = driver::current_device() else { return };
-    let Some(share) = share_for(dev) else { return };
+    let share = share_for(dev);
+    let st = state();
+    let low = st.config.priority != 0;
+    let hami_blocked = || st.ledger.accounting().region().shared().recent_kernel.load(Relaxed) < 0;
+    let place = if share.is_some() || coordinates() { node::place(dev) } else { None };
+    if share.is_none() && place.is_none() && !hami_blocked() {
+        return;
+    }
     // Capture records work, it does not run it: never add an event to a graph or wait.
     if driver::stream_capturing(stream) {
         return;
     }
+    let bucket = &st.ledger.accounting().region().extension().buckets[dev];
+    let now = now_ns();
+    if let Some(p) = place {
+        p.entry.mark_busy(now);
+    }
+    if low {
+        yield_to_high_priority(place, bucket, hami_blocked);
+    }
+    let Some(share) = share else { return };
+    // Time the GPU shared with other containers' work is theirs as much as ours: a kernel that
+    // waited for theirs is not charged their time. Looked up at every charge, since neighbours
+    // come and go while we sleep.
+    let weight = || place.map_or(PPM, |p| PPM / (1 + node::neighbours(p, now_ns()).active as u64));
+    // Asleep, we still tell the neighbours while our queued work occupies the GPU.
+    let nap_max = if place.is_some() { COORDINATED_NAP_NS } else { MAX_SLEEP_NS };
     let Ok(ctx) = driver::current_context_handle() else { return };
-    let bucket = &state().ledger.accounting().region().extension().buckets[dev];
     let burst = burst_ns(share, PERIOD_NS);
     CHAIN.with(|c| {
         let Ok(mut chain) = c.try_borrow_mut() else { return };
@@ -189,7 +237,7 @@ fn bookkeeping(stream: CUstream, idle: bool) {
         if !anchored(&mut chain) {
             return;
         }
-        charge_completed(&mut chain, bucket);
+        charge_completed(&mut chain, bucket, weight());
         // A thread away for a while may have left its stream idle, and that gap is not GPU time;
         // but if our last event is still pending the stream has been busy all along.
         chain.new_segment |= idle && chain.len == 0;
@@ -198,17 +246,20 @@ fn bookkeeping(stream: CUstream, idle: bool) {
         while chain.len == RING && waited < 2_000 {
             std::thread::sleep(Duration::from_micros(200));
             waited += 1;
-            charge_completed(&mut chain, bucket);
+            charge_completed(&mut chain, bucket, weight());
         }
         let segment = std::mem::replace(&mut chain.new_segment, false);
         record(&mut chain, stream, segment);
         let mut wait = bucket.wait_ns(now_ns(), share, burst);
         let slept = wait > 0;
         while wait > 0 {
-            let nap = wait.min(MAX_SLEEP_NS);
+            let nap = wait.min(nap_max);
             std::thread::sleep(Duration::from_nanos(nap));
             bucket.record_throttle(nap);
-            charge_completed(&mut chain, bucket);
+            charge_completed(&mut chain, bucket, weight());
+            if let (Some(p), true) = (place, chain.len > 0) {
+                p.entry.mark_busy(now_ns());
+            }
             wait = bucket.wait_ns(now_ns(), share, burst);
         }
         // If everything we queued completed while we slept, the stream idled: what follows starts
@@ -224,6 +275,19 @@ fn bookkeeping(stream: CUstream, idle: bool) {
             NEXT_CHECK.with(|c| c.set(coarse_ns() + CHECK_NS));
         }
     });
+}
+
+/// A low-priority container launches nothing while a high-priority one on the same GPU is
+/// active (or HAMi's monitor blocks it), for at most `MAX_SLEEP_NS` at a time.
+fn yield_to_high_priority(place: Option<&Place>, bucket: &BucketState, hami_blocked: impl Fn() -> bool) {
+    let mut waited = 0;
+    while waited < MAX_SLEEP_NS
+        && (hami_blocked() || place.is_some_and(|p| node::neighbours(p, now_ns()).high_priority_active))
+    {
+        std::thread::sleep(Duration::from_nanos(YIELD_NAP_NS));
+        bucket.record_throttle(YIELD_NAP_NS);
+        waited += YIELD_NAP_NS;
+    }
 }
 
 /// Re-anchors the chain's clock every 10 s (elapsed times are f32 milliseconds). `false` when no
@@ -260,7 +324,7 @@ fn anchored(chain: &mut Chain) -> bool {
 
 /// Charges the GPU time between consecutive completed events of a segment, as absolute
 /// intervals so that the container's processes charge their union.
-fn charge_completed(chain: &mut Chain, bucket: &vgpu_core::limiter::BucketState) {
+fn charge_completed(chain: &mut Chain, bucket: &BucketState, weight: u64) {
     while chain.len > 0 {
         let (event, starts) = chain.pending[0];
         match driver::event_done(event as CUevent) {
@@ -271,7 +335,7 @@ fn charge_completed(chain: &mut Chain, bucket: &vgpu_core::limiter::BucketState)
                 // kernels ahead of its budget. The completion charges only the rest (the bucket
                 // charges the union of intervals).
                 if !starts && chain.prev != 0 && chain.prev_ns != 0 {
-                    bucket.consume_interval(chain.prev_ns, now_ns());
+                    bucket.consume_interval(chain.prev_ns, now_ns(), weight);
                 }
                 return;
             }
@@ -284,7 +348,7 @@ fn charge_completed(chain: &mut Chain, bucket: &vgpu_core::limiter::BucketState)
         let at =
             driver::event_elapsed_ns(chain.anchor as CUevent, event as CUevent).ok().map(|ns| chain.anchor_ns + ns);
         if let (Some(end), false, true) = (at, starts, chain.prev != 0) {
-            bucket.consume_interval(chain.prev_ns, end);
+            bucket.consume_interval(chain.prev_ns, end, weight);
         }
         if chain.prev != 0 {
             let n = chain.nfree;

@@ -144,3 +144,102 @@ fn a_containers_processes_share_one_budget() {
     let _ = std::fs::remove_file(&timeline);
     assert!((got - 30.0).abs() <= 5.0, "container share {got:.2}% (gpu {gpu_ms:.0} ms over {wall_ms:.0} ms)");
 }
+
+/// `kernels`' summary line as (gpu_ms, start_ns, end_ns).
+fn summary(out: &std::process::Output) -> (f64, u64, u64) {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("launches=")).unwrap().to_string();
+    let get = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
+    (get("gpu_ms=").parse().unwrap(), get("start_ns=").parse().unwrap(), get("end_ns=").parse().unwrap())
+}
+
+/// A container of its own (region) on the shared simulated GPU (`timeline`), meeting the others
+/// in the node table `node`.
+fn container(region: &std::path::Path, timeline: &std::path::Path, node: &std::path::Path) -> Command {
+    let a = common::artifacts();
+    let mut cmd = Command::new(a.bin_dir.join("kernels"));
+    cmd.env("LD_LIBRARY_PATH", &a.driver_dir)
+        .env("LD_PRELOAD", &a.lib)
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", region)
+        .env("FAKEGPU_TIMELINE", timeline)
+        .env("FAKEGPU_QUEUE_DEPTH", "16")
+        .env("LIBVGPU_NODE_FILE", node)
+        .stdout(Stdio::piped());
+    cmd
+}
+
+/// Two limited containers on one GPU each get their share: a kernel that waited for the other
+/// container's is not charged that wait (without the node table: 30 % + 60 % gave 22 % + 51 %).
+#[test]
+fn two_containers_on_one_gpu_each_get_their_share() {
+    let _serial = serial();
+    let base = fresh_region_path();
+    let (timeline, node) = (base.with_extension("timeline"), base.with_extension("node"));
+    let runs: Vec<_> = [(30u32, 900u64), (60, 1800)]
+        .into_iter()
+        .map(|(pct, gpu_ms)| {
+            let region = base.with_extension(format!("{pct}.cache"));
+            let child = container(&region, &timeline, &node)
+                .env("CUDA_DEVICE_SM_LIMIT", pct.to_string())
+                .args(args(500, gpu_ms, &[]))
+                .spawn()
+                .unwrap();
+            (pct, region, child)
+        })
+        .collect();
+    let mut report = String::new();
+    let mut got = Vec::new();
+    for (pct, region, child) in runs {
+        let (gpu_ms, start, end) = summary(&child.wait_with_output().unwrap());
+        let share = gpu_ms * 1e6 / (end - start) as f64 * 100.0;
+        report += &format!("limit {pct}%: {share:.1}%\n");
+        got.push((pct, share));
+        let _ = std::fs::remove_file(region);
+    }
+    for f in [&timeline, &node] {
+        let _ = std::fs::remove_file(f);
+    }
+    eprintln!("{report}");
+    for (pct, share) in got {
+        assert!((share - pct as f64).abs() <= 5.0, "{report}");
+    }
+}
+
+/// A low-priority container yields the GPU while a high-priority one on it is active, then
+/// takes it again.
+#[test]
+fn a_low_priority_container_yields_to_a_high_priority_one() {
+    let _serial = serial();
+    let base = fresh_region_path();
+    let (timeline, node) = (base.with_extension("timeline"), base.with_extension("node"));
+    let low_region = base.with_extension("low.cache");
+    let high_region = base.with_extension("high.cache");
+    // The low-priority job starts first and has the GPU to itself for a while.
+    let low = container(&low_region, &timeline, &node)
+        .env("CUDA_TASK_PRIORITY", "1")
+        .args(args(500, 1500, &[]))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let high = container(&high_region, &timeline, &node)
+        .env("CUDA_TASK_PRIORITY", "0")
+        .args(args(500, 600, &[]))
+        .spawn()
+        .unwrap();
+    let (high_gpu, high_start, high_end) = summary(&high.wait_with_output().unwrap());
+    let (low_gpu, low_start, low_end) = summary(&low.wait_with_output().unwrap());
+    for f in [&timeline, &node, &low_region, &high_region] {
+        let _ = std::fs::remove_file(f);
+    }
+    let high_share = high_gpu * 1e6 / (high_end - high_start) as f64;
+    eprintln!(
+        "high: {high_gpu:.0} ms of GPU in {:.0} ms ({:.1}%); low: {low_gpu:.0} ms in {:.0} ms",
+        (high_end - high_start) as f64 / 1e6,
+        high_share * 100.0,
+        (low_end - low_start) as f64 / 1e6
+    );
+    // Sharing in submission order would give the high-priority job about half the GPU.
+    assert!(high_share >= 0.85, "high-priority share {:.1}%", high_share * 100.0);
+    assert!(low_end > high_end, "the low-priority job finishes after the high-priority one");
+}

@@ -100,6 +100,9 @@ impl Run {
         // must not meet in the default /tmp/cudevshr.cache.
         let region = fresh_region_path();
         cmd.env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region);
+        // Nor in the default node table: every fake GPU has the same UUID, so runs of parallel
+        // tests would see one another as containers sharing a GPU.
+        cmd.env("LIBVGPU_NODE_FILE", region.with_extension("node"));
         Run { cmd, region }
     }
 
@@ -121,6 +124,7 @@ impl Run {
     pub fn output(mut self) -> Result {
         let out: Output = self.cmd.output().expect("spawn test program");
         let _ = std::fs::remove_file(&self.region);
+        let _ = std::fs::remove_file(self.region.with_extension("node"));
         Result {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

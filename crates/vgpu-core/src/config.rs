@@ -18,6 +18,10 @@ pub const CONTEXT_OVERHEAD: &str = "LIBVGPU_CONTEXT_OVERHEAD";
 /// Our own: permissions of a region file we create (octal), for containers whose processes run
 /// as several users.
 pub const REGION_MODE: &str = "LIBVGPU_REGION_MODE";
+/// Our own: the node table where containers sharing a GPU meet (compute limiter, priorities);
+/// empty or `off` = none.
+pub const NODE_FILE: &str = "LIBVGPU_NODE_FILE";
+pub const DEFAULT_NODE_FILE: &str = "/tmp/libvgpu-node.v1";
 /// HAMi: 0 high priority, 1 low (default).
 pub const TASK_PRIORITY: &str = "CUDA_TASK_PRIORITY";
 /// HAMi: FORCE always limits SM, DISABLE never, anything else follows the region's
@@ -57,6 +61,8 @@ pub struct Config {
     pub region_mode: u32,
     pub priority: i32,
     pub core_policy: CorePolicy,
+    /// The node table's path; `None` = containers do not coordinate.
+    pub node_file: Option<String>,
 }
 
 impl Default for Config {
@@ -71,6 +77,7 @@ impl Default for Config {
             region_mode: 0o600,
             priority: 1,
             core_policy: CorePolicy::Default,
+            node_file: Some(DEFAULT_NODE_FILE.to_string()),
         }
     }
 }
@@ -190,6 +197,9 @@ impl Config {
                     "1" => config.priority = 1,
                     _ => errors.push(error("not a priority".into(), ACCEPTED_PRIORITY, "using 1 (low)")),
                 }
+            } else if name == NODE_FILE {
+                let v = value.trim();
+                config.node_file = (!v.is_empty() && !v.eq_ignore_ascii_case("off")).then(|| v.to_string());
             } else if name == CONTEXT_OVERHEAD {
                 match parse_size(value) {
                     Ok(bytes) => config.context_overhead = Some(bytes),
@@ -338,6 +348,14 @@ mod tests {
         let (c, e) = parse(&[("LIBCUDA_LOG_LEVEL", "loud")]);
         assert_eq!(c.log_level, LogLevel::Warn);
         assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn node_file_default_path_and_off() {
+        assert_eq!(parse(&[]).0.node_file.as_deref(), Some(DEFAULT_NODE_FILE));
+        assert_eq!(parse(&[("LIBVGPU_NODE_FILE", "/run/vgpu/node")]).0.node_file.as_deref(), Some("/run/vgpu/node"));
+        assert_eq!(parse(&[("LIBVGPU_NODE_FILE", "off")]).0.node_file, None);
+        assert_eq!(parse(&[("LIBVGPU_NODE_FILE", "")]).0.node_file, None);
     }
 
     #[test]

@@ -82,11 +82,13 @@ impl BucketState {
     }
 
     /// Charges the busy interval `[start, end]` (CLOCK_MONOTONIC ns) minus whatever part of it
-    /// another process of the container already charged.
-    pub fn consume_interval(&self, start: u64, end: u64) {
+    /// another process of the container already charged, at `weight_ppm` of its length (the
+    /// part of the GPU's time that was ours when other containers' work shared it).
+    pub fn consume_interval(&self, start: u64, end: u64, weight_ppm: u64) {
         let before = self.charged_until.fetch_max(end, AcqRel);
         if end > before {
-            self.consume(end - start.max(before));
+            let busy = end - start.max(before);
+            self.consume((busy as u128 * weight_ppm.min(PPM) as u128 / PPM as u128) as u64);
         }
     }
 
@@ -118,11 +120,14 @@ mod tests {
     #[test]
     fn overlapping_intervals_are_charged_once() {
         let b = BucketState::default();
-        b.consume_interval(100, 200);
-        b.consume_interval(150, 260);
-        b.consume_interval(120, 180);
-        b.consume_interval(300, 310);
+        b.consume_interval(100, 200, PPM);
+        b.consume_interval(150, 260, PPM);
+        b.consume_interval(120, 180, PPM);
+        b.consume_interval(300, 310, PPM);
         assert_eq!(b.consumed_ns.load(Relaxed), 100 + 60 + 10);
+        // Shared with one other container: half of it is ours.
+        b.consume_interval(310, 410, PPM / 2);
+        assert_eq!(b.consumed_ns.load(Relaxed), 170 + 50);
     }
 
     #[test]

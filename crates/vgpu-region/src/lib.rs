@@ -8,6 +8,7 @@ pub mod accounting;
 pub mod layout;
 pub mod lock;
 pub mod map;
+pub mod node;
 pub mod slots;
 
 pub use accounting::RegionAccounting;

@@ -1,0 +1,87 @@
+//! This process's place in the node table (`vgpu_region::node`), where containers sharing a GPU
+//! meet: opened on the compute limiter's first need, never on a path without a limit or a
+//! priority. A table that cannot be used costs one stderr line; the container then neither
+//! sees nor is seen by its neighbours.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use vgpu_core::MAX_DEVICES;
+use vgpu_core::devices::format_uuid;
+use vgpu_region::node::{self, Neighbours, NodeEntry, NodeTable};
+
+use crate::driver;
+use crate::state::state;
+
+static TABLE: OnceLock<Option<NodeTable>> = OnceLock::new();
+static OWNER: OnceLock<u64> = OnceLock::new();
+static PLACES: [OnceLock<Option<Place>>; MAX_DEVICES] = [const { OnceLock::new() }; MAX_DEVICES];
+
+/// The container's entry for one of its devices.
+pub struct Place {
+    pub gpu: u64,
+    pub entry: &'static NodeEntry,
+}
+
+/// The table if it was opened already (no file system access).
+pub fn opened() -> Option<&'static NodeTable> {
+    TABLE.get().and_then(Option::as_ref)
+}
+
+pub fn table() -> Option<&'static NodeTable> {
+    TABLE
+        .get_or_init(|| {
+            let st = state();
+            let path = st.config.node_file.as_deref()?;
+            match NodeTable::open(Path::new(path), st.config.region_mode) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}; this container does not coordinate with others on its GPUs (LIBVGPU_NODE_FILE)"
+                    );
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The container's key: its region file's identity (the same file is the same container, under
+/// whatever path each container mounts it), or this process alone without a file.
+fn owner() -> u64 {
+    *OWNER.get_or_init(|| {
+        let region = state().ledger.accounting().region();
+        match region.file().and_then(|f| f.metadata().ok()) {
+            Some(m) => node::key(&format!("region {}:{}", m.dev(), m.ino())),
+            None => node::key(&format!("process {} {}", std::process::id(), crate::limiter::now_ns())),
+        }
+    })
+}
+
+pub fn place(dev: usize) -> Option<&'static Place> {
+    PLACES
+        .get(dev)?
+        .get_or_init(|| {
+            let table = table()?;
+            let uuid = driver::device_uuid(dev).ok()?;
+            let gpu = node::key(&format_uuid(&uuid));
+            let priority = state().config.priority.clamp(0, 1) as u32;
+            match table.entry(owner(), gpu, priority, crate::limiter::now_ns()) {
+                Ok(Some(entry)) => Some(Place { gpu, entry }),
+                Ok(None) => {
+                    tracing::warn!("the node table is full; this container does not coordinate on device {dev}");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("node table: {e}; this container does not coordinate on device {dev}");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+pub fn neighbours(place: &Place, now: u64) -> Neighbours {
+    table().map(|t| t.neighbours(owner(), place.gpu, now)).unwrap_or_default()
+}
