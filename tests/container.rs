@@ -26,6 +26,7 @@ fn in_container(region: &Path, cap: &str, args: &[&str]) -> Command {
         .env("LD_PRELOAD", &a.lib)
         .env("FAKEGPU_MEMORY", "16g")
         .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", region)
+        .env("LIBVGPU_NODE_FILE", region.with_extension("node"))
         .env("CUDA_DEVICE_MEMORY_LIMIT", cap)
         .args(args);
     cmd
@@ -207,5 +208,27 @@ fn refusals_are_counted_by_whom() {
             assert_eq!((cap_n, driver_n), (0, 1), "{cap}: the 16g device ran out first");
         }
         let _ = std::fs::remove_file(&region);
+    }
+}
+
+/// A container's first process charges what another container measured on the same GPU: NVML
+/// is started once per node, not once per container.
+#[test]
+fn the_node_shares_the_context_cost_between_containers() {
+    let (first, second) = (fresh_region_path(), fresh_region_path());
+    let node = first.with_extension("node");
+    let run = |region: &Path, overhead: &str| {
+        let out = in_container(region, "4g", &["init", "meminfo"])
+            .env("LIBVGPU_NODE_FILE", &node)
+            .env("FAKEGPU_CONTEXT_OVERHEAD", overhead)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        field(out.lines().find(|l| l.starts_with("meminfo")).unwrap(), "free")
+    };
+    assert_eq!(run(&first, "300m"), 4 * GIB - CONTEXT);
+    assert_eq!(run(&second, "500m"), 4 * GIB - CONTEXT, "the node's figure, not a new measurement");
+    for f in [&first, &second, &node] {
+        let _ = std::fs::remove_file(f);
     }
 }

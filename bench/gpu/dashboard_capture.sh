@@ -26,10 +26,14 @@ job() {  # job NAME MEMORY SM GIB
     timeout -k 5 $((SECS + 20)) "$PY" "$HERE/dash_load.py" "$4" "$SECS" >>"$D/jobs.log" 2>&1 &
   pids+=($!)
 }
+# Staggered, as jobs start in practice (and so a first context measurement is not skewed by
+# another process allocating at the same moment).
 job training 8g 0 3
+sleep 6
 job training 8g 0 2
+sleep 6
 job inference 4g 30 1
-sleep $((SECS - 2))
+sleep $((SECS - 14))
 get() { "$PY" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"; }
 get http://127.0.0.1:9477/api/status >"$D/status.json"
 get http://127.0.0.1:9477/api/history >"$D/history.json"

@@ -5,8 +5,10 @@
 //!
 //! The cost is measured per context as the change in the device's NVML `used` across the
 //! creating call (racy against other processes, so clamped to a plausible range), only where a
-//! cap makes it matter, and once per container: the first measurement is kept in the region
-//! and later processes charge it without starting NVML. `LIBVGPU_CONTEXT_OVERHEAD` fixes it
+//! cap makes it matter, and once per container and node: the first measurement is kept in the
+//! region and in the node table (where the smallest of the containers' figures for a GPU wins,
+//! since other processes allocating during a measurement can only inflate it), and later
+//! processes charge it without starting NVML. `LIBVGPU_CONTEXT_OVERHEAD` fixes it
 //! instead; without NVML we charge [`FALLBACK_COST`] and say so once.
 
 use std::ffi::{c_int, c_uint, c_void};
@@ -42,6 +44,12 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     if known > 0 {
         return (create(), known);
     }
+    // Or once per node: what other containers measured on this GPU.
+    let place = crate::node::place(dev);
+    if let Some(cost) = place.and_then(|p| crate::node::table()?.context_cost(p.gpu)) {
+        let _ = cached.compare_exchange(0, cost, Ordering::Relaxed, Ordering::Relaxed);
+        return (create(), cost);
+    }
     // One NVML reference for the measurement, given back when it ends.
     let session = driver::NvmlSession::open().ok();
     let nvml = session.as_ref().and_then(|s| {
@@ -65,6 +73,9 @@ fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
                 cached.store(cost, Ordering::Relaxed);
             } else {
                 let _ = cached.compare_exchange(0, cost, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            if let (Some(p), true) = (place, cost > 0) {
+                p.entry.context_cost.store(cost, Ordering::Relaxed);
             }
             (rc, cost)
         }

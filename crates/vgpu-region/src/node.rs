@@ -8,6 +8,8 @@
 //! Entries are claimed under the file's byte lock (once per process and device) and only read
 //! and written through atomics afterwards, as the region is (same safety contract as `map`).
 //! An entry nobody has touched for [`STALE_NS`] belongs to a container that is gone and is reused.
+//! Entries also keep what a context costs on their GPU, so that only the node's first capped
+//! process pays NVML's start-up to measure it.
 
 use std::fs::File;
 use std::io;
@@ -44,7 +46,9 @@ pub struct NodeEntry {
     pub seen: AtomicU64,
     pub priority: AtomicU32,
     pub pad: AtomicU32,
-    pub reserved: [AtomicU64; 3],
+    /// Device memory one context costs on this GPU, as this container measured it (0 = not).
+    pub context_cost: AtomicU64,
+    pub reserved: [AtomicU64; 2],
 }
 
 #[repr(C)]
@@ -154,6 +158,7 @@ impl NodeTable {
                 .iter()
                 .find(|e| e.owner.load(Acquire) == 0 || now.saturating_sub(e.seen.load(Relaxed)) > STALE_NS)?;
             e.busy_until.store(0, Relaxed);
+            e.context_cost.store(0, Relaxed);
             e.gpu.store(gpu, Relaxed);
             e.priority.store(priority, Relaxed);
             e.seen.store(now, Relaxed);
@@ -182,6 +187,18 @@ impl NodeTable {
             }
         }
         n
+    }
+
+    /// What a context costs on GPU `gpu`, as measured by the containers on it: the smallest
+    /// figure, since a measurement (the device's growth while creating it) can only be inflated
+    /// by other processes allocating at the same moment.
+    pub fn context_cost(&self, gpu: u64) -> Option<u64> {
+        self.entries()
+            .iter()
+            .filter(|e| e.owner.load(Acquire) != 0 && e.gpu.load(Relaxed) == gpu)
+            .map(|e| e.context_cost.load(Relaxed))
+            .filter(|&c| c > 0)
+            .min()
     }
 
     /// Whether any container with high priority has an entry that is not stale (on any GPU).
@@ -213,6 +230,17 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn the_node_knows_the_smallest_context_cost_per_gpu() {
+        let (_d, t) = table();
+        assert_eq!(t.context_cost(5), None);
+        t.entry(1, 5, 1, 0).unwrap().unwrap().context_cost.store(3 << 30, Relaxed);
+        t.entry(2, 5, 1, 0).unwrap().unwrap().context_cost.store(520 << 20, Relaxed);
+        t.entry(3, 6, 1, 0).unwrap().unwrap().context_cost.store(100 << 20, Relaxed);
+        assert_eq!(t.context_cost(5), Some(520 << 20));
+        assert_eq!(t.context_cost(6), Some(100 << 20));
+    }
 
     fn table() -> (tempfile::TempDir, NodeTable) {
         let dir = tempfile::tempdir().unwrap();
