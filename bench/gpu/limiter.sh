@@ -48,5 +48,15 @@ for x in a b; do
   g=$(grep -o 'iters_per_s=[0-9.]*' "$W/$x.out" | cut -d= -f2)
   awk -v g="$g" -v b="$base" -v x="$x" 'BEGIN { if (g != "") printf "container %s: %.1f %% of unlimited alone\n", (x == "a" ? "30%" : "60%"), 100 * g / b }'
 done
+echo "## latency of one small kernel (launch + synchronize), 2000 iterations"
+lat() {  # lat LABEL PCT MODE
+  local pre=()
+  [ "$2" = none ] || pre=(env LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="$W/l$1.cache" CUDA_DEVICE_SM_LIMIT="$2")
+  echo "$1: $(timeout -k 5 60 "${pre[@]}" "$PY" "$HERE/latency.py" 2000 $3 2>&1 | grep latency)"
+}
+lat "alone, no preload" none ""
+lat "alone, SM 50 %" 50 ""
+lat "beside a busy stream, no preload" none busy
+lat "beside a busy stream, SM 50 %" 50 busy
 tail -3 "$W"/err.* 2>/dev/null | grep -i "error\|libvgpu" | head -5
 rm -rf "$W"
