@@ -37,12 +37,16 @@ for v in $(compgen -e | grep -E '^(CUDA_DEVICE_|LIBVGPU_|BENCH_)'); do unset "$v
 
 NREG=0
 SKIPPED=0
-# run MODE SECS LOG CMD... — MODE none | uncapped | capped (8g + SM 50 %) | capped64 (64g).
+# run MODE SECS LOG CMD... — MODE none | uncapped | capped (8g + SM 50 %) | capped64 (64g) | existing
+# (uncapped, one region file shared by every run: a container's later processes).
 # Each preloaded run gets a fresh region file. Returns nonzero (and logs why) on failure.
 run() {
   local mode=$1 secs=$2 log=$3; shift 3
   local -a envv=(env)
-  if [ "$mode" != none ]; then
+  if [ "$mode" = existing ]; then
+    # A later process of a container: its region file exists already (the first run creates it).
+    envv+=(LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="$WORK/region-existing.cache")
+  elif [ "$mode" != none ]; then
     NREG=$((NREG + 1))
     envv+=(LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="$WORK/region-$NREG.cache")
     case $mode in
@@ -149,9 +153,10 @@ main() {
       run "$m" 60 "drva-$p-$m" "$WORK/bench_api" ops -n "$n_alloc" "$DRV_ALLOC" &&
         emit "$p" "$m" "drva-$p-$m" "uncapped capped"
     done
-    if ((p % 2)); then modes="none uncapped capped64"; else modes="capped64 uncapped none"; fi
+    if ((p % 2)); then modes="none uncapped capped64 existing"; else modes="existing capped64 uncapped none"; fi
     for m in $modes; do
-      run "$m" 60 "start1-$p-$m" "$WORK/bench_api" spawn 1 5 && emit "$p" "$m" "start1-$p-$m" "uncapped capped64"
+      run "$m" 60 "start1-$p-$m" "$WORK/bench_api" spawn 1 5 &&
+        emit "$p" "$m" "start1-$p-$m" "uncapped capped64 existing"
     done
     if ((p % 2)); then modes="none capped64"; else modes="capped64 none"; fi
     for m in $modes; do
@@ -177,6 +182,7 @@ memgetinfo_us@uncapped${t}cudaMemGetInfo, no limit${t}µs${t}-
 memgetinfo_us@capped${t}cudaMemGetInfo, 8g${t}µs${t}ratio<1.0
 spawn1@uncapped${t}process start → first cuMemAlloc, no limit${t}µs${t}added<=2000
 spawn1@capped64${t}process start → first cuMemAlloc, 64g${t}µs${t}added<=2000
+spawn1@existing${t}process start → first cuMemAlloc, no limit, region file exists (a container's later process)${t}µs${t}added<=2000
 spawn${CONC}@capped64${t}${CONC} processes at once → last first alloc, 64g${t}µs${t}ratio<=1.05
 matmul_ms@uncapped${t}PyTorch bf16 matmul 4096², no limit (ms per matmul)${t}ms${t}ratio<=1.02
 matmul_tflops@uncapped${t}PyTorch bf16 matmul 4096², no limit (TFLOPS, informational)${t}TFLOPS${t}-
