@@ -16,8 +16,12 @@ typedef unsigned int CUresult;
 #define CUDA_ERROR_INVALID_VALUE 1u
 #define CUDA_ERROR_OUT_OF_MEMORY 2u
 #define CUDA_ERROR_NOT_INITIALIZED 3u
+#define CUDA_ERROR_INVALID_DEVICE 101u
 #define CUDA_ERROR_INVALID_CONTEXT 201u
 #define CUDA_ERROR_NOT_FOUND 500u
+#define CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED 704u
+#define CUDA_ERROR_PEER_ACCESS_NOT_ENABLED 705u
+#define CUDA_ERROR_NOT_SUPPORTED 801u
 
 typedef int CUdevice;
 typedef unsigned long long CUdeviceptr;
@@ -46,6 +50,12 @@ typedef unsigned int CUdriverProcAddressQueryResult;
 #define CU_MEM_ALLOCATION_TYPE_PINNED 1u
 #define CU_MEM_LOCATION_TYPE_DEVICE 1u
 #define CU_MEM_LOCATION_TYPE_HOST 2u
+#define CU_MEM_LOCATION_TYPE_HOST_NUMA 3u
+/* Shareable handle types (CUmemAllocationHandleType, a bit set in requestedHandleTypes). */
+#define CU_MEM_HANDLE_TYPE_NONE 0u
+#define CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR 1u
+/* Access rights for cuMemSetAccess (CUmemAccess_flags). */
+#define CU_MEM_ACCESS_FLAGS_PROT_READWRITE 3u
 typedef struct {
     unsigned int type;
     int id;
@@ -62,6 +72,17 @@ typedef struct {
         unsigned char reserved[4];
     } allocFlags;
 } CUmemAllocationProp;
+typedef struct {
+    CUmemLocation location;
+    unsigned int flags;
+} CUmemAccessDesc;
+
+/* Inter-process memory: a handle is 64 opaque bytes, passed by value to open it. */
+#define CU_IPC_HANDLE_SIZE 64
+typedef struct {
+    char reserved[CU_IPC_HANDLE_SIZE];
+} CUipcMemHandle;
+#define CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS 1u
 
 /* Arrays. */
 #define CU_AD_FORMAT_UNSIGNED_INT8 0x01u
@@ -114,6 +135,26 @@ CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev);
 CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
                      const CUmemAllocationProp *prop, unsigned long long flags);
 CUresult cuMemRelease(CUmemGenericAllocationHandle handle);
+CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr,
+                             unsigned long long flags);
+CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size);
+CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                  unsigned long long flags);
+CUresult cuMemUnmap(CUdeviceptr ptr, size_t size);
+CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count);
+/* For a POSIX descriptor, shareableHandle points to an int that receives it; to import, pass
+ * the descriptor's value itself as osHandle. */
+CUresult cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle handle,
+                                      unsigned int handleType, unsigned long long flags);
+CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle,
+                                        unsigned int handleType);
+
+CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr dptr);
+CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags);
+CUresult cuIpcCloseMemHandle(CUdeviceptr dptr);
+
+CUresult cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev);
+CUresult cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int flags);
 
 CUresult cuArrayCreate_v2(CUarray *array, const CUDA_ARRAY_DESCRIPTOR *desc);
 CUresult cuArray3DCreate_v2(CUarray *array, const CUDA_ARRAY3D_DESCRIPTOR *desc);

@@ -260,3 +260,42 @@ fn nvml_first_agrees_with_cuda_on_lists_with_an_invalid_entry() {
         }
     }
 }
+
+/// A different cap on each of four ordinals (1, 2, 3 and 4 GiB): every ordinal reports its
+/// own and stops allocating exactly there, and NVML shows each on the physical GPU behind its
+/// ordinal. Caps of ordinals the list does not create (`_2`, `_3` under `1,0`) cap nothing.
+#[test]
+fn four_ordinals_each_show_and_enforce_their_own_cap() {
+    let caps: Vec<(String, String)> =
+        (0..4).map(|o| (format!("CUDA_DEVICE_MEMORY_LIMIT_{o}"), format!("{}g", o + 1))).collect();
+    let cap = |o: usize| (o as u64 + 1) * GIB;
+    let reversed = [UUIDS[3], UUIDS[2], UUIDS[1], UUIDS[0]].join(",");
+    let cases: [(Option<&str>, &[usize]); 4] = [
+        (None, &[0, 1, 2, 3]),
+        (Some("1,0"), &[1, 0]),
+        (Some(&reversed), &[3, 2, 1, 0]),
+        (Some("GPU-b1b1b1b1-2222-4222-8222-000000000001,GPU-a0a0a0a0"), &[1, 0]),
+    ];
+    for (visible, ordinals) in cases {
+        let mut args = vec!["init".to_string()];
+        for o in 0..ordinals.len() {
+            let o = o.to_string();
+            args.extend(["device", &o, "totalmem", &o, "meminfo", "alloc-until-oom", "4m"].map(String::from));
+        }
+        let r = run("alloc_linked", visible, &env_refs(&caps)).args(&args).ok();
+        let (infos, ooms) = (r.lines("meminfo "), r.lines("alloc-until-oom "));
+        assert_eq!((infos.len(), ooms.len()), (ordinals.len(), ordinals.len()), "{visible:?}\n{}", r.stdout);
+        for (o, &p) in ordinals.iter().enumerate() {
+            let what = format!("CUDA_VISIBLE_DEVICES={visible:?}: ordinal {o} (physical {p})");
+            assert_eq!(r.field(&format!("totalmem {o} "), "bytes"), cap(o), "{what}");
+            assert_eq!((field(infos[o], "total"), field(infos[o], "free")), (cap(o), cap(o) - CONTEXT), "{what}");
+            assert!(ooms[o].starts_with("alloc-until-oom 4194304 2 "), "{what}: {}", ooms[o]);
+            assert_eq!(field(ooms[o], "bytes"), cap(o) - CONTEXT, "{what}: the cap is enforced to the byte");
+        }
+        let smi = run("nvml_smi", visible, &env_refs(&caps)).ok();
+        for p in 0..4 {
+            let want = ordinals.iter().position(|&q| q == p).map_or(physical_total(p), cap);
+            assert_eq!(nvml_gpu(&smi, p), (want, 0, want), "CUDA_VISIBLE_DEVICES={visible:?}: gpu {p}");
+        }
+    }
+}

@@ -17,11 +17,13 @@
 #define VGPU_COMMANDS_H
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "vgpu_cuda.h"
 
@@ -52,6 +54,18 @@
     X(cuDeviceGetDefaultMemPool, "cuDeviceGetDefaultMemPool", 0, -1) \
     X(cuMemCreate, "cuMemCreate", 0, -1)                          \
     X(cuMemRelease, "cuMemRelease", 0, -1)                        \
+    X(cuMemAddressReserve, "cuMemAddressReserve", 0, -1)          \
+    X(cuMemAddressFree, "cuMemAddressFree", 0, -1)                \
+    X(cuMemMap, "cuMemMap", 0, -1)                                \
+    X(cuMemUnmap, "cuMemUnmap", 0, -1)                            \
+    X(cuMemSetAccess, "cuMemSetAccess", 0, -1)                    \
+    X(cuMemExportToShareableHandle, "cuMemExportToShareableHandle", 0, -1) \
+    X(cuMemImportFromShareableHandle, "cuMemImportFromShareableHandle", 0, -1) \
+    X(cuIpcGetMemHandle, "cuIpcGetMemHandle", 0, -1)              \
+    X(cuIpcOpenMemHandle_v2, "cuIpcOpenMemHandle", 11000, -1)     \
+    X(cuIpcCloseMemHandle, "cuIpcCloseMemHandle", 0, -1)          \
+    X(cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer", 0, -1)      \
+    X(cuCtxEnablePeerAccess, "cuCtxEnablePeerAccess", 0, -1)      \
     X(cuArrayCreate_v2, "cuArrayCreate", 0, -1)                   \
     X(cuArray3DCreate_v2, "cuArray3DCreate", 0, -1)               \
     X(cuArrayDestroy, "cuArrayDestroy", 0, -1)                    \
@@ -133,7 +147,14 @@ static int pop(struct stack *s, unsigned long long *v, int *kind)
     return 1;
 }
 
-static struct stack g_allocs, g_async, g_vmm, g_arrays, g_ctxs;
+static struct stack g_allocs, g_async, g_vmm, g_arrays, g_ctxs, g_ipc;
+
+/* VMM mappings made by vmm-map: reserved range = mapped range. */
+static struct {
+    CUdeviceptr ptr[256];
+    size_t size[256];
+    int n;
+} g_maps;
 
 /* Prints the rest of the line and skips the command when a slot was not filled. */
 #define HAVE(api, fn) ((api)->fn != NULL || (printf(" -1 missing=%s\n", #fn), 0))
@@ -159,6 +180,13 @@ static CUresult free_all(const struct cu_api *api, int *count)
         NOTE(api->cuMemFree_v2(v));
     while (api->cuMemFreeAsync && pop(&g_async, &v, NULL))
         NOTE(api->cuMemFreeAsync(v, NULL));
+    while (api->cuIpcCloseMemHandle && pop(&g_ipc, &v, NULL))
+        NOTE(api->cuIpcCloseMemHandle(v));
+    while (api->cuMemUnmap && api->cuMemAddressFree && g_maps.n > 0) {
+        g_maps.n--;
+        NOTE(api->cuMemUnmap(g_maps.ptr[g_maps.n], g_maps.size[g_maps.n]));
+        NOTE(api->cuMemAddressFree(g_maps.ptr[g_maps.n], g_maps.size[g_maps.n]));
+    }
     while (pop(&g_arrays, &v, &kind)) {
         if (kind == ARRAY_MIPMAP && api->cuMipmappedArrayDestroy)
             NOTE(api->cuMipmappedArrayDestroy((CUmipmappedArray)(uintptr_t)v));
@@ -246,12 +274,14 @@ static void array_command(const struct cu_api *api, const char *cmd, unsigned lo
     printf(" %u handle=0x%llx\n", r, handle);
 }
 
-static void vmm_command(const struct cu_api *api, unsigned long long size, unsigned type, int id)
+static void vmm_command(const struct cu_api *api, unsigned long long size, unsigned type, int id,
+                        unsigned handle_types)
 {
     CUmemAllocationProp prop;
     CUmemGenericAllocationHandle h = 0;
     memset(&prop, 0, sizeof prop);
     prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.requestedHandleTypes = handle_types;
     prop.location.type = type;
     prop.location.id = id;
     if (!HAVE(api, cuMemCreate))
@@ -274,6 +304,73 @@ static void calls_command(const char *name)
         printf(" 0 n=%llu\n", count(name));
     if (lib != NULL)
         dlclose(lib);
+}
+
+/* The handle as 128 lowercase hex digits, and back (0 on a malformed string). */
+static void ipc_to_hex(const CUipcMemHandle *h, char out[2 * CU_IPC_HANDLE_SIZE + 1])
+{
+    for (int i = 0; i < CU_IPC_HANDLE_SIZE; i++)
+        snprintf(out + 2 * i, 3, "%02x", (unsigned char)h->reserved[i]);
+}
+
+static int ipc_from_hex(const char *s, CUipcMemHandle *h)
+{
+    if (strlen(s) != 2 * CU_IPC_HANDLE_SIZE)
+        return 0;
+    for (int i = 0; i < CU_IPC_HANDLE_SIZE; i++) {
+        unsigned byte;
+        char pair[3] = { s[2 * i], s[2 * i + 1], '\0' };
+        char *end = NULL;
+        byte = (unsigned)strtoul(pair, &end, 16);
+        if (end != pair + 2)
+            return 0;
+        h->reserved[i] = (char)byte;
+    }
+    return 1;
+}
+
+/* vmm-map: reserve SIZE, map the last vmm handle at offset 0, give the current device
+ * read-write access. The code is the first call that failed. */
+static void vmm_map_command(const struct cu_api *api, unsigned long long size)
+{
+    CUdeviceptr p = 0;
+    unsigned long long h;
+    CUmemAccessDesc desc;
+    if (!HAVE(api, cuMemAddressReserve) || !HAVE(api, cuMemMap) || !HAVE(api, cuMemSetAccess) ||
+        !HAVE(api, cuMemAddressFree))
+        return;
+    if (g_vmm.n == 0 || g_maps.n == 256) {
+        printf(" -1 empty\n");
+        return;
+    }
+    h = g_vmm.v[g_vmm.n - 1];
+    memset(&desc, 0, sizeof desc);
+    desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    desc.location.id = g_device;
+    desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    CUresult r = api->cuMemAddressReserve(&p, size, 0, 0, 0);
+    if (r == CUDA_SUCCESS) {
+        r = api->cuMemMap(p, size, 0, h, 0);
+        if (r != CUDA_SUCCESS)
+            api->cuMemAddressFree(p, size);
+    }
+    if (r == CUDA_SUCCESS) {
+        g_maps.ptr[g_maps.n] = p;
+        g_maps.size[g_maps.n] = size;
+        g_maps.n++;
+        r = api->cuMemSetAccess(p, size, &desc, 1);
+    }
+    printf(" %u ptr=0x%llx\n", r, p);
+}
+
+/* Blocks until a line (or EOF) arrives on stdin: lets a test hold a process at a point
+ * (e.g. while it holds memory another process imports). */
+static void wait_stdin(void)
+{
+    int c;
+    do {
+        c = getchar();
+    } while (c != EOF && c != '\n');
 }
 
 /* Runs argv[i..] as commands; returns the process exit status (0, or 2 on a usage error). */
@@ -427,11 +524,144 @@ static int run_commands(const struct cu_api *api, int argc, char **argv, int i)
             int dev = atoi(argv[i + 2]);
             i += 2;
             printf("vmm %llu %d", size, dev);
-            vmm_command(api, size, CU_MEM_LOCATION_TYPE_DEVICE, dev);
+            vmm_command(api, size, CU_MEM_LOCATION_TYPE_DEVICE, dev, CU_MEM_HANDLE_TYPE_NONE);
         } else if (strcmp(cmd, "vmm-host") == 0 && need_args(argc, i, 1, cmd)) {
             unsigned long long size = parse_size(argv[++i]);
             printf("vmm-host %llu", size);
-            vmm_command(api, size, CU_MEM_LOCATION_TYPE_HOST, 0);
+            vmm_command(api, size, CU_MEM_LOCATION_TYPE_HOST, 0, CU_MEM_HANDLE_TYPE_NONE);
+        } else if (strcmp(cmd, "vmm-host-numa") == 0 && need_args(argc, i, 2, cmd)) {
+            unsigned long long size = parse_size(argv[i + 1]);
+            int node = atoi(argv[i + 2]);
+            i += 2;
+            printf("vmm-host-numa %llu %d", size, node);
+            vmm_command(api, size, CU_MEM_LOCATION_TYPE_HOST_NUMA, node, CU_MEM_HANDLE_TYPE_NONE);
+        } else if (strcmp(cmd, "vmm-fd") == 0 && need_args(argc, i, 2, cmd)) {
+            unsigned long long size = parse_size(argv[i + 1]);
+            int dev = atoi(argv[i + 2]);
+            i += 2;
+            printf("vmm-fd %llu %d", size, dev);
+            vmm_command(api, size, CU_MEM_LOCATION_TYPE_DEVICE, dev, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+        } else if (strcmp(cmd, "vmm-export") == 0) {
+            int fd = -1;
+            printf("vmm-export");
+            if (!HAVE(api, cuMemExportToShareableHandle))
+                continue;
+            if (g_vmm.n == 0) {
+                printf(" -1 empty\n");
+                continue;
+            }
+            r = api->cuMemExportToShareableHandle(&fd, g_vmm.v[g_vmm.n - 1],
+                                                  CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+            printf(" %u fd=%d pid=%d\n", r, fd, (int)getpid());
+        } else if (strcmp(cmd, "vmm-import") == 0 && need_args(argc, i, 2, cmd)) {
+            int pid = atoi(argv[i + 1]), theirs = atoi(argv[i + 2]), fd;
+            char path[64];
+            CUmemGenericAllocationHandle h = 0;
+            i += 2;
+            printf("vmm-import %d %d", pid, theirs);
+            if (!HAVE(api, cuMemImportFromShareableHandle))
+                continue;
+            /* The descriptor travels as a path (a test has no socket to pass it over);
+             * opening /proc/<pid>/fd/<n> gives this process the same file. */
+            snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, theirs);
+            fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) {
+                printf(" -1 open-failed\n");
+                continue;
+            }
+            r = api->cuMemImportFromShareableHandle(&h, (void *)(uintptr_t)fd,
+                                                    CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+            close(fd);
+            if (r == CUDA_SUCCESS)
+                push(&g_vmm, h, 0);
+            printf(" %u handle=%llu\n", r, h);
+        } else if (strcmp(cmd, "vmm-map") == 0 && need_args(argc, i, 1, cmd)) {
+            unsigned long long size = parse_size(argv[++i]);
+            printf("vmm-map %llu", size);
+            vmm_map_command(api, size);
+        } else if (strcmp(cmd, "vmm-access") == 0 && need_args(argc, i, 1, cmd)) {
+            CUmemAccessDesc desc;
+            int dev = atoi(argv[++i]);
+            printf("vmm-access %d", dev);
+            if (!HAVE(api, cuMemSetAccess))
+                continue;
+            if (g_maps.n == 0) {
+                printf(" -1 empty\n");
+                continue;
+            }
+            memset(&desc, 0, sizeof desc);
+            desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+            desc.location.id = dev;
+            desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+            printf(" %u\n", api->cuMemSetAccess(g_maps.ptr[g_maps.n - 1], g_maps.size[g_maps.n - 1], &desc, 1));
+        } else if (strcmp(cmd, "vmm-unmap") == 0) {
+            printf("vmm-unmap");
+            if (!HAVE(api, cuMemUnmap) || !HAVE(api, cuMemAddressFree))
+                continue;
+            if (g_maps.n == 0) {
+                printf(" -1 empty\n");
+                continue;
+            }
+            g_maps.n--;
+            r = api->cuMemUnmap(g_maps.ptr[g_maps.n], g_maps.size[g_maps.n]);
+            if (r == CUDA_SUCCESS)
+                r = api->cuMemAddressFree(g_maps.ptr[g_maps.n], g_maps.size[g_maps.n]);
+            printf(" %u\n", r);
+        } else if (strcmp(cmd, "ipc-export") == 0) {
+            CUipcMemHandle h;
+            char hex[2 * CU_IPC_HANDLE_SIZE + 1];
+            printf("ipc-export");
+            if (!HAVE(api, cuIpcGetMemHandle))
+                continue;
+            if (g_allocs.n == 0) {
+                printf(" -1 empty\n");
+                continue;
+            }
+            memset(&h, 0, sizeof h);
+            r = api->cuIpcGetMemHandle(&h, g_allocs.v[g_allocs.n - 1]);
+            ipc_to_hex(&h, hex);
+            printf(" %u handle=%s\n", r, hex);
+        } else if (strcmp(cmd, "ipc-open") == 0 && need_args(argc, i, 1, cmd)) {
+            CUipcMemHandle h;
+            CUdeviceptr p = 0;
+            const char *hex = argv[++i];
+            printf("ipc-open");
+            if (!HAVE(api, cuIpcOpenMemHandle_v2))
+                continue;
+            if (!ipc_from_hex(hex, &h)) {
+                fprintf(stderr, "ipc-open needs %d hex digits\n", 2 * CU_IPC_HANDLE_SIZE);
+                return 2;
+            }
+            r = api->cuIpcOpenMemHandle_v2(&p, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+            if (r == CUDA_SUCCESS)
+                push(&g_ipc, p, 0);
+            printf(" %u ptr=0x%llx\n", r, p);
+        } else if (strcmp(cmd, "ipc-close") == 0) {
+            printf("ipc-close");
+            if (!HAVE(api, cuIpcCloseMemHandle))
+                continue;
+            if (!pop(&g_ipc, &v, NULL)) {
+                printf(" -1 empty\n");
+                continue;
+            }
+            printf(" %u\n", api->cuIpcCloseMemHandle(v));
+        } else if (strcmp(cmd, "peer-enable") == 0 && need_args(argc, i, 1, cmd)) {
+            int dev = atoi(argv[++i]), can = -1;
+            CUcontext peer = NULL;
+            printf("peer-enable %d", dev);
+            if (!HAVE(api, cuDeviceCanAccessPeer) || !HAVE(api, cuDevicePrimaryCtxRetain) ||
+                !HAVE(api, cuCtxEnablePeerAccess))
+                continue;
+            r = api->cuDeviceCanAccessPeer(&can, g_device, dev);
+            if (r == CUDA_SUCCESS)
+                r = api->cuDevicePrimaryCtxRetain(&peer, dev);
+            if (r == CUDA_SUCCESS)
+                r = api->cuCtxEnablePeerAccess(peer, 0);
+            printf(" %u can=%d\n", r, can);
+        } else if (strcmp(cmd, "wait") == 0) {
+            /* The line first: it tells a test the program has got here. */
+            printf("wait 0\n");
+            wait_stdin();
         } else if (strcmp(cmd, "release-last") == 0) {
             printf("release-last");
             if (!HAVE(api, cuMemRelease))

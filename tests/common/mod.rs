@@ -3,8 +3,9 @@
 //! with a clean CUDA environment (the test process's own environment is never modified).
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub const MIB: u64 = 1 << 20;
@@ -132,11 +133,78 @@ impl Run {
         }
     }
 
+    /// Starts the program with stdin and stdout piped, for a test that reads its lines as they
+    /// come and holds it at its `wait` commands (see [`Spawned`]).
+    pub fn spawn(mut self) -> Spawned {
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn test program");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Spawned { child, stdout, seen: String::new(), region: self.region }
+    }
+
     /// Runs and insists on a clean exit.
     pub fn ok(self) -> Result {
         let r = self.output();
         assert!(r.status.success(), "exit {:?}\nstdout:\n{}\nstderr:\n{}", r.status, r.stdout, r.stderr);
         r
+    }
+}
+
+/// A running test program. Its `wait` commands block until [`Spawned::release`] writes a line;
+/// dropping it (a failed test) closes stdin, so every `wait` returns and the program ends.
+pub struct Spawned {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+    /// Everything read from stdout so far.
+    seen: String,
+    region: PathBuf,
+}
+
+impl Spawned {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads up to the next line starting with `prefix` and returns it; the program must print
+    /// one before it exits.
+    pub fn until(&mut self, prefix: &str) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("read test program output");
+            assert!(n > 0, "the program ended before printing {prefix:?}:\n{}", self.seen);
+            self.seen.push_str(&line);
+            if line.starts_with(prefix) {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+
+    /// Lets the program past its current `wait`.
+    pub fn release(&mut self) {
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        stdin.write_all(b"\n").and_then(|()| stdin.flush()).expect("write to test program");
+    }
+
+    /// Closes stdin, waits for the exit, insists it is clean, and returns the whole output
+    /// (what [`Spawned::until`] read included).
+    pub fn finish(mut self) -> Result {
+        drop(self.child.stdin.take());
+        let mut stdout = std::mem::take(&mut self.seen);
+        self.stdout.read_to_string(&mut stdout).expect("read test program output");
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut stderr).expect("read test program stderr");
+        }
+        let status = self.child.wait().expect("wait for test program");
+        let _ = std::fs::remove_file(&self.region);
+        let _ = std::fs::remove_file(self.region.with_extension("node"));
+        assert!(status.success(), "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        Result { status, stdout, stderr }
     }
 }
 

@@ -58,6 +58,32 @@
 //! Memory calls need a current context; destroying a context frees what was made under it.
 //! Async frees release at once.
 //!
+//! # Memory shared between processes and devices
+//!
+//! The simulated memory is per process, so what one process shares travels in its handle
+//! (state/shared.rs), and the importer's mapping is charged to none of its devices: the memory
+//! stays the exporter's.
+//!
+//! - CUDA IPC: `cuIpcGetMemHandle` (memory from `cuMemAlloc`/`cuMemAllocPitch`; managed, pool
+//!   and imported memory are refused) writes a 64-byte handle naming the exporter's pid, the
+//!   device's UUID, its base pointer and size. `cuIpcOpenMemHandle`/`_v2` in another process
+//!   (the exporter's own is refused with `CUDA_ERROR_INVALID_CONTEXT`; a dead exporter with
+//!   `CUDA_ERROR_INVALID_VALUE`) maps a range of that size at a new pointer in the current
+//!   context, on whatever device the handle names, visible or not; opening it again in the
+//!   same context returns the same pointer with one more reference. `cuIpcCloseMemHandle`
+//!   drops a reference; `cuMemFree` refuses the pointer. The fake cannot tell whether a live
+//!   exporter has freed the allocation meanwhile.
+//! - VMM shareable handles: `cuMemExportToShareableHandle` of a handle created with
+//!   `requestedHandleTypes` including `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR` (the only type
+//!   supported) returns a memfd holding the location (device UUID or host) and size; any
+//!   process holding that descriptor (SCM_RIGHTS, `pidfd_getfd`, `/proc/<pid>/fd/<n>`) gets a
+//!   handle of its own from `cuMemImportFromShareableHandle`, to map and `cuMemRelease` like
+//!   any other.
+//! - Peers: `cuDeviceCanAccessPeer` says yes for any two distinct devices;
+//!   `cuCtxEnablePeerAccess`/`cuCtxDisablePeerAccess` keep per context pair whether access is
+//!   on (`CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED`/`_NOT_ENABLED` as the driver); neither they
+//!   nor `cuMemSetAccess` for another device cost memory.
+//!
 //! # The timeline
 //!
 //! Kernels take simulated GPU time (`timeline.rs`, `state/streams.rs`, `state/events.rs`).

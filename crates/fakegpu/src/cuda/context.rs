@@ -261,3 +261,22 @@ pub unsafe extern "C" fn cuCtxGetDevice(device: *mut CUdevice) -> CUresult {
         Ok(())
     })
 }
+
+/// Peer access from the current context to `peer`'s device: bookkeeping only, since the
+/// fake's memory is never touched; enabling it costs no device memory.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxEnablePeerAccess(peer: CUcontext, flags: c_uint) -> CUresult {
+    crate::tally!("cuCtxEnablePeerAccess");
+    guard(|| {
+        if flags != 0 {
+            return Err(CUresult::ERROR_INVALID_VALUE);
+        }
+        with_ctx(|st, ctx, _| st.peer_enable(ctx, handle(peer)))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxDisablePeerAccess(peer: CUcontext) -> CUresult {
+    crate::tally!("cuCtxDisablePeerAccess");
+    guard(|| with_ctx(|st, ctx, _| st.peer_disable(ctx, handle(peer))))
+}

@@ -195,3 +195,18 @@ pub unsafe extern "C" fn cuDeviceGetPCIBusId(bus_id: *mut c_char, len: c_int, de
         unsafe { write_cstr(bus_id, len, &crate::pci_bus_id(d)) }
     })
 }
+
+/// Every pair of distinct devices can reach each other (one NVLink domain, as on an HGX
+/// board); a device is not its own peer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDeviceCanAccessPeer(can: *mut c_int, dev: CUdevice, peer: CUdevice) -> CUresult {
+    crate::tally!("cuDeviceCanAccessPeer");
+    guard(|| {
+        let out = nn(can)?;
+        need_init()?;
+        let st = state();
+        let (d, p) = (st.device(dev)?, st.device(peer)?);
+        unsafe { out.write(c_int::from(d != p)) };
+        Ok(())
+    })
+}

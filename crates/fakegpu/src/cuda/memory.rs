@@ -112,7 +112,7 @@ pub unsafe extern "C" fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usi
 
 /// Freeing 0 succeeds and does nothing, as `free(NULL)` does.
 fn free(ptr: u64) -> Res<()> {
-    with_ctx(|st, _, _| if ptr == 0 { Ok(()) } else { st.free(ptr).map(|_| ()) })
+    with_ctx(|st, _, _| if ptr == 0 { Ok(()) } else { st.free_own(ptr).map(|_| ()) })
 }
 
 #[unsafe(no_mangle)]

@@ -21,6 +21,8 @@ const ERRORS: &[(u32, &CStr, &CStr)] = &[
     (401, c"CUDA_ERROR_ILLEGAL_STATE", c"the object is in a state that does not allow the operation"),
     (500, c"CUDA_ERROR_NOT_FOUND", c"the named symbol or object was not found"),
     (600, c"CUDA_ERROR_NOT_READY", c"the operation has not completed"),
+    (704, c"CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED", c"peer access is already enabled for this context pair"),
+    (705, c"CUDA_ERROR_PEER_ACCESS_NOT_ENABLED", c"peer access was never enabled for this context pair"),
     (801, c"CUDA_ERROR_NOT_SUPPORTED", c"the operation is not supported"),
     (900, c"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED", c"the operation is not permitted while a stream is capturing"),
     (901, c"CUDA_ERROR_STREAM_CAPTURE_INVALIDATED", c"the capture was invalidated by an earlier error"),

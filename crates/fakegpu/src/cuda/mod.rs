@@ -6,6 +6,7 @@ pub mod array;
 pub mod context;
 pub mod device;
 pub mod graph;
+pub mod ipc;
 pub mod launch;
 pub mod memory;
 pub mod misc;

@@ -38,7 +38,7 @@ fn alloc_async(dptr: *mut CUdeviceptr, size: usize, pool: Option<CUmemoryPool>, 
 fn free_async(dptr: CUdeviceptr, stream: CUstream) -> Res<()> {
     with_ctx(|st, _, _| {
         check_stream(st, stream)?;
-        st.free(dptr).map(|_| ())
+        st.free_own(dptr).map(|_| ())
     })
 }
 

@@ -15,7 +15,7 @@ use cuda_types::{
     CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT, CUresult,
 };
 
-use super::{array, context, device, graph, guard, launch, memory, misc, pool, stream, vmm};
+use super::{array, context, device, graph, guard, ipc, launch, memory, misc, pool, stream, vmm};
 use crate::state::state;
 
 /// One base name: the variants in increasing version order (first = oldest supported), and
@@ -58,6 +58,12 @@ pub static TABLE: &[Entry] = entries![
     "cuCtxPopCurrent" 2000 => "cuCtxPopCurrent" 4000 => "cuCtxPopCurrent_v2",
     "cuCtxGetDevice" 2000 => "cuCtxGetDevice",
     "cuCtxSynchronize" 2000 => "cuCtxSynchronize",
+    "cuCtxEnablePeerAccess" 4000 => "cuCtxEnablePeerAccess",
+    "cuCtxDisablePeerAccess" 4000 => "cuCtxDisablePeerAccess",
+    "cuDeviceCanAccessPeer" 4000 => "cuDeviceCanAccessPeer",
+    "cuIpcGetMemHandle" 4010 => "cuIpcGetMemHandle",
+    "cuIpcOpenMemHandle" 4010 => "cuIpcOpenMemHandle" 11000 => "cuIpcOpenMemHandle_v2",
+    "cuIpcCloseMemHandle" 4010 => "cuIpcCloseMemHandle",
     "cuMemAlloc" 2000 => "cuMemAlloc" 3020 => "cuMemAlloc_v2",
     "cuMemAllocPitch" 2000 => "cuMemAllocPitch" 3020 => "cuMemAllocPitch_v2",
     "cuMemAllocManaged" 6000 => "cuMemAllocManaged",
@@ -85,6 +91,8 @@ pub static TABLE: &[Entry] = entries![
     "cuMemMap" 10020 => "cuMemMap",
     "cuMemUnmap" 10020 => "cuMemUnmap",
     "cuMemSetAccess" 10020 => "cuMemSetAccess",
+    "cuMemExportToShareableHandle" 10020 => "cuMemExportToShareableHandle",
+    "cuMemImportFromShareableHandle" 10020 => "cuMemImportFromShareableHandle",
     "cuArrayCreate" 2000 => "cuArrayCreate" 3020 => "cuArrayCreate_v2",
     "cuArray3DCreate" 2000 => "cuArray3DCreate" 3020 => "cuArray3DCreate_v2",
     "cuArrayDestroy" 2000 => "cuArrayDestroy",
@@ -151,7 +159,7 @@ pub fn address(name: &str) -> Option<*const c_void> {
         device::cuInit, device::cuDriverGetVersion, device::cuDeviceGet, device::cuDeviceGetCount,
         device::cuDeviceGetName, device::cuDeviceGetUuid, device::cuDeviceGetUuid_v2,
         device::cuDeviceTotalMem, device::cuDeviceTotalMem_v2, device::cuDeviceGetAttribute,
-        device::cuDeviceGetPCIBusId,
+        device::cuDeviceGetPCIBusId, device::cuDeviceCanAccessPeer,
         context::cuDevicePrimaryCtxRetain, context::cuDevicePrimaryCtxRelease,
         context::cuDevicePrimaryCtxRelease_v2, context::cuDevicePrimaryCtxReset,
         context::cuDevicePrimaryCtxReset_v2, context::cuDevicePrimaryCtxGetState,
@@ -159,7 +167,9 @@ pub fn address(name: &str) -> Option<*const c_void> {
         context::cuCtxCreate_v4, context::cuCtxDestroy, context::cuCtxDestroy_v2,
         context::cuCtxSetCurrent, context::cuCtxGetCurrent, context::cuCtxPushCurrent,
         context::cuCtxPushCurrent_v2, context::cuCtxPopCurrent, context::cuCtxPopCurrent_v2,
-        context::cuCtxGetDevice, stream::cuCtxSynchronize,
+        context::cuCtxGetDevice, stream::cuCtxSynchronize, context::cuCtxEnablePeerAccess,
+        context::cuCtxDisablePeerAccess,
+        ipc::cuIpcGetMemHandle, ipc::cuIpcOpenMemHandle, ipc::cuIpcOpenMemHandle_v2, ipc::cuIpcCloseMemHandle,
         memory::cuMemAlloc, memory::cuMemAlloc_v2, memory::cuMemAllocPitch,
         memory::cuMemAllocPitch_v2, memory::cuMemAllocManaged, memory::cuMemFree,
         memory::cuMemFree_v2, memory::cuMemGetInfo, memory::cuMemGetInfo_v2,
@@ -172,7 +182,7 @@ pub fn address(name: &str) -> Option<*const c_void> {
         pool::cuMemPoolTrimTo, pool::cuMemPoolSetAttribute, pool::cuMemPoolGetAttribute,
         vmm::cuMemGetAllocationGranularity, vmm::cuMemCreate, vmm::cuMemRelease,
         vmm::cuMemAddressReserve, vmm::cuMemAddressFree, vmm::cuMemMap, vmm::cuMemUnmap,
-        vmm::cuMemSetAccess,
+        vmm::cuMemSetAccess, vmm::cuMemExportToShareableHandle, vmm::cuMemImportFromShareableHandle,
         array::cuArrayCreate, array::cuArrayCreate_v2, array::cuArray3DCreate,
         array::cuArray3DCreate_v2, array::cuArrayDestroy, array::cuMipmappedArrayCreate,
         array::cuMipmappedArrayDestroy, array::cuArrayGetMemoryRequirements,
@@ -327,6 +337,8 @@ mod tests {
         assert_eq!(resolve("cuEventDestroy", 12000, 0), Ok("cuEventDestroy_v2"));
         assert_eq!(resolve("cuEventRecord", 12000, 2), Ok("cuEventRecord_ptsz"));
         assert_eq!(resolve("cuEventQuery", 12000, 2), Ok("cuEventQuery"), "not stream-ordered");
+        assert_eq!(resolve("cuIpcOpenMemHandle", 10020, 0), Ok("cuIpcOpenMemHandle"));
+        assert_eq!(resolve("cuIpcOpenMemHandle", 12000, 0), Ok("cuIpcOpenMemHandle_v2"));
         // Every launch flavour is its own function.
         let launches = [
             "cuLaunchKernel",

@@ -1,6 +1,14 @@
 //! The virtual memory management API: physical handles (cuMemCreate) are charged to their
 //! device when created and stay charged until released *and* unmapped everywhere; address
 //! reservations cost nothing. These calls are device-addressed and need no current context.
+//!
+//! A handle created with `requestedHandleTypes` including POSIX file descriptors can be
+//! exported (cuMemExportToShareableHandle): the descriptor is a memfd holding the record of
+//! state/shared.rs, and any process that gets the descriptor (SCM_RIGHTS, pidfd_getfd, or
+//! opening `/proc/<pid>/fd/<n>`) imports it (cuMemImportFromShareableHandle) as a handle of its
+//! own, charged to none of its devices.
+
+use std::ffi::{c_int, c_void};
 
 use cuda_types::{
     CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE, CU_MEM_LOCATION_TYPE_HOST,
@@ -9,7 +17,7 @@ use cuda_types::{
 };
 
 use super::{guard, need_init, nn};
-use crate::state::{Res, State, VMM_GRANULARITY, state};
+use crate::state::{HANDLE_TYPE_POSIX_FD, Res, SHAREABLE_RECORD_SIZE, ShareableRecord, State, VMM_GRANULARITY, state};
 
 /// The device a property set places memory on; `None` for host locations.
 fn location(st: &State, prop: *const CUmemAllocationProp) -> Res<Option<usize>> {
@@ -64,7 +72,9 @@ pub unsafe extern "C" fn cuMemCreate(
         }
         let mut st = state();
         let dev = location(&st, prop)?;
-        let h = st.vmm_create(size as u64, dev)?;
+        // `location` has checked that `prop` is not NULL.
+        let types = unsafe { (*prop).requestedHandleTypes };
+        let h = st.vmm_create(size as u64, dev, types)?;
         unsafe { out.write(h) };
         Ok(())
     })
@@ -155,6 +165,66 @@ pub unsafe extern "C" fn cuMemSetAccess(
         if !st.fully_mapped(ptr, size as u64) {
             return Err(CUresult::ERROR_INVALID_VALUE);
         }
+        Ok(())
+    })
+}
+
+/// Exports as a POSIX file descriptor (the caller owns it), the one type the fake supports.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemExportToShareableHandle(
+    shareable: *mut c_void,
+    handle: CUmemGenericAllocationHandle,
+    handle_type: u32,
+    flags: u64,
+) -> CUresult {
+    crate::tally!("cuMemExportToShareableHandle");
+    guard(|| {
+        let out = nn(shareable.cast::<c_int>())?;
+        need_init()?;
+        if flags != 0 {
+            return Err(CUresult::ERROR_INVALID_VALUE);
+        }
+        let record = state().vmm_export(handle, handle_type)?.encode();
+        // SAFETY: plain syscalls on a descriptor this function owns until it is handed out.
+        let fd = unsafe { libc::memfd_create(c"fakegpu-vmm".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(CUresult::ERROR_OUT_OF_MEMORY);
+        }
+        let written = unsafe { libc::pwrite(fd, record.as_ptr().cast(), record.len(), 0) };
+        if written != record.len() as isize {
+            unsafe { libc::close(fd) };
+            return Err(CUresult::ERROR_OUT_OF_MEMORY);
+        }
+        unsafe { out.write(fd) };
+        Ok(())
+    })
+}
+
+/// For a POSIX descriptor `os_handle` is the descriptor's value, not a pointer to it; the
+/// caller keeps the descriptor.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemImportFromShareableHandle(
+    handle: *mut CUmemGenericAllocationHandle,
+    os_handle: *mut c_void,
+    handle_type: u32,
+) -> CUresult {
+    crate::tally!("cuMemImportFromShareableHandle");
+    guard(|| {
+        let out = nn(handle)?;
+        need_init()?;
+        if handle_type != HANDLE_TYPE_POSIX_FD {
+            return Err(CUresult::ERROR_NOT_SUPPORTED);
+        }
+        let fd = c_int::try_from(os_handle as usize).map_err(|_| CUresult::ERROR_INVALID_VALUE)?;
+        let mut buf = [0u8; SHAREABLE_RECORD_SIZE];
+        // SAFETY: reads into a local buffer of the given length.
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let record = usize::try_from(n)
+            .ok()
+            .and_then(|n| ShareableRecord::decode(&buf[..n]))
+            .ok_or(CUresult::ERROR_INVALID_VALUE)?;
+        let h = state().vmm_import(&record)?;
+        unsafe { out.write(h) };
         Ok(())
     })
 }

@@ -80,7 +80,8 @@ impl State {
         Ok(())
     }
 
-    /// A context going away takes its allocations and arrays with it, as in the driver.
+    /// A context going away takes its allocations (IPC mappings included), arrays and peer
+    /// access with it, as in the driver.
     /// VMM handles and pools belong to the device, not a context, and stay.
     fn deactivate(&mut self, ctx: u64) {
         let Some(c) = self.ctxs.get_mut(&ctx) else {
@@ -93,6 +94,7 @@ impl State {
         let dev = c.dev;
         self.uncharge(dev, self.cfg.context_overhead);
         self.forget_ctx_work(ctx);
+        self.peers.retain(|&(a, b)| a != ctx && b != ctx);
         let doomed: Vec<u64> = self.allocs.iter().filter(|(_, a)| a.ctx == ctx).map(|(&p, _)| p).collect();
         for ptr in doomed {
             let _ = self.free(ptr);

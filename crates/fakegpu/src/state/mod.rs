@@ -5,13 +5,14 @@
 mod contexts;
 mod events;
 mod objects;
+mod shared;
 mod streams;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod timeline_tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use cuda_types::CUresult;
@@ -21,6 +22,10 @@ use crate::timeline::Timeline;
 
 pub use events::{ERROR_INVALID_IMAGE, EVENT_DISABLE_TIMING, kernel_handle, kernel_ns, kernel_us};
 pub use objects::{Array, Pool, VmmHandle, array_bytes, mipmap_bytes};
+pub use shared::{
+    ERROR_PEER_ACCESS_ALREADY_ENABLED, ERROR_PEER_ACCESS_NOT_ENABLED, HANDLE_TYPE_POSIX_FD, IPC_HANDLE_SIZE, IpcHandle,
+    SHAREABLE_RECORD_SIZE, ShareableRecord,
+};
 pub use streams::*;
 
 /// Where each device's `cuMemAlloc` pointers live: 1 TiB of fake address space per device, in
@@ -62,12 +67,23 @@ pub enum AllocKind {
     Linear,
     Pitch,
     Managed,
-    Async { pool: u64 },
+    Async {
+        pool: u64,
+    },
+    /// Another process's allocation opened with cuIpcOpenMemHandle: `exporter` (its pid) and
+    /// `remote` (its pointer there) name it; `refs` counts the opens in this context, each
+    /// undone by one cuIpcCloseMemHandle.
+    Ipc {
+        exporter: u32,
+        remote: u64,
+        refs: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct Alloc {
-    /// `None`: memory of a host-located pool, charged to no device.
+    /// `None`: charged to no device of this process (a host-located pool's memory, or another
+    /// process's memory opened through IPC).
     pub dev: Option<usize>,
     pub size: u64,
     /// The context it was made under; destroying that context frees it, as the driver does.
@@ -105,6 +121,8 @@ pub struct State {
     /// cuMemMap mappings: start → (handle, size).
     mappings: BTreeMap<u64, (u64, u64)>,
     pub arrays: HashMap<u64, Array>,
+    /// Peer access enabled with cuCtxEnablePeerAccess: (context, peer context).
+    pub peers: HashSet<(u64, u64)>,
     /// Streams, events, graphs and modules.
     pub work: streams::Objects,
     /// The devices' clocks, private or shared with other processes (`FAKEGPU_TIMELINE`).
@@ -149,6 +167,7 @@ impl State {
             reservations: BTreeMap::new(),
             mappings: BTreeMap::new(),
             arrays: HashMap::new(),
+            peers: HashSet::new(),
             work: streams::Objects::default(),
             timeline: timeline(&cfg),
             next_id: 0,
@@ -274,6 +293,15 @@ impl State {
             p.used = p.used.saturating_sub(a.size);
         }
         Ok(a)
+    }
+
+    /// cuMemFree: only memory this process allocated; an IPC mapping is undone with
+    /// cuIpcCloseMemHandle, and cuMemFree refuses it as the driver does.
+    pub fn free_own(&mut self, ptr: u64) -> Res<Alloc> {
+        match self.allocs.get(&ptr) {
+            Some(a) if !matches!(a.kind, AllocKind::Ipc { .. }) => self.free(ptr),
+            _ => Err(CUresult::ERROR_INVALID_VALUE),
+        }
     }
 
     /// Whether [ptr, ptr+len) lies inside one live allocation or in mapped VMM memory; the copy

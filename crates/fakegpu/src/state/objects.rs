@@ -21,9 +21,14 @@ pub struct Pool {
 
 #[derive(Clone, Copy, Debug)]
 pub struct VmmHandle {
-    /// `None`: host-located physical memory, charged to no device.
+    /// Where the memory is: `None` for host-located physical memory, charged to no device.
     pub dev: Option<usize>,
     pub size: u64,
+    /// The shareable-handle types it may be exported as (`requestedHandleTypes`).
+    pub handle_types: u32,
+    /// Imported from a shareable handle: the memory is the exporter's, charged where it was
+    /// created, and this process's devices are not charged for it again.
+    pub imported: bool,
     /// cuMemRelease was called; the memory goes once the last mapping is unmapped, as in
     /// the driver, so "used" stays up while a released handle is still mapped.
     pub released: bool,
@@ -110,18 +115,21 @@ impl State {
 
     // ---- virtual memory management ----
 
-    pub fn vmm_create(&mut self, size: u64, dev: Option<usize>) -> Res<u64> {
+    pub fn vmm_create(&mut self, size: u64, dev: Option<usize>, handle_types: u32) -> Res<u64> {
         if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
             return Err(CUresult::ERROR_INVALID_VALUE);
         }
         if let Some(dev) = dev {
             self.charge(dev, size)?;
         }
+        Ok(self.vmm_insert(VmmHandle { dev, size, handle_types, imported: false, released: false, maps: 0 }))
+    }
+
+    pub(super) fn vmm_insert(&mut self, v: VmmHandle) -> u64 {
         // Generic allocation handles are plain integers in the API; small ones suit logs.
         self.next_id += 1;
-        let h = self.next_id;
-        self.vmm.insert(h, VmmHandle { dev, size, released: false, maps: 0 });
-        Ok(h)
+        self.vmm.insert(self.next_id, v);
+        self.next_id
     }
 
     pub fn vmm_release(&mut self, h: u64) -> Res<()> {
@@ -137,7 +145,7 @@ impl State {
             && v.maps == 0
         {
             self.vmm.remove(&h);
-            if let Some(dev) = v.dev {
+            if let Some(dev) = v.dev.filter(|_| !v.imported) {
                 self.uncharge(dev, v.size);
             }
         }

@@ -80,9 +80,9 @@ fn pools_vmm_and_arrays() {
     assert_eq!(st.pools[&pool].used, 0);
     assert_eq!(st.devices[0].used, 0);
 
-    assert_eq!(st.vmm_create(MIB, Some(0)), Err(CUresult::ERROR_INVALID_VALUE));
-    let h = st.vmm_create(4 * MIB, Some(0)).unwrap();
-    let host = st.vmm_create(4 * MIB, None).unwrap();
+    assert_eq!(st.vmm_create(MIB, Some(0), 0), Err(CUresult::ERROR_INVALID_VALUE));
+    let h = st.vmm_create(4 * MIB, Some(0), 0).unwrap();
+    let host = st.vmm_create(4 * MIB, None, 0).unwrap();
     assert_eq!(st.devices[0].used, 4 * MIB);
     let va = st.address_reserve(8 * MIB, 0).unwrap();
     st.map(va, 4 * MIB, 0, h).unwrap();
@@ -122,4 +122,87 @@ fn visible_devices_map_ordinals_to_physical_devices() {
     assert_eq!(st.devices[2].used, 300 * MIB, "charged to physical device 2");
     assert_eq!(st.devices[0].used, 0);
     assert_eq!(st.ordinal(st.ctx_device(ctx).unwrap()), Ok(0));
+}
+
+#[test]
+fn ipc_handles_map_the_exporters_memory_uncharged() {
+    let mut exporter = state("4g", "100m");
+    let ctx = exporter.primary_retain(1).unwrap();
+    let p = exporter.alloc(ctx, 1, GIB, AllocKind::Linear).unwrap();
+    let h = exporter.ipc_export(p + 4096, 1111).unwrap();
+    assert_eq!((h.pid, h.ptr, h.size), (1111, p, GIB), "an interior pointer names its allocation");
+    assert_eq!(h.uuid, exporter.devices[1].uuid_bytes);
+    assert_eq!(IpcHandle::decode(&h.encode()), Some(h));
+    assert_eq!(IpcHandle::decode(&[0; IPC_HANDLE_SIZE]), None);
+    let managed = exporter.alloc(ctx, 1, MIB, AllocKind::Managed).unwrap();
+    assert_eq!(exporter.ipc_export(managed, 1111), Err(CUresult::ERROR_INVALID_VALUE));
+    assert_eq!(exporter.ipc_export(0xdead, 1111), Err(CUresult::ERROR_INVALID_VALUE));
+
+    let mut importer = state("4g", "100m");
+    let ictx = importer.primary_retain(0).unwrap();
+    let before = importer.mem_info(0);
+    assert_eq!(importer.ipc_open(ictx, &h, 1111), Err(CUresult::ERROR_INVALID_CONTEXT), "own handle");
+    let q = importer.ipc_open(ictx, &h, 2222).unwrap();
+    assert_eq!(importer.ipc_open(ictx, &h, 2222), Ok(q), "opened again: same pointer, one more reference");
+    assert_eq!((importer.mem_info(0), importer.mem_info(1).0), (before, 4 * GIB), "no device is charged");
+    assert!(importer.valid_range(q, GIB));
+    assert_eq!(importer.ipc_export(q, 2222), Err(CUresult::ERROR_INVALID_VALUE), "not ours to export");
+    assert_eq!(importer.free_own(q).map(|_| ()), Err(CUresult::ERROR_INVALID_VALUE), "cuMemFree refuses it");
+    importer.ipc_close(q).unwrap();
+    assert!(importer.valid_range(q, GIB), "one reference left");
+    importer.ipc_close(q).unwrap();
+    assert!(!importer.valid_range(q, 1));
+    assert_eq!(importer.ipc_close(q), Err(CUresult::ERROR_INVALID_VALUE));
+    assert_eq!(importer.mem_info(0), before);
+
+    let unknown = IpcHandle { uuid: [7; 16], ..h };
+    assert_eq!(importer.ipc_open(ictx, &unknown, 2222), Err(CUresult::ERROR_INVALID_VALUE));
+    // A context going away unmaps what was opened in it.
+    let c2 = importer.ctx_create(0).unwrap();
+    let r = importer.ipc_open(c2, &h, 2222).unwrap();
+    importer.ctx_destroy(c2).unwrap();
+    assert!(!importer.valid_range(r, 1));
+}
+
+#[test]
+fn shareable_handles_import_uncharged() {
+    let mut exporter = state("4g", "0");
+    let plain = exporter.vmm_create(2 * MIB, Some(0), 0).unwrap();
+    assert_eq!(exporter.vmm_export(plain, HANDLE_TYPE_POSIX_FD), Err(CUresult::ERROR_INVALID_VALUE), "not requested");
+    let h = exporter.vmm_create(GIB, Some(1), HANDLE_TYPE_POSIX_FD).unwrap();
+    assert_eq!(exporter.vmm_export(h, 2), Err(CUresult::ERROR_NOT_SUPPORTED), "no Win32 handles on Linux");
+    let rec = exporter.vmm_export(h, HANDLE_TYPE_POSIX_FD).unwrap();
+    assert_eq!(ShareableRecord::decode(&rec.encode()), Some(rec));
+    assert_eq!(ShareableRecord::decode(&rec.encode()[..10]), None);
+    let host = exporter.vmm_create(4 * MIB, None, HANDLE_TYPE_POSIX_FD).unwrap();
+    let host_rec = exporter.vmm_export(host, HANDLE_TYPE_POSIX_FD).unwrap();
+    assert_eq!(host_rec.uuid, None);
+
+    let mut importer = state("4g", "0");
+    let i = importer.vmm_import(&rec).unwrap();
+    importer.vmm_import(&host_rec).unwrap();
+    assert_eq!(importer.vmm[&i].dev, Some(1), "the memory lives on the exporter's device");
+    assert_eq!((importer.devices[0].used, importer.devices[1].used), (0, 0));
+    let va = importer.address_reserve(GIB, 0).unwrap();
+    importer.map(va, GIB, 0, i).unwrap();
+    importer.vmm_release(i).unwrap();
+    importer.unmap(va, GIB).unwrap();
+    assert_eq!(importer.devices[1].used, 0, "dropping an imported handle uncharges nothing");
+    assert!(!importer.vmm.contains_key(&i));
+}
+
+#[test]
+fn peer_access_is_enabled_once_per_pair() {
+    let mut st = state("4g", "0");
+    let (a, b) = (st.primary_retain(0).unwrap(), st.primary_retain(1).unwrap());
+    let same = st.ctx_create(0).unwrap();
+    assert_eq!(st.peer_enable(a, same), Err(CUresult::ERROR_INVALID_DEVICE));
+    st.peer_enable(a, b).unwrap();
+    assert_eq!(st.peer_enable(a, b), Err(ERROR_PEER_ACCESS_ALREADY_ENABLED));
+    st.peer_enable(b, a).unwrap();
+    st.peer_disable(a, b).unwrap();
+    assert_eq!(st.peer_disable(a, b), Err(ERROR_PEER_ACCESS_NOT_ENABLED));
+    st.primary_release(0).unwrap();
+    assert!(st.peers.is_empty(), "a context going away takes its peer access");
+    assert_eq!((st.devices[0].used, st.devices[1].used), (0, 0));
 }
