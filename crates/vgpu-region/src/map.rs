@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io;
+use std::mem::offset_of;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -59,6 +60,29 @@ enum Mapping {
     Private(MmapMut),
 }
 
+/// Writes zeros over the pages a new region's initialisation and first slot touch, through
+/// `pwrite`. Through the mapping, the first write to each new page of a shared file mapping is a
+/// fault the file system handles in `page_mkwrite`: on ext4 that made creating a region ~0.5 ms
+/// of a process's start (this machine, fake driver) against ~0.1 ms this way.
+fn prefill(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let zeros = [0u8; 4 * PAGE];
+    // The header, device table and slot 0.
+    let head = (offset_of!(SharedRegion, procs) + size_of::<ProcSlot>()).next_multiple_of(PAGE);
+    // From `proc_num` on: the v1 tail and our extension.
+    let tail = offset_of!(SharedRegion, proc_num) / PAGE * PAGE;
+    for range in [0..head, tail..FILE_SIZE] {
+        let mut at = range.start;
+        while at < range.end {
+            let n = (range.end - at).min(zeros.len());
+            file.write_all_at(&zeros[..n], at as u64)?;
+            at += n;
+        }
+    }
+    Ok(())
+}
+
 pub struct Region {
     mapping: Mapping,
     file: Option<File>,
@@ -102,6 +126,7 @@ impl Region {
         let len = file.metadata().map_err(io)?.len();
         if len == 0 {
             file.set_len(FILE_SIZE as u64).map_err(io)?;
+            prefill(&file).map_err(io)?;
         }
         let region = Self::map_file(file, path)?;
         let s = region.shared();
