@@ -111,37 +111,24 @@ fn unlimited_is_untouched() {
 #[test]
 fn a_containers_processes_share_one_budget() {
     let _serial = serial();
-    let a = common::artifacts();
     let region = fresh_region_path();
-    let timeline = region.with_extension("timeline");
+    let (timeline, node) = (region.with_extension("timeline"), region.with_extension("node"));
     let start = std::time::SystemTime::now();
     let children: Vec<_> = (0..3)
         .map(|_| {
-            let mut cmd = Command::new(a.bin_dir.join("kernels"));
-            cmd.env("LD_LIBRARY_PATH", &a.driver_dir)
-                .env("LD_PRELOAD", &a.lib)
-                .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+            container(&region, &timeline, &node)
                 .env("CUDA_DEVICE_SM_LIMIT", "30")
-                .env("LIBVGPU_NODE_FILE", region.with_extension("node"))
-                .env("FAKEGPU_TIMELINE", &timeline)
-                .env("FAKEGPU_QUEUE_DEPTH", "16")
                 .args(args(500, 800, &[]))
-                .stdout(Stdio::piped());
-            cmd.spawn().unwrap()
+                .spawn()
+                .unwrap()
         })
         .collect();
-    let mut gpu_ms = 0.0;
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| l.starts_with("launches=")).unwrap();
-        gpu_ms += line.split_whitespace().find_map(|w| w.strip_prefix("gpu_ms=")).unwrap().parse::<f64>().unwrap();
-    }
+    let gpu_ms: f64 = children.into_iter().map(|c| summary(&c.wait_with_output().unwrap()).0).sum();
     let wall_ms = start.elapsed().unwrap().as_secs_f64() * 1000.0;
     let got = gpu_ms / wall_ms * 100.0;
-    let _ = std::fs::remove_file(&timeline);
-    let _ = std::fs::remove_file(region.with_extension("node"));
+    for f in [&timeline, &node] {
+        let _ = std::fs::remove_file(f);
+    }
     assert!((got - 30.0).abs() <= 5.0, "container share {got:.2}% (gpu {gpu_ms:.0} ms over {wall_ms:.0} ms)");
 }
 
