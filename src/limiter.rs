@@ -162,7 +162,7 @@ fn refresh(now: u64) {
 /// monitor, which blocks a container by setting `recent_kernel` to -1).
 fn coordinates() -> bool {
     let st = state();
-    if st.ledger.accounting().region().shared().recent_kernel.load(Relaxed) < 0 {
+    if hami_blocked() {
         return true;
     }
     let Some(path) = st.config.node_file.as_deref() else { return false };
@@ -176,6 +176,11 @@ fn coordinates() -> bool {
         None => None,
     };
     table.is_some_and(|t| t.has_high_priority(now_ns()))
+}
+
+/// HAMi's monitor blocks a container (a higher-priority one is running) with `recent_kernel = -1`.
+fn hami_blocked() -> bool {
+    state().ledger.accounting().region().shared().recent_kernel.load(Relaxed) < 0
 }
 
 /// The share (ppm) device `dev` is limited to now, if any.
@@ -197,7 +202,6 @@ fn bookkeeping(stream: CUstream, idle: bool) {
     let share = share_for(dev);
     let st = state();
     let low = st.config.priority != 0;
-    let hami_blocked = || st.ledger.accounting().region().shared().recent_kernel.load(Relaxed) < 0;
     let place = if share.is_some() || coordinates() { node::place(dev) } else { None };
     if share.is_none() && place.is_none() && !hami_blocked() {
         return;
@@ -212,7 +216,7 @@ fn bookkeeping(stream: CUstream, idle: bool) {
         p.entry.mark_busy(now);
     }
     if low {
-        yield_to_high_priority(place, bucket, hami_blocked);
+        yield_to_high_priority(place, bucket);
     }
     let Some(share) = share else { return };
     // Time the GPU shared with other containers' work is theirs as much as ours: a kernel that
@@ -279,7 +283,7 @@ fn bookkeeping(stream: CUstream, idle: bool) {
 
 /// A low-priority container launches nothing while a high-priority one on the same GPU is
 /// active (or HAMi's monitor blocks it), for at most `MAX_SLEEP_NS` at a time.
-fn yield_to_high_priority(place: Option<&Place>, bucket: &BucketState, hami_blocked: impl Fn() -> bool) {
+fn yield_to_high_priority(place: Option<&Place>, bucket: &BucketState) {
     let mut waited = 0;
     while waited < MAX_SLEEP_NS
         && (hami_blocked() || place.is_some_and(|p| node::neighbours(p, now_ns()).high_priority_active))
