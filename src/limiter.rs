@@ -20,7 +20,7 @@ use std::time::Duration;
 use cuda_types::*;
 use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::CorePolicy;
-use vgpu_core::limiter::{BucketState, PPM, burst_ns, share_ppm};
+use vgpu_core::limiter::{BucketState, PPM, burst_ns, resume_ns, share_ppm};
 
 use crate::driver;
 use crate::node::{self, Place};
@@ -28,6 +28,8 @@ use crate::state::state;
 
 /// The bucket's burst: one period of budget.
 const PERIOD_NS: u64 = 100_000_000;
+/// A throttled thread waits until the bucket holds this much wall time at its share.
+const SLICE_NS: u64 = 20_000_000;
 /// How often a launching thread does its bookkeeping.
 const CHECK_NS: u64 = 1_000_000;
 /// A thread that launched nothing for this long starts a new segment (its stream may have idled).
@@ -254,7 +256,11 @@ fn bookkeeping(stream: CUstream, idle: bool) {
         }
         let segment = std::mem::replace(&mut chain.new_segment, false);
         record(&mut chain, stream, segment);
-        let mut wait = bucket.wait_ns(now_ns(), share, burst);
+        let resume = resume_ns(share, SLICE_NS);
+        let mut wait = bucket.wait_ns(now_ns(), share, burst, 0);
+        if wait > 0 {
+            wait = bucket.wait_ns(now_ns(), share, burst, resume);
+        }
         let slept = wait > 0;
         while wait > 0 {
             let nap = wait.min(nap_max);
@@ -264,7 +270,7 @@ fn bookkeeping(stream: CUstream, idle: bool) {
             if let (Some(p), true) = (place, chain.len > 0) {
                 p.entry.mark_busy(now_ns());
             }
-            wait = bucket.wait_ns(now_ns(), share, burst);
+            wait = bucket.wait_ns(now_ns(), share, burst, resume);
         }
         // If everything we queued completed while we slept, the stream idled: what follows starts
         // a new segment, and it must start *here*, before the launch we held back. Starting it at

@@ -92,18 +92,29 @@ impl BucketState {
         }
     }
 
-    /// How long a launching thread must wait before the bucket is non-negative again (0 = go).
-    pub fn wait_ns(&self, now: u64, share_ppm: u64, burst_ns: i64) -> u64 {
+    /// How long a launching thread must wait until the bucket holds `floor_ns` of GPU time
+    /// (capped at the burst) again; 0 = go. A thread that must wait at all (floor 0) waits for a
+    /// slice (see [`resume_ns`]): waking after every millisecond of work costs a host-bound job
+    /// a warm-up each time, charged to it as busy time.
+    pub fn wait_ns(&self, now: u64, share_ppm: u64, burst_ns: i64, floor_ns: i64) -> u64 {
         let tokens = self.refill(now, share_ppm, burst_ns);
-        if tokens >= 0 || share_ppm == 0 {
+        let floor = floor_ns.clamp(0, burst_ns.max(0)).saturating_mul(PPM as i64);
+        if tokens >= floor || share_ppm == 0 {
             return 0;
         }
-        ((-(tokens as i128)) as u128).div_ceil(share_ppm as u128).min(u64::MAX as u128) as u64
+        ((floor as i128 - tokens as i128) as u128).div_ceil(share_ppm as u128).min(u64::MAX as u128) as u64
     }
 
     pub fn record_throttle(&self, ns: u64) {
         self.throttled_ns.fetch_add(ns, Relaxed);
     }
+}
+
+/// The budget a throttled thread waits for before it launches again: `slice_ns` of wall time
+/// at the share, so the job alternates runs and waits of about `slice_ns` rather than of the
+/// bookkeeping's millisecond.
+pub fn resume_ns(share_ppm: u64, slice_ns: u64) -> i64 {
+    (slice_ns as u128 * share_ppm as u128 / PPM as u128) as i64
 }
 
 /// The burst allowed at once: one period of budget.
@@ -149,9 +160,12 @@ mod tests {
         b.consume(50 * MS);
         assert_eq!(b.tokens.load(Relaxed), -20 * (MS * PPM) as i64);
         // 20 ms owed at 30 % takes 66.7 ms of wall time to repay.
-        assert_eq!(b.wait_ns(1_000 * MS, share, burst), 66_666_667);
-        assert_eq!(b.wait_ns(1_050 * MS, share, burst), 16_666_667);
-        assert_eq!(b.wait_ns(1_066 * MS + 666_667, share, burst), 0, "repaid exactly, no rounding leak");
+        assert_eq!(b.wait_ns(1_000 * MS, share, burst, 0), 66_666_667);
+        assert_eq!(b.wait_ns(1_050 * MS, share, burst, 0), 16_666_667);
+        assert_eq!(b.wait_ns(1_066 * MS + 666_667, share, burst, 0), 0, "repaid exactly, no rounding leak");
+        // Waiting for a slice: 6 ms more at 30 % is 20 ms of wall time.
+        assert_eq!(b.wait_ns(1_066 * MS + 666_667, share, burst, resume_ns(share, 20 * MS)), 20 * MS);
+        assert_eq!(b.wait_ns(1_066 * MS + 666_667, share, burst, i64::MAX), 100 * MS, "at most a burst");
         assert_eq!(b.refill(2_000 * MS, share, burst), full, "capped at one period's budget");
         assert_eq!(b.refill(1_999 * MS, share, burst), full, "time never runs backwards");
     }
@@ -165,9 +179,8 @@ mod tests {
         let (mut now, mut busy) = (1u64, 0u64);
         let end = (20_000 * MS).max(400 * kernel);
         while now < end {
-            let wait = b.wait_ns(now, share, burst);
-            if wait > 0 {
-                now += wait;
+            if b.wait_ns(now, share, burst, 0) > 0 {
+                now += b.wait_ns(now, share, burst, resume_ns(share, 20 * MS));
                 continue;
             }
             now += kernel;
