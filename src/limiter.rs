@@ -10,7 +10,10 @@
 //!
 //! Capture is never disturbed: a capturing stream gets no event and its thread never waits
 //! (capture is not execution). Intervals that include a pause of ours or of the application
-//! (idle stream) start a new measuring segment instead of being charged.
+//! (idle stream) start a new measuring segment instead of being charged, and so does the time
+//! after the application waits for the stream (`cuStreamSynchronize`, `cuCtxSynchronize`): a
+//! stream is charged from its launches to the end of the work a wait drained, not while the host
+//! works on a result.
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering::Relaxed;
@@ -132,9 +135,60 @@ pub fn before_launch(stream: CUstream, ptsz: bool) {
         return;
     }
     let last = NEXT_CHECK.with(|c| c.replace(now + CHECK_NS));
-    let effective = if stream.is_null() && ptsz { CU_STREAM_PER_THREAD as CUstream } else { stream };
-    bookkeeping(effective, now.saturating_sub(last) > IDLE_NS);
+    bookkeeping(effective(stream, ptsz), now.saturating_sub(last) > IDLE_NS);
     refresh(now);
+}
+
+/// The stream a launch or wait on `stream` uses: the per-thread variants' NULL stream is the
+/// thread's own default stream.
+fn effective(stream: CUstream, ptsz: bool) -> CUstream {
+    if stream.is_null() && ptsz { CU_STREAM_PER_THREAD as CUstream } else { stream }
+}
+
+/// Called by the wait hooks before the driver waits on `drains` (a stream, or the whole context
+/// when `None`). If the wait drains the stream this thread's launches are measured on, an event
+/// recorded there closes the measured interval at the stream's last work; `true` then, and the
+/// hook calls [`after_sync`] once the wait succeeded. Unlimited: one relaxed load.
+#[inline]
+pub fn before_sync(drains: Option<(CUstream, bool)>) -> bool {
+    ACTIVE.load(Relaxed) && close_interval(drains)
+}
+
+/// The stream is idle now: the next launch starts a new measured segment, and does its
+/// bookkeeping at once so that its own work is charged. Without this, an application that waits
+/// after every launch (an inference server, a latency probe) would be charged the host time
+/// between its kernels as GPU time, and throttled while it uses a few percent of the GPU.
+pub fn after_sync() {
+    CHAIN.with(|c| {
+        if let Ok(mut chain) = c.try_borrow_mut() {
+            chain.new_segment = true;
+        }
+    });
+    NEXT_CHECK.with(|c| c.set(0));
+}
+
+#[cold]
+fn close_interval(drains: Option<(CUstream, bool)>) -> bool {
+    CHAIN.with(|c| {
+        let Ok(mut chain) = c.try_borrow_mut() else { return false };
+        if chain.anchor == 0 || (chain.len == 0 && chain.prev == 0) {
+            return false;
+        }
+        if drains.is_some_and(|(s, ptsz)| effective(s, ptsz) as usize != chain.stream) {
+            return false;
+        }
+        if !driver::current_context_handle().is_ok_and(|ctx| ctx as usize == chain.ctx) {
+            return false;
+        }
+        let stream = chain.stream as CUstream;
+        // An event recorded into a capture would become part of the graph.
+        if driver::stream_capturing(stream) {
+            return false;
+        }
+        let starts = std::mem::replace(&mut chain.new_segment, false);
+        record(&mut chain, stream, starts);
+        true
+    })
 }
 
 /// Re-reads whether anything is limited and, at most once a second, tells HAMi's monitor that

@@ -107,6 +107,28 @@ fn unlimited_is_untouched() {
     assert!(got > 97.0, "{got:.2}%");
 }
 
+/// A wait ends the charged interval: the host time after it is not GPU time. A job that waits
+/// for each 100 µs kernel and then works 900 µs on the host keeps the GPU ~10 % busy and runs
+/// unthrottled under a 30 % limit; jobs that wait after every kernel but give the GPU no rest
+/// still get 30 % of its time.
+#[test]
+fn waits_end_the_charged_interval() {
+    let _serial = serial();
+    let sparse = |pct| run(pct, &args(100, 100, &["--sync-every", "1", "--pause-us", "900"]));
+    let (free, limited) = (sparse(0), sparse(30));
+    assert!(free < 0.2, "the sparse job keeps the GPU {:.1} % busy", free * 100.0);
+    assert!(
+        limited >= free * 0.9,
+        "a job using {:.1} % of the GPU was throttled to {:.1} %",
+        free * 100.0,
+        limited * 100.0
+    );
+    for us in [100, 2000] {
+        let got = run(30, &args(us, 1500, &["--sync-every", "1"])) * 100.0;
+        assert!((got - 30.0).abs() <= 5.0, "{us} µs kernels, a wait after each: {got:.2} % of the GPU");
+    }
+}
+
 /// Three processes of one container share one budget (one region) on one simulated GPU.
 #[test]
 fn a_containers_processes_share_one_budget() {

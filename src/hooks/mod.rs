@@ -6,3 +6,4 @@ pub mod launch;
 pub mod memory;
 pub mod nvml;
 pub mod procaddr;
+pub mod sync;

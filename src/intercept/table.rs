@@ -10,7 +10,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 
 use cuda_types::*;
 
-use crate::hooks::{context, info, launch, memory, nvml, procaddr};
+use crate::hooks::{context, info, launch, memory, nvml, procaddr, sync};
 use crate::intercept::{Hook, Lib, RealFn, c_name, guard};
 
 macro_rules! hooks {
@@ -94,6 +94,12 @@ hooks! {
     Cuda fn cuLaunchKernelEx_ptsz(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ex_ptsz;
     Cuda fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult => launch::graph_launch;
     Cuda fn cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult => launch::graph_launch_ptsz;
+
+    // Waits end the limiter's measured interval: a stream idle after a wait is not charged.
+    Cuda fn cuStreamSynchronize(stream: CUstream) -> CUresult => sync::stream;
+    Cuda fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult => sync::stream_ptsz;
+    Cuda fn cuCtxSynchronize() -> CUresult => sync::context;
+    Cuda fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult => sync::context_v2;
 
     // One virtual view of memory.
     Cuda fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult => info::mem_get_info;

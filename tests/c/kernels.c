@@ -4,7 +4,7 @@
  *
  *   kernels [--us D] [--n N] [--sync-every K] [--graph K] [--launch kernel|ex|coop]
  *           [--stream created|legacy|per-thread] [--ptsz] [--dlsym] [--version V]
- *           [--device I] [--start-at NS]
+ *           [--device I] [--start-at NS] [--pause-us P]
  *
  * The kernel is fakegpu's "sleep_us_<D>" function (see crates/fakegpu/src/state/events.rs).
  * Functions are found as cudart finds them: dlopen("libcuda.so.1"), dlsym of
@@ -14,7 +14,8 @@
  *
  * --graph K captures K launches into a graph first (not timed) and replays it N times.
  * --sync-every K synchronises the stream after every K launches (0, the default: only at
- * the end). --start-at NS sleeps until CLOCK_MONOTONIC reaches NS before starting, so
+ * the end); --pause-us P then sleeps P µs after each of those waits, as a job that works on
+ * every result on the host would. --start-at NS sleeps until CLOCK_MONOTONIC reaches NS before starting, so
  * several processes can start together. One line is printed:
  *
  *   launches=<api launches> kernels=<kernels> us=<D> wall_ms=<ms> gpu_ms=<ms> share=<ratio>
@@ -163,7 +164,7 @@ static void launch(int how, CUfunction f, CUstream s)
 
 int main(int argc, char **argv)
 {
-    long us = 500, n = 1000, sync_every = 0, graph_k = 0, version = 12080, device = 0;
+    long us = 500, n = 1000, sync_every = 0, graph_k = 0, version = 12080, device = 0, pause_us = 0;
     long long start_at = 0;
     int use_dlsym = 0, ptsz = 0, how = LAUNCH_KERNEL;
     const char *stream_kind = "created";
@@ -177,6 +178,7 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--version") == 0) version = arg_long(argc, argv, &i);
         else if (strcmp(a, "--device") == 0) device = arg_long(argc, argv, &i);
         else if (strcmp(a, "--start-at") == 0) start_at = arg_long(argc, argv, &i);
+        else if (strcmp(a, "--pause-us") == 0) pause_us = arg_long(argc, argv, &i);
         else if (strcmp(a, "--dlsym") == 0) use_dlsym = 1;
         else if (strcmp(a, "--ptsz") == 0) ptsz = 1;
         else if (strcmp(a, "--launch") == 0 && i + 1 < argc) {
@@ -241,8 +243,13 @@ int main(int argc, char **argv)
             CHECK(cu.graph_launch(exec, s));
         else
             launch(how, f, s);
-        if (sync_every > 0 && (i + 1) % sync_every == 0)
+        if (sync_every > 0 && (i + 1) % sync_every == 0) {
             CHECK(cu.stream_sync(s));
+            if (pause_us > 0) {
+                struct timespec ts = { pause_us / 1000000, (pause_us % 1000000) * 1000 };
+                nanosleep(&ts, NULL);
+            }
+        }
     }
     CHECK(cu.event_record(e1, s));
     CHECK(cu.stream_sync(s));
