@@ -12,4 +12,5 @@ mod intercept;
 mod limiter;
 mod log;
 mod node;
+mod startup;
 mod state;

@@ -32,6 +32,7 @@ pub fn opened() -> Option<&'static NodeTable> {
 pub fn table() -> Option<&'static NodeTable> {
     TABLE
         .get_or_init(|| {
+            let _timed = crate::startup::OneTime::begin();
             let st = state();
             let path = st.config.node_file.as_deref()?;
             match NodeTable::open(Path::new(path), st.config.region_mode) {
@@ -63,6 +64,7 @@ pub fn place(dev: usize) -> Option<&'static Place> {
     PLACES
         .get(dev)?
         .get_or_init(|| {
+            let _timed = crate::startup::OneTime::begin();
             let table = table()?;
             let uuid = driver::device_uuid(dev).ok()?;
             let gpu = node::key(&format_uuid(&uuid));

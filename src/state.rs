@@ -23,6 +23,7 @@ pub struct State {
 }
 
 static STATE: LazyLock<State> = LazyLock::new(|| {
+    let _timed = crate::startup::OneTime::begin();
     let (config, errors) = Config::from_env();
     crate::log::init(config.log_level);
     for e in &errors {
@@ -78,6 +79,7 @@ fn describe_caps(caps: &[Option<u64>; MAX_DEVICES]) -> String {
 pub fn record_cuda_uuids() {
     static DONE: std::sync::Once = std::sync::Once::new();
     DONE.call_once(|| {
+        let _timed = crate::startup::OneTime::begin();
         let Ok(n) = driver::device_count() else { return };
         let uuids: Vec<String> =
             (0..n).map(|d| driver::device_uuid(d).map(|b| format_uuid(&b)).unwrap_or_default()).collect();

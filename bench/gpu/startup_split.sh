@@ -6,7 +6,12 @@
 #   existing   libvgpu, region file already there (a container's later processes)
 #   fresh      libvgpu, a new region file each start (a container's first process)
 #   shm        libvgpu, a new region file on /dev/shm each start
-# interleaved, ROUNDS starts each; medians and the added time against `none`.
+# interleaved, ROUNDS starts each; medians and the added time against `none`. A process start
+# varies by more than the 2 ms budget from run to run, so a second table takes the added time
+# apart in-process, where it can be measured: the dynamic loader's time (LD_DEBUG=statistics,
+# cycles at the CPU's nominal clock) without and with the preload, and libvgpu's own one-time
+# work before the first allocation (its debug line, src/startup.rs), with a fresh region and a
+# 64g cap (the context's cost looked up or measured) and with an existing region and no cap.
 # Usage: bash bench/gpu/startup_split.sh path/to/libvgpu.so   (ROUNDS, default 15)
 set -u -o pipefail
 LIB=$(realpath -e "${1:?usage: $0 path/to/libvgpu.so}") || exit 2
@@ -37,6 +42,24 @@ one existing 0 >/dev/null  # creates the `existing` region
 for ((r = 1; r <= ROUNDS; r++)); do
   for m in $MODES; do echo "$m $(one "$m" "$r")"; done >>"$W/samples"
 done
+loader_us() {  # loader_us PRELOAD -> µs the dynamic loader took to start bench_api
+  local envv=(env LD_DEBUG=statistics)
+  [ "$1" = - ] || envv+=(LD_PRELOAD="$1" CUDA_DEVICE_MEMORY_SHARED_CACHE="$W/existing.cache")
+  "${envv[@]}" "$W/bench_api" list 2>&1 >/dev/null |
+    awk -v mhz="$MHZ" '/total startup time in dynamic loader/ { for (i = 1; i <= NF; i++) if ($i == "cycles") { printf "%.1f\n", $(i - 1) / mhz; exit } }'
+}
+ours_us() {  # ours_us fresh|existing ROUND -> µs of libvgpu's one-time work
+  local envv=(env LD_PRELOAD="$LIB" LIBCUDA_LOG_LEVEL=4)
+  if [ "$1" = fresh ]; then envv+=(CUDA_DEVICE_MEMORY_SHARED_CACHE="$W/ours-$2.cache" CUDA_DEVICE_MEMORY_LIMIT=64g)
+  else envv+=(CUDA_DEVICE_MEMORY_SHARED_CACHE="$W/existing.cache"); fi
+  timeout -k 5 30 "${envv[@]}" "$W/bench_api" first-alloc 2>&1 >/dev/null |
+    sed -n 's/.*start-up: \([0-9]*\) µs of one-time work.*/\1/p'
+}
+MHZ=$(awk -F: '/^cpu MHz/ { printf "%.0f", $2; exit }' /proc/cpuinfo)
+for ((r = 1; r <= ROUNDS; r++)); do
+  echo "loader-none $(loader_us -)"; echo "loader-lib $(loader_us "$LIB")"
+  echo "ours-fresh $(ours_us fresh "$r")"; echo "ours-existing $(ours_us existing "$r")"
+done >>"$W/inproc"
 echo "# start-up split ($(date -u '+%F %TZ'), commit ${COMMIT:-unknown}, $ROUNDS interleaved rounds)"
 echo "| mode | median spawn → first cuMemAlloc | added vs none |"
 echo "|---|---:|---:|"
@@ -46,3 +69,13 @@ for m in $MODES; do
   v=$(med "$m")
   awk -v m="$m" -v v="$v" -v b="$base" 'BEGIN { if (v == "") { print "| " m " | fail | |"; exit } printf "| %s | %.0f µs | %+.0f µs |\n", m, v, v - b }'
 done
+echo
+echo "In-process ($ROUNDS rounds; loader cycles at ${MHZ} MHz):"
+echo "| part | median |"
+echo "|---|---:|"
+medin() { awk -v m="$1" '$1 == m && $2 != "" { print $2 }' "$W/inproc" | sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+ln=$(medin loader-none); ll=$(medin loader-lib)
+echo "| dynamic loader, no preload | ${ln:-?} µs |"
+echo "| dynamic loader, libvgpu preloaded | ${ll:-?} µs |"
+echo "| libvgpu one-time work, fresh region, 64g cap | $(medin ours-fresh) µs |"
+echo "| libvgpu one-time work, existing region, no cap | $(medin ours-existing) µs |"

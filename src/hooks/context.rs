@@ -27,6 +27,11 @@ const MAX_PLAUSIBLE_COST: u64 = 4 << 30;
 
 /// Runs `create` and returns its code with the bytes the new context costs.
 fn measured(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
+    let timed = crate::startup::OneTime::begin();
+    cost_of(dev, || timed.exclude(create))
+}
+
+fn cost_of(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     let st = state();
     if let Some(fixed) = st.config.context_overhead {
         return (create(), fixed);

@@ -90,6 +90,7 @@ unsafe fn alloc_ptr<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P,
         let (r, ctx) = reservation;
         // SAFETY: the driver wrote the new pointer through the caller's non-null `dptr`.
         r.commit(Key::DevicePtr(unsafe { *dptr }.into()), ctx);
+        crate::startup::allocated();
     }
     rc
 }

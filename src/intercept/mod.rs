@@ -142,6 +142,7 @@ fn address_map(lib: Lib) -> Option<&'static [(usize, usize)]> {
     // Only a library that is loaded can have handed out the address being checked.
     libs::loaded_handle(lib)?;
     Some(slot.get_or_init(|| {
+        let _timed = crate::startup::OneTime::begin();
         let mut map: Vec<(usize, usize)> = table::HOOKS
             .iter()
             .filter(|h| h.real.lib == lib)
