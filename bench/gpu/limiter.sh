@@ -11,6 +11,7 @@ WORKLOADS=${WORKLOADS:-matmul small graph}
 LIMITS=${LIMITS:-10 25 50 75 90}
 TOGETHER=${TOGETHER:-1}  # 0: skip the two-container run
 LATENCY=${LATENCY:-1}    # 0: skip the latency runs
+ROUNDS=${ROUNDS:-1}      # rounds of (unlimited + every limit) per workload
 W=$(mktemp -d /tmp/vgpu-lim.XXXXXX)
 unset LD_PRELOAD
 for v in $(compgen -e | grep -E '^(CUDA_DEVICE_|LIBVGPU_)'); do unset "$v"; done
@@ -28,24 +29,25 @@ run() {  # run PCT WORKLOAD -> iters/s ; PCT "none" = no preload
 }
 echo "# libvgpu compute limiter on the GPU ($(date -u '+%F %TZ'), commit ${COMMIT:-unknown})"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-echo "| workload | limit % | iters/s | unlimited iters/s | ratio % | error (points) |"
+echo "| workload | limit % | iters/s (per round) | unlimited iters/s (per round) | ratio % (mean) | error (points) |"
 echo "|---|---|---|---|---|---|"
 errs=()
 for wl in $WORKLOADS; do
-  # Unlimited runs vary by several percent from one to the next: the reference is the mean of
-  # one before and one after the limited runs.
-  base1=$(run none "$wl")
-  gots=()
-  for pct in $LIMITS; do gots+=("$(run "$pct" "$wl")"); done
-  base2=$(run none "$wl")
-  base=$(awk -v a="$base1" -v b="$base2" 'BEGIN { if (a != "" && b != "") printf "%.1f", (a + b) / 2; else print a b }')
-  echo "unlimited $wl: $base1 before, $base2 after" >&2
-  i=0
+  # Runs vary by several percent (the small-kernel loop is CPU-bound: ±15 %), so each round runs
+  # the unlimited reference and every limit, in alternating order, and a limit's ratio is the
+  # mean over rounds of its run against that round's reference.
+  for ((r = 1; r <= ROUNDS; r++)); do
+    order="none $LIMITS"
+    ((r % 2)) || order=$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')
+    for pct in $order; do echo "$pct $(run "$pct" "$wl")"; done >"$W/round.$wl.$r"
+  done
   for pct in $LIMITS; do
-    got=${gots[$i]}; i=$((i + 1))
-    line=$(awk -v g="$got" -v b="$base" -v p="$pct" 'BEGIN { if (b > 0 && g != "") { r = 100 * g / b; e = r - p; printf "%.1f | %+.1f", r, e } else print "- | -" }')
-    echo "| $wl | $pct | ${got:-fail} | $base | $line |"
-    errs+=("$(echo "$line" | awk -F'|' '{print $2}')")
+    line=$(for ((r = 1; r <= ROUNDS; r++)); do
+      awk -v p="$pct" '$1 == "none" { b = $2 } $1 == p { g = $2 } END { print g, b }' "$W/round.$wl.$r"
+    done | awk -v p="$pct" '$1 != "" && $2 > 0 { s += 100 * $1 / $2; g = g (g == "" ? "" : " / ") $1; b = b (b == "" ? "" : " / ") $2; k++ }
+      END { if (k) printf "%s | %s | %.1f | %+.1f", g, b, s / k, s / k - p; else print "fail | - | - | -" }')
+    echo "| $wl | $pct | $line |"
+    errs+=("$(echo "$line" | awk -F'|' '{print $4}')")
   done
 done
 printf '%s\n' "${errs[@]}" | awk '{ v = $1 < 0 ? -$1 : $1; s += v; if (v > m) m = v; k++ } END { printf "mean abs error %.2f points, max %.2f (over %d runs)\n", s / k, m, k }'
