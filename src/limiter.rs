@@ -145,6 +145,12 @@ fn effective(stream: CUstream, ptsz: bool) -> CUstream {
     if stream.is_null() && ptsz { CU_STREAM_PER_THREAD as CUstream } else { stream }
 }
 
+/// Whether this process may be limited (what the launch and wait hooks look at first).
+#[inline]
+pub fn measuring() -> bool {
+    ACTIVE.load(Relaxed)
+}
+
 /// Called by the wait hooks before the driver waits on `drains` (a stream, or the whole context
 /// when `None`). If the wait drains the stream this thread's launches are measured on, an event
 /// recorded there closes the measured interval at the stream's last work; `true` then, and the

@@ -344,7 +344,8 @@ impl Measurements {
 /// The budget a row is held to (instructions added per call); `None` = recorded only.
 fn budget_for(mode: Mode, op: &str) -> Option<f64> {
     match (mode, op) {
-        (Mode::Uncapped, "launch") => Some(LAUNCH_BUDGET),
+        // A wait on an idle stream is as cheap as a launch (PyTorch waits at every `.item()`).
+        (Mode::Uncapped, "launch" | "stream_sync") => Some(LAUNCH_BUDGET),
         (_, "alloc_free" | "async_free") => Some(ALLOC_FREE_BUDGET),
         _ => None,
     }
@@ -374,6 +375,12 @@ fn instruction_table() {
 fn launch_without_a_limit_adds_at_most_150_instructions() {
     let Some(m) = measurements() else { return };
     check(m, Mode::Uncapped, "launch");
+}
+
+#[test]
+fn a_wait_without_a_limit_adds_at_most_150_instructions() {
+    let Some(m) = measurements() else { return };
+    check(m, Mode::Uncapped, "stream_sync");
 }
 
 #[test]

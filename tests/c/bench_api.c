@@ -42,6 +42,7 @@ typedef struct vgpu_opaque_function *CUfunction;
 CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                         unsigned int bx, unsigned int by, unsigned int bz, unsigned int shared,
                         CUstream stream, void **params, void **extra);
+CUresult cuStreamSynchronize(CUstream stream);
 
 #define NOINLINE __attribute__((noinline, noclone))
 #define MIB (1ull << 20)
@@ -79,6 +80,7 @@ static inline int op_async_free(void)
         return 1;
     return cuMemFreeAsync(p, NULL) != 0;
 }
+static inline int op_stream_sync(void) { return cuStreamSynchronize(NULL) != 0; }
 static inline int op_meminfo(void)
 {
     size_t f = 0, t = 0;
@@ -116,6 +118,7 @@ static inline int op_nvml_meminfo(void)
     X(launch)         \
     X(alloc_free)     \
     X(async_free)     \
+    X(stream_sync)    \
     X(meminfo)        \
     X(procaddr)       \
     X(dlsym_hooked)   \
