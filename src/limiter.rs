@@ -5,7 +5,7 @@
 //! coarse-clock compare. No syscall, lock or allocation. About every millisecond a launching
 //! thread does its bookkeeping: it records a timing event on the stream it launches on, charges
 //! the bucket with the GPU time between that stream's completed events, and, when the bucket is
-//! empty, sleeps until it refills. Measuring completed work (not predicting it) makes the
+//! empty, sleeps until it holds a slice of budget again (`SLICE_NS`). Measuring completed work (not predicting it) makes the
 //! long-run share converge whatever the kernels' lengths; an overrun is paid back by waiting.
 //!
 //! Capture is never disturbed: a capturing stream gets no event and its thread never waits
@@ -157,7 +157,7 @@ pub fn measuring() -> bool {
 /// hook calls [`after_sync`] once the wait succeeded. Unlimited: one relaxed load.
 #[inline]
 pub fn before_sync(drains: Option<(CUstream, bool)>) -> bool {
-    ACTIVE.load(Relaxed) && close_interval(drains)
+    measuring() && close_interval(drains)
 }
 
 /// The stream is idle now: the next launch starts a new measured segment, and does its
