@@ -63,19 +63,19 @@ done >>"$W/inproc"
 echo "# start-up split ($(date -u '+%F %TZ'), commit ${COMMIT:-unknown}, $ROUNDS interleaved rounds)"
 echo "| mode | median spawn → first cuMemAlloc | added vs none |"
 echo "|---|---:|---:|"
-med() { awk -v m="$1" '$1 == m && $2 != "" { print $2 }' "$W/samples" | sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-base=$(med none)
+# med FILE MODE -> the median of MODE's samples in FILE
+med() { awk -v m="$2" '$1 == m && $2 != "" { print $2 }' "$1" | sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
+base=$(med "$W/samples" none)
 for m in $MODES; do
-  v=$(med "$m")
+  v=$(med "$W/samples" "$m")
   awk -v m="$m" -v v="$v" -v b="$base" 'BEGIN { if (v == "") { print "| " m " | fail | |"; exit } printf "| %s | %.0f µs | %+.0f µs |\n", m, v, v - b }'
 done
 echo
 echo "In-process ($ROUNDS rounds; loader cycles at ${MHZ} MHz):"
 echo "| part | median |"
 echo "|---|---:|"
-medin() { awk -v m="$1" '$1 == m && $2 != "" { print $2 }' "$W/inproc" | sort -g | awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-ln=$(medin loader-none); ll=$(medin loader-lib)
+ln=$(med "$W/inproc" loader-none); ll=$(med "$W/inproc" loader-lib)
 echo "| dynamic loader, no preload | ${ln:-?} µs |"
 echo "| dynamic loader, libvgpu preloaded | ${ll:-?} µs |"
-echo "| libvgpu one-time work, fresh region, 64g cap | $(medin ours-fresh) µs |"
-echo "| libvgpu one-time work, existing region, no cap | $(medin ours-existing) µs |"
+echo "| libvgpu one-time work, fresh region, 64g cap | $(med "$W/inproc" ours-fresh) µs |"
+echo "| libvgpu one-time work, existing region, no cap | $(med "$W/inproc" ours-existing) µs |"
