@@ -9,8 +9,9 @@
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicPtr, AtomicU64};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
 
+use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::Config;
 use vgpu_core::ledger::{Accounting, Kind};
 use vgpu_region::{InitParams, Region, RegionAccounting};
@@ -33,6 +34,9 @@ pub struct ContainerAccounting {
     init: InitParams,
     path: String,
     mode: u32,
+    /// The region's index of each CUDA ordinal of this process (see `Region::place_uuids`);
+    /// the ordinal itself until CUDA names the devices, `MAX_DEVICES` for one left out.
+    index: [AtomicUsize; MAX_DEVICES],
 }
 
 impl ContainerAccounting {
@@ -52,7 +56,33 @@ impl ContainerAccounting {
             init,
             path: config.shared_cache.clone(),
             mode: config.region_mode,
+            index: std::array::from_fn(AtomicUsize::new),
         }
+    }
+
+    /// The region's index for CUDA ordinal `dev`: the same physical GPU in every process of the
+    /// container, whatever each one's `CUDA_VISIBLE_DEVICES`. Out of range stays out of range.
+    pub fn index(&self, dev: usize) -> usize {
+        self.index.get(dev).map_or(dev, |i| i.load(Relaxed))
+    }
+
+    /// The cap at a region index (NVML names devices by UUID, not by this process's ordinals).
+    pub fn limit_at(&self, index: usize) -> Option<u64> {
+        self.get().limit(index)
+    }
+
+    /// The container's usage at a region index.
+    pub fn used_at(&self, index: usize) -> u64 {
+        self.get().used(index)
+    }
+
+    /// Places this process's devices (UUIDs by ordinal) in the region; returns the indices.
+    pub fn place_devices(&self, uuids: &[String]) -> Vec<Option<usize>> {
+        let placed = self.region().place_uuids(uuids);
+        for (slot, index) in self.index.iter().zip(&placed) {
+            slot.store(index.unwrap_or(MAX_DEVICES), Relaxed);
+        }
+        placed
     }
 
     fn get(&self) -> &RegionAccounting {
@@ -111,27 +141,27 @@ fn private(init: &InitParams) -> RegionAccounting {
 
 impl Accounting for ContainerAccounting {
     fn limit(&self, dev: usize) -> Option<u64> {
-        self.get().limit(dev)
+        self.get().limit(self.index(dev))
     }
     fn any_limit(&self) -> bool {
         self.get().any_limit()
     }
     fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
-        self.get().try_charge(dev, bytes, limit)
+        self.get().try_charge(self.index(dev), bytes, limit)
     }
     fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
-        self.get().charge(dev, bytes, kind)
+        self.get().charge(self.index(dev), bytes, kind)
     }
     fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
-        self.get().uncharge(dev, bytes, kind)
+        self.get().uncharge(self.index(dev), bytes, kind)
     }
     fn used(&self, dev: usize) -> u64 {
-        self.get().used(dev)
+        self.get().used(self.index(dev))
     }
     fn record_denial(&self, dev: usize) {
-        self.get().record_denial(dev)
+        self.get().record_denial(self.index(dev))
     }
     fn record_driver_denial(&self, dev: usize) {
-        self.get().record_driver_denial(dev)
+        self.get().record_driver_denial(self.index(dev))
     }
 }

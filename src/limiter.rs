@@ -249,7 +249,7 @@ fn hami_blocked() -> bool {
 fn share_for(dev: usize) -> Option<u64> {
     let st = state();
     let s = st.ledger.accounting().region().shared();
-    let limit = s.sm_limit.get(dev)?.load(Relaxed);
+    let limit = s.sm_limit.get(st.ledger.accounting().index(dev))?.load(Relaxed);
     let on = match st.config.core_policy {
         CorePolicy::Force => true,
         CorePolicy::Disable => false,
@@ -272,7 +272,10 @@ fn bookkeeping(stream: CUstream, idle: bool) {
     if driver::stream_capturing(stream) {
         return;
     }
-    let bucket = &st.ledger.accounting().region().extension().buckets[dev];
+    let Some(bucket) = st.ledger.accounting().region().extension().buckets.get(st.ledger.accounting().index(dev))
+    else {
+        return;
+    };
     let now = now_ns();
     if let Some(p) = place {
         p.entry.mark_busy(now);

@@ -33,13 +33,6 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
         tracing::info!("memory caps by CUDA device ordinal: {}", describe_caps(&config.memory_limit));
     }
     let ledger = MemoryLedger::new(ContainerAccounting::new(&config));
-    let live: [Option<u64>; MAX_DEVICES] = std::array::from_fn(|d| ledger.limit(d));
-    if live != config.memory_limit {
-        tracing::info!(
-            "the region's live memory caps ({}) differ from this process's environment; the region's apply",
-            describe_caps(&live)
-        );
-    }
     State { config, ledger, primary: Default::default() }
 });
 
@@ -75,14 +68,52 @@ fn describe_caps(caps: &[Option<u64>; MAX_DEVICES]) -> String {
     caps[..=last].iter().enumerate().map(|(i, c)| format!("{i}: {}", show(c))).collect::<Vec<_>>().join(", ")
 }
 
-/// Records the devices' UUIDs in the region once CUDA can name them (HAMi's monitor reads them).
+/// Places this process's devices in the region by UUID (HAMi's monitor reads the UUIDs; our
+/// accounting charges each ordinal on its physical GPU's index). Before the first charge: a
+/// context's cost goes to the device's index. Not done until CUDA can name the devices.
 pub fn record_cuda_uuids() {
-    static DONE: std::sync::Once = std::sync::Once::new();
-    DONE.call_once(|| {
-        let _timed = crate::startup::OneTime::begin();
-        let Ok(n) = driver::device_count() else { return };
-        let uuids: Vec<String> =
-            (0..n).map(|d| driver::device_uuid(d).map(|b| format_uuid(&b)).unwrap_or_default()).collect();
-        state().ledger.accounting().region().record_uuids(&uuids);
-    });
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static PLACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    if DONE.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
+    let _one = PLACING.lock().unwrap_or_else(|p| p.into_inner());
+    if DONE.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
+    let _timed = crate::startup::OneTime::begin();
+    let Ok(n) = driver::device_count() else { return };
+    let uuids: Vec<String> =
+        (0..n).map(|d| driver::device_uuid(d).map(|b| format_uuid(&b)).unwrap_or_default()).collect();
+    let accounting = state().ledger.accounting();
+    let placed = accounting.place_devices(&uuids);
+    let region = accounting.region();
+    for (dev, (uuid, index)) in uuids.iter().zip(&placed).enumerate() {
+        match index {
+            Some(i) if *i != dev => tracing::info!(
+                "CUDA device {dev} ({uuid}) is device {i} of the container's region: its cap and share apply"
+            ),
+            Some(_) => {}
+            None => tracing::warn!(
+                "CUDA device {dev} ({uuid}) has no place in the region ({} devices recorded); it is not capped",
+                MAX_DEVICES
+            ),
+        }
+        let Some(i) = *index else { continue };
+        let env = state().config.memory_limit.get(dev).copied().flatten();
+        let live = region.shared().limit.get(i).map(|l| l.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
+        let live = (live > 0).then_some(live);
+        if env.is_some() && env != live {
+            tracing::warn!(
+                "CUDA device {dev} ({uuid}): this process's environment caps it at {}, the container's region at {}; the region's cap applies",
+                describe_cap(env),
+                describe_cap(live)
+            );
+        }
+    }
+    DONE.store(true, std::sync::atomic::Ordering::Release);
+}
+
+fn describe_cap(cap: Option<u64>) -> String {
+    cap.map_or("no cap".to_string(), |b| format!("{} MiB", b >> 20))
 }

@@ -299,3 +299,40 @@ fn four_ordinals_each_show_and_enforce_their_own_cap() {
         }
     }
 }
+
+/// One container, two GPUs (physical 2 and 0, capped 1 GiB and 3 GiB), and a worker that a
+/// launcher narrowed to the container's second GPU (`CUDA_VISIBLE_DEVICES=0` here): its ordinal
+/// 0 is physical GPU 0, so it gets that GPU's 3 GiB and is charged there, whatever its own
+/// `_0` says (it is told so on stderr), and nvidia-smi shows the usage on physical GPU 0.
+#[test]
+fn a_narrowed_worker_is_capped_and_charged_on_its_own_gpu() {
+    let region = common::fresh_region_path();
+    let caps = [("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"), ("CUDA_DEVICE_MEMORY_LIMIT_1", "3g")];
+    let in_container = |visible: &str, program: &str| {
+        run(program, Some(visible), &caps).env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+    };
+    // The container's first process names its devices: [physical 2, physical 0].
+    in_container("2,0", "alloc_linked").args(["init", "device", "0", "meminfo", "device", "1", "meminfo"]).ok();
+
+    let mut worker = in_container("0", "alloc_linked")
+        .args(["init", "device", "0", "totalmem", "0", "meminfo", "alloc", "2g", "wait"])
+        .spawn();
+    assert_eq!(field(&worker.until("totalmem 0 "), "bytes"), 3 * GIB, "the container's cap of physical GPU 0");
+    let alloc = worker.until("alloc ");
+    assert!(alloc.starts_with("alloc 2147483648 0 "), "2 GiB fit under 3 GiB: {alloc}");
+    worker.until("wait ");
+    let smi = in_container("2,0", "nvml_smi").ok();
+    let used = 2 * GIB + CONTEXT;
+    assert_eq!(nvml_gpu(&smi, 0), (3 * GIB, used, 3 * GIB - used), "{}", smi.stdout);
+    assert_eq!(nvml_gpu(&smi, 2), (GIB, 0, GIB), "{}", smi.stdout);
+    // Through CUDA in the container's order: ordinal 1 is physical 0 and holds the worker's usage.
+    let view = in_container("2,0", "alloc_linked").args(["init", "device", "1", "meminfo"]).ok();
+    assert_eq!(field(view.line("meminfo "), "free"), 3 * GIB - used - CONTEXT, "{}", view.stdout);
+    worker.release();
+    let out = worker.finish();
+    assert!(
+        out.stderr.contains("environment caps it at 1024 MiB, the container's region at 3072 MiB"),
+        "the worker is told its own _0 does not apply:\n{}",
+        out.stderr
+    );
+}

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Multi-GPU acceptance for libvgpu (issue 7).
 #
-# NOT RUN YET: written while no two-GPU machine was available; only syntax-checked (bash -n,
-# python3 -m py_compile). Expect the first run to need small fixes; record what changed.
+# First run (session 5, nvidia-h200-x2) found one bug, here: every run shared one region file.
 #
 #   bash bench/gpu/multi_gpu.sh target/release/libvgpu.so      # repo root, >= 2 GPUs
 #
@@ -24,6 +23,10 @@
 #     NVML says it uses (the peer's buffers it imports are not its own). Twice: NCCL's default
 #     (cuMem* buffers shared as POSIX file descriptors) and NCCL_CUMEM_ENABLE=0 (CUDA IPC).
 # (d) nvidia-smi under the preload with _0=20g and _1=30g shows / 20480MiB and / 30720MiB.
+# (e) One container of both GPUs (_0=20g, _1=30g; its first process names them), and a worker a
+#     launcher narrowed to the container's GPU 1 (CUDA_VISIBLE_DEVICES=1, the same env caps):
+#     its ordinal 0 gets GPU 1's 30 GiB and fills physical GPU 1, and it is told on stderr that
+#     its own _0=20g does not apply.
 set -u -o pipefail
 
 LIB=$(realpath -e "${1:?usage: $0 path/to/libvgpu.so}") || exit 2
@@ -38,15 +41,17 @@ PY=${PYTHON:-python3}
 unset LD_PRELOAD PYTORCH_CUDA_ALLOC_CONF CUDA_VISIBLE_DEVICES
 for v in $(compgen -e | grep -E '^(CUDA_DEVICE_|LIBVGPU_|NCCL_)'); do unset "$v"; done
 
-N_REGION=0
-region() { N_REGION=$((N_REGION + 1)); echo "$WORK/region-$N_REGION.cache"; }
+# A fresh region file's path (each run its own container unless REGION names a shared one).
+# mktemp, not a counter: `$(region)` runs in a subshell, where a counter never moves (the first
+# run made every run share one region, so (a)'s caps held in (b) and (c)).
+region() { mktemp -u "$WORK/region.XXXXXX"; }
 
 # runp MODE SECS NAME CMD...: CMD under `timeout`, logged to $LOGS/NAME.log and printed. MODE:
 # none (no preload) or preload (LD_PRELOAD and a fresh region file; limits go in CMD as `env`).
 runp() {
   local mode=$1 secs=$2 name=$3 rc; shift 3
   local -a envv=(env)
-  [ "$mode" = preload ] && envv+=(LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="$(region)")
+  [ "$mode" = preload ] && envv+=(LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="${REGION:-$(region)}")
   timeout -k 5 "$secs" "${envv[@]}" "$@" </dev/null >"$LOGS/$name.log" 2>&1
   rc=$?
   ((rc == 124 || rc == 137)) && echo "TIMEOUT after ${secs}s" >>"$LOGS/$name.log"
@@ -71,7 +76,7 @@ index_of() { awk -F', *' -v u="$2" 'tolower($2) == tolower(u) { print $1; exit }
 held() {
   local name=$1 secs=$2 pid i rc; shift 2
   local release="$WORK/$name.release" log="$LOGS/$name.log"
-  timeout -k 5 "$secs" env LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="$(region)" \
+  timeout -k 5 "$secs" env LD_PRELOAD="$LIB" CUDA_DEVICE_MEMORY_SHARED_CACHE="${REGION:-$(region)}" \
     "$@" "$release" 60 </dev/null >"$log" 2>&1 &
   pid=$!
   for ((i = 0; i < secs * 10; i++)); do
@@ -211,7 +216,27 @@ main() {
   line=$(tr '\n' ';' <"$LOGS/d_query.log")
   row "(d) nvidia-smi --query-gpu memory.total" "0: 20480, 1: 30720" "$line" \
     "$(pf grep -Eq '(^|;)0, *20480;1, *30720(;|$)' <<<"$line")"
+  runp preload 30 d_query_i1 env CUDA_DEVICE_MEMORY_LIMIT_0=20g CUDA_DEVICE_MEMORY_LIMIT_1=30g \
+    nvidia-smi -i 1 --query-gpu=index,memory.total --format=csv,noheader,nounits
+  line=$(tr '\n' ';' <"$LOGS/d_query_i1.log")
+  row "(d) nvidia-smi -i 1 memory.total" "1: 30720" "$line" "$(pf grep -Eq '^1, *30720;$' <<<"$line")"
   row "(d) physical totals without preload" "reference" "0: $t0 MiB, 1: $t1 MiB" INFO
+
+  echo; echo "## (e) one container of two GPUs (_0=20g, _1=30g), a worker narrowed to its GPU 1"
+  local shared
+  shared=$(region)
+  REGION=$shared runp preload 120 e_first env CUDA_DEVICE_MEMORY_LIMIT_0=20g CUDA_DEVICE_MEMORY_LIMIT_1=30g \
+    "$PY" -c 'import torch; [torch.zeros(1, device=f"cuda:{i}") for i in range(2)]; print("named", torch.cuda.device_count())'
+  REGION=$shared held e_worker 300 env CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=1 \
+    CUDA_DEVICE_MEMORY_LIMIT_0=20g CUDA_DEVICE_MEMORY_LIMIT_1=30g "$PY" "$HERE/multi_gpu_fill.py" 0
+  fill_checks e_worker "(e) worker CUDA_VISIBLE_DEVICES=1" 0 30720
+  row "(e) worker: ordinal 0 is physical GPU 1" "$u1" "$(kv e_worker uuid_0)" \
+    "$(pf [ "$(kv e_worker uuid_0 | tr 'A-Z' 'a-z')" = "$(echo "$u1" | tr 'A-Z' 'a-z')" ])"
+  other=$(minus "$(col e_worker 0 3)" "$(col idle 0 3)")
+  row "(e) worker: physical GPU 0 untouched" "NVML used grew < 256 MiB" "${other:-unknown} MiB" \
+    "$(pf num "$other" '<' 256)"
+  line=$(grep -m1 "the region's cap applies" "$LOGS/e_worker.log")
+  row "(e) worker told its _0=20g does not apply" "one warning line" "${line:-none}" "$(pf [ -n "$line" ])"
 
   echo; echo "## summary"
   local fails=0

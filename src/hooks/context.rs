@@ -42,7 +42,8 @@ fn cost_of(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     // Measured once per container: contexts of one device cost the same, and NVML's start-up
     // would otherwise be paid by every process.
     let ext = st.ledger.accounting().region().extension();
-    let (Some(cached), Some(creating)) = (ext.context_cost.get(dev), ext.contexts_creating.get(dev)) else {
+    let index = st.ledger.accounting().index(dev);
+    let (Some(cached), Some(creating)) = (ext.context_cost.get(index), ext.contexts_creating.get(index)) else {
         return (create(), FALLBACK_COST);
     };
     let known = cached.load(Ordering::Relaxed);
@@ -125,6 +126,8 @@ unsafe fn create_common(
     if pctx.is_null() {
         return real.call();
     }
+    // The device's place in the region first: its cost is charged there.
+    crate::state::record_cuda_uuids();
     let (rc, cost) = measured(d, || real.call());
     if !rc.is_success() {
         return rc;
@@ -149,7 +152,6 @@ unsafe fn create_common(
             return CUresult::ERROR_OUT_OF_MEMORY;
         }
     }
-    crate::state::record_cuda_uuids();
     rc
 }
 

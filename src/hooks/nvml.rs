@@ -1,6 +1,7 @@
 //! NVML's memory view, so `nvidia-smi` (which `dlopen`s NVML and uses
-//! `nvmlDeviceGetMemoryInfo_v2`) shows `used / cap`. The device is matched to its CUDA ordinal by
-//! UUID, so a cap set for ordinal `i` shows on the right GPU whatever `CUDA_VISIBLE_DEVICES` says.
+//! `nvmlDeviceGetMemoryInfo_v2`) shows `used / cap`. The device is found in the region by UUID
+//! (or, before any process recorded it, as the CUDA ordinal `CUDA_VISIBLE_DEVICES` makes it), so a
+//! cap shows on the right GPU whatever this process's `CUDA_VISIBLE_DEVICES` says.
 
 use cuda_types::*;
 use vgpu_core::view::{MemoryView, virtual_view};
@@ -11,9 +12,9 @@ use crate::state::{resolve_ordinal, state};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// NVML handle → CUDA ordinal, learned once per handle (NVML's handles are stable for the
-/// process's life). `handle` 0 = free slot; `ordinal` holds ordinal + 1, or `NOT_CUDA` for a
-/// device CUDA does not see.
+/// NVML handle → region index, learned once per handle (NVML's handles are stable for the
+/// process's life). `handle` 0 = free slot; `ordinal` holds index + 1, or `NOT_CUDA` for a
+/// device the container does not have.
 struct HandleSlot {
     handle: AtomicUsize,
     ordinal: AtomicUsize,
@@ -25,8 +26,8 @@ const HANDLE_SLOTS: usize = 2 * vgpu_core::MAX_DEVICES;
 static HANDLES: [HandleSlot; HANDLE_SLOTS] =
     [const { HandleSlot { handle: AtomicUsize::new(0), ordinal: AtomicUsize::new(0) } }; HANDLE_SLOTS];
 
-/// The CUDA ordinal of an NVML device (`None`: CUDA does not see it, or we cannot tell).
-fn ordinal_of(device: nvmlDevice_t) -> Option<usize> {
+/// The region index of an NVML device (`None`: the container does not have it, or we cannot tell).
+fn index_of(device: nvmlDevice_t) -> Option<usize> {
     let key = device as usize;
     if key == 0 {
         return None;
@@ -45,7 +46,11 @@ fn ordinal_of(device: nvmlDevice_t) -> Option<usize> {
         }
     }
     let uuid = driver::nvml_device_uuid(device).ok()?;
-    let resolved = resolve_ordinal(&uuid)?;
+    let accounting = state().ledger.accounting();
+    let resolved = match accounting.region().index_of_uuid(&uuid) {
+        Some(i) => Some(i),
+        None => resolve_ordinal(&uuid)?.map(|o| accounting.index(o)),
+    };
     let value = resolved.map_or(NOT_CUDA, |o| o + 1);
     for slot in &HANDLES {
         match slot.handle.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
@@ -67,9 +72,9 @@ fn capped_view(device: nvmlDevice_t, total: u64, free: u64) -> Option<MemoryView
     if !ledger.any_limit() {
         return None;
     }
-    let dev = ordinal_of(device)?;
-    let cap = ledger.limit(dev)?;
-    Some(virtual_view(Some(cap), ledger.used(dev), total, free))
+    let index = index_of(device)?;
+    let cap = ledger.accounting().limit_at(index)?;
+    Some(virtual_view(Some(cap), ledger.accounting().used_at(index), total, free))
 }
 
 pub unsafe fn memory_info(

@@ -266,15 +266,47 @@ impl Region {
         String::from_utf8_lossy(&bytes[..end]).into_owned()
     }
 
-    /// Fills in UUIDs a region was created without (e.g. by a process that had no CUDA yet).
-    pub fn record_uuids(&self, uuids: &[String]) {
+    /// The index at which `uuid` is recorded, if it is.
+    pub fn index_of_uuid(&self, uuid: &str) -> Option<usize> {
+        (0..MAX_DEVICES).find(|&i| !uuid.is_empty() && self.uuid(i).eq_ignore_ascii_case(uuid))
+    }
+
+    /// Where each of this process's CUDA devices (`uuids`, by ordinal) lives in the region: the
+    /// container's devices are its recorded UUIDs, so a process that sees them in another order or
+    /// only some of them (`CUDA_VISIBLE_DEVICES=1` for one worker) is charged on the right one.
+    /// A UUID not yet recorded takes the index of its ordinal if that is free, else the first free
+    /// one; `None` where all are taken by other devices. Serialised by the initialisation lock,
+    /// since two processes may record different devices at once.
+    pub fn place_uuids(&self, uuids: &[String]) -> Vec<Option<usize>> {
+        let locked = self.file().is_some_and(|f| lock::lock(f, INIT_LOCK).is_ok());
         let s = self.shared();
-        for (i, uuid) in uuids.iter().take(MAX_DEVICES).enumerate() {
-            if s.uuids[i][0].load(Acquire) == 0 {
-                store_uuid(&s.uuids[i], uuid);
+        let mut recorded: Vec<String> = (0..MAX_DEVICES).map(|i| self.uuid(i)).collect();
+        let mut placed = Vec::with_capacity(uuids.len());
+        for (ordinal, uuid) in uuids.iter().enumerate() {
+            let found = recorded.iter().position(|r| !uuid.is_empty() && r.eq_ignore_ascii_case(uuid));
+            let free = || {
+                (ordinal < MAX_DEVICES && recorded[ordinal].is_empty())
+                    .then_some(ordinal)
+                    .or_else(|| recorded.iter().position(String::is_empty))
+            };
+            let index = match found {
+                Some(i) => Some(i),
+                None if uuid.is_empty() => None,
+                None => free().inspect(|&i| {
+                    store_uuid(&s.uuids[i], uuid);
+                    recorded[i] = uuid.clone();
+                }),
+            };
+            placed.push(index);
+        }
+        let named = recorded.iter().rposition(|r| !r.is_empty()).map_or(0, |i| i + 1);
+        s.device_num.fetch_max(named as u64, SeqCst);
+        if locked {
+            if let Some(f) = self.file() {
+                let _ = lock::unlock(f, INIT_LOCK);
             }
         }
-        s.device_num.fetch_max(uuids.len().min(MAX_DEVICES) as u64, SeqCst);
+        placed
     }
 }
 

@@ -226,3 +226,29 @@ fn slot_claims_under_churn_are_exclusive() {
     let r = Region::open_existing(&path).unwrap();
     assert!(r.shared().proc_num.load(SeqCst) <= 16, "dead slots are reused, not leaked");
 }
+
+/// Devices are placed by UUID: a process that sees the container's GPUs in another order, or
+/// only one of them, finds each where the first process recorded it; a new GPU takes its own
+/// ordinal's index when free, else the first free one.
+#[test]
+fn devices_are_placed_by_uuid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    let r = Region::open_or_create(&path, 0o600, &InitParams::default()).unwrap();
+    let s = |v: &[&str]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+    assert_eq!(r.place_uuids(&s(&["GPU-c", "GPU-a"])), [Some(0), Some(1)]);
+    assert_eq!(r.shared().device_num.load(SeqCst), 2);
+    let other = Region::open_or_create(&path, 0o600, &InitParams::default()).unwrap();
+    assert_eq!(other.place_uuids(&s(&["GPU-A", "gpu-c"])), [Some(1), Some(0)], "case-insensitive");
+    assert_eq!(other.place_uuids(&s(&["GPU-a"])), [Some(1)]);
+    assert_eq!(other.place_uuids(&s(&["GPU-d", "GPU-c", "GPU-b"])), [Some(2), Some(0), Some(3)]);
+    assert_eq!(other.place_uuids(&s(&["", "GPU-a"])), [None, Some(1)], "a device CUDA could not name");
+    assert_eq!(r.index_of_uuid("gpu-b"), Some(3));
+    assert_eq!(r.index_of_uuid("GPU-e"), None);
+    assert_eq!(r.shared().device_num.load(SeqCst), 4);
+    let many: Vec<String> = (0..20).map(|i| format!("GPU-n{i}")).collect();
+    let placed = r.place_uuids(&many);
+    assert_eq!(placed.iter().filter(|p| p.is_some()).count(), 12, "16 indices, 4 taken");
+    // The first four find their ordinals taken and fill 4.., in order; the last eight find none.
+    assert_eq!(placed[..12].iter().map(|p| p.unwrap()).collect::<Vec<_>>(), (4..16).collect::<Vec<_>>());
+}
