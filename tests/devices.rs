@@ -315,9 +315,11 @@ fn a_narrowed_worker_is_capped_and_charged_on_its_own_gpu() {
     in_container("2,0", "alloc_linked").args(["init", "device", "0", "meminfo", "device", "1", "meminfo"]).ok();
 
     let mut worker = in_container("0", "alloc_linked")
-        .args(["init", "device", "0", "totalmem", "0", "meminfo", "alloc", "2g", "wait"])
+        .args(["cuinit", "totalmem", "0", "init", "meminfo", "alloc", "2g", "wait"])
         .spawn();
+    // Asked before the worker has a context (torch reads totalGlobalMem first).
     assert_eq!(field(&worker.until("totalmem 0 "), "bytes"), 3 * GIB, "the container's cap of physical GPU 0");
+    assert_eq!(field(&worker.until("meminfo "), "total"), 3 * GIB);
     let alloc = worker.until("alloc ");
     assert!(alloc.starts_with("alloc 2147483648 0 "), "2 GiB fit under 3 GiB: {alloc}");
     worker.until("wait ");

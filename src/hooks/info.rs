@@ -144,6 +144,8 @@ pub unsafe fn device_total_mem(real: Real<'_, CUresult>, bytes: *mut usize, dev:
     let Ok(dev) = usize::try_from(dev) else {
         return rc;
     };
+    // Runtimes ask before any context exists: the cap is the one of the device's place.
+    crate::state::record_cuda_uuids();
     // SAFETY: the driver just wrote the non-null out-pointer.
     unsafe { *bytes = virtual_total(state().ledger.limit(dev), *bytes as u64) as usize };
     rc

@@ -395,6 +395,12 @@ static int run_commands(const struct cu_api *api, int argc, char **argv, int i)
                 r = api->cuCtxSetCurrent(ctx);
             g_device = 0;
             printf(" %u ctx=0x%llx\n", r, (unsigned long long)(uintptr_t)ctx);
+        } else if (strcmp(cmd, "cuinit") == 0) {
+            /* cuInit alone: no context yet (what a runtime does before cudaGetDeviceProperties). */
+            printf("cuinit");
+            if (!HAVE(api, cuInit))
+                continue;
+            printf(" %u\n", api->cuInit(0));
         } else if (strcmp(cmd, "device") == 0 && need_args(argc, i, 1, cmd)) {
             int dev = atoi(argv[++i]);
             CUcontext ctx = NULL;

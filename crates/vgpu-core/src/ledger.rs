@@ -325,7 +325,7 @@ impl<A: Accounting> Reservation<'_, A> {
             acc.charge(self.dev, self.bytes, kind);
         }
         self.settled = true;
-        self.ledger.insert(key, Allocation { dev: self.dev, bytes: self.bytes, kind: Kind::Data, context });
+        self.ledger.insert(key, Allocation { dev: self.dev, bytes: self.bytes, kind, context });
     }
 }
 
@@ -343,6 +343,50 @@ mod tests {
     use std::sync::Arc;
 
     const MIB: u64 = 1 << 20;
+
+    /// Counts data and context bytes apart, as the region does.
+    #[derive(Default)]
+    struct ByKind {
+        data: AtomicU64,
+        context: AtomicU64,
+    }
+
+    impl Accounting for ByKind {
+        fn limit(&self, _dev: usize) -> Option<u64> {
+            None
+        }
+        fn try_charge(&self, dev: usize, bytes: u64, _limit: Option<u64>) -> bool {
+            self.charge(dev, bytes, Kind::Data);
+            true
+        }
+        fn charge(&self, _dev: usize, bytes: u64, kind: Kind) {
+            let c = if kind == Kind::Data { &self.data } else { &self.context };
+            c.fetch_add(bytes, Ordering::SeqCst);
+        }
+        fn uncharge(&self, _dev: usize, bytes: u64, kind: Kind) {
+            let c = if kind == Kind::Data { &self.data } else { &self.context };
+            c.fetch_sub(bytes, Ordering::SeqCst);
+        }
+        fn used(&self, _dev: usize) -> u64 {
+            self.data.load(Ordering::SeqCst) + self.context.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A context's cost is released as context memory, not taken out of the data count.
+    #[test]
+    fn a_context_is_released_as_a_context() {
+        let l = MemoryLedger::new(ByKind::default());
+        l.reserve(0, 300 * MIB).unwrap().commit_as(Key::Context(7), 0, Kind::Context);
+        l.reserve(0, 64 * MIB).unwrap().commit(Key::DevicePtr(0x1000), 7);
+        let counts = |l: &MemoryLedger<ByKind>| {
+            (l.accounting().data.load(Ordering::SeqCst), l.accounting().context.load(Ordering::SeqCst))
+        };
+        assert_eq!(counts(&l), (64 * MIB, 300 * MIB));
+        assert_eq!(l.release(Key::Context(7)).map(|a| a.kind), Some(Kind::Context));
+        assert_eq!(counts(&l), (64 * MIB, 0));
+        assert_eq!(l.release_context(7), 64 * MIB);
+        assert_eq!(counts(&l), (0, 0));
+    }
 
     fn ledger(cap: u64) -> MemoryLedger<ProcessAccounting> {
         let mut limits = [None; MAX_DEVICES];
