@@ -298,36 +298,42 @@ pub unsafe fn mipmapped_create(
     }
 }
 
-fn free_then_release(real: Real<'_, CUresult>, key: Key) -> CUresult {
+/// The record is taken out before the driver frees: once it has, another thread may be handed
+/// the same pointer and record it, which a release after the call would then remove.
+fn take_then_free(real: Real<'_, CUresult>, key: Key) -> CUresult {
+    let ledger = &state().ledger;
+    let taken = ledger.take(key);
     let rc = real.call();
-    if rc.is_success() {
-        state().ledger.release(key);
+    match taken {
+        Some(a) if rc.is_success() => ledger.uncharge(&a),
+        Some(a) => ledger.restore(key, a),
+        None => {}
     }
     rc
 }
 
 pub unsafe fn free(real: Real<'_, CUresult>, dptr: CUdeviceptr) -> CUresult {
-    free_then_release(real, Key::DevicePtr(dptr))
+    take_then_free(real, Key::DevicePtr(dptr))
 }
 
 pub unsafe fn free_v1(real: Real<'_, CUresult>, dptr: c_uint) -> CUresult {
-    free_then_release(real, Key::DevicePtr(dptr.into()))
+    take_then_free(real, Key::DevicePtr(dptr.into()))
 }
 
 pub unsafe fn free_async(real: Real<'_, CUresult>, dptr: CUdeviceptr, _stream: CUstream) -> CUresult {
-    free_then_release(real, Key::DevicePtr(dptr))
+    take_then_free(real, Key::DevicePtr(dptr))
 }
 
 pub unsafe fn release(real: Real<'_, CUresult>, handle: CUmemGenericAllocationHandle) -> CUresult {
-    free_then_release(real, Key::VmmHandle(handle))
+    take_then_free(real, Key::VmmHandle(handle))
 }
 
 pub unsafe fn array_destroy(real: Real<'_, CUresult>, array: CUarray) -> CUresult {
-    free_then_release(real, Key::Array(array as u64))
+    take_then_free(real, Key::Array(array as u64))
 }
 
 pub unsafe fn mipmapped_destroy(real: Real<'_, CUresult>, array: CUmipmappedArray) -> CUresult {
-    free_then_release(real, Key::MipmappedArray(array as u64))
+    take_then_free(real, Key::MipmappedArray(array as u64))
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::MAX_DEVICES;
+use crate::ptr_table::PtrTable;
 
 /// What a charge is for (HAMi's region keeps context and data sizes apart; both count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,14 +177,25 @@ pub struct Denied {
     pub limit: u64,
 }
 
+/// Live allocations: device pointers (the hot path) in a lock-free table, made on the first
+/// one; handles, contexts and the pointers the table has no room for in a map under a mutex.
 pub struct MemoryLedger<A: Accounting> {
     accounting: A,
+    pointers: OnceLock<PtrTable>,
     live: Mutex<FastMap<Key, Allocation>>,
+    /// Device pointers kept in `live` (their table window was full): while 0, a pointer's free
+    /// never takes the mutex.
+    pointers_in_map: AtomicUsize,
 }
 
 impl<A: Accounting> MemoryLedger<A> {
     pub fn new(accounting: A) -> Self {
-        MemoryLedger { accounting, live: Mutex::new(FastMap::default()) }
+        MemoryLedger {
+            accounting,
+            pointers: OnceLock::new(),
+            live: Mutex::new(FastMap::default()),
+            pointers_in_map: AtomicUsize::new(0),
+        }
     }
 
     pub fn accounting(&self) -> &A {
@@ -223,18 +235,52 @@ impl<A: Accounting> MemoryLedger<A> {
 
     /// Releases what `key` holds; `None` if we never charged it (a free of foreign memory).
     pub fn release(&self, key: Key) -> Option<Allocation> {
-        let alloc = self.lock().remove(&key)?;
-        self.accounting.uncharge(alloc.dev, alloc.bytes, alloc.kind);
+        let alloc = self.take(key)?;
+        self.uncharge(&alloc);
         Some(alloc)
+    }
+
+    /// Takes `key`'s record out, still charged: a free takes it before the driver call, since
+    /// once the driver has freed, another thread may be handed the same pointer and record it.
+    /// Then [`uncharge`](Self::uncharge) it, or [`restore`](Self::restore) it if the free failed.
+    pub fn take(&self, key: Key) -> Option<Allocation> {
+        if let Key::DevicePtr(p) = key {
+            if let Some(a) = self.pointers.get().and_then(|t| t.remove(p)) {
+                return Some(a);
+            }
+            if self.pointers_in_map.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            return self.take_from_map(key);
+        }
+        self.lock().remove(&key)
+    }
+
+    /// Gives a taken record's bytes back to the cap.
+    pub fn uncharge(&self, alloc: &Allocation) {
+        self.accounting.uncharge(alloc.dev, alloc.bytes, alloc.kind);
+    }
+
+    /// Puts a taken record back (the driver did not free it).
+    pub fn restore(&self, key: Key, alloc: Allocation) {
+        self.insert(key, alloc);
     }
 
     /// Releases everything a destroyed context owned; returns the bytes released.
     pub fn release_context(&self, context: u64) -> u64 {
-        let freed: Vec<Allocation> = {
+        let mut freed = self.pointers.get().map(|t| t.remove_where(|a| a.context == context)).unwrap_or_default();
+        {
             let mut live = self.lock();
             let keys: Vec<Key> = live.iter().filter(|(_, a)| a.context == context).map(|(k, _)| *k).collect();
-            keys.iter().filter_map(|k| live.remove(k)).collect()
-        };
+            for k in keys {
+                if let Some(a) = live.remove(&k) {
+                    if matches!(k, Key::DevicePtr(_)) {
+                        self.pointers_in_map.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    freed.push(a);
+                }
+            }
+        }
         freed
             .iter()
             .map(|a| {
@@ -245,20 +291,52 @@ impl<A: Accounting> MemoryLedger<A> {
     }
 
     pub fn lookup(&self, key: Key) -> Option<Allocation> {
+        if let Key::DevicePtr(p) = key {
+            if let Some(a) = self.pointers.get().and_then(|t| t.get(p)) {
+                return Some(a);
+            }
+        }
         self.lock().get(&key).copied()
     }
 
     /// Bytes this process holds on `dev`, by our own records.
     pub fn held_by_process(&self, dev: usize) -> u64 {
-        self.lock().values().filter(|a| a.dev == dev).map(|a| a.bytes).sum()
+        let mut held = 0;
+        if let Some(t) = self.pointers.get() {
+            t.for_each(|a| held += if a.dev == dev { a.bytes } else { 0 });
+        }
+        held + self.lock().values().filter(|a| a.dev == dev).map(|a| a.bytes).sum::<u64>()
     }
 
     fn insert(&self, key: Key, alloc: Allocation) {
         // The driver handed out a key we still hold: the old memory was freed behind our back
         // (e.g. with its context), so drop the stale charge instead of leaking it forever.
-        if let Some(stale) = self.lock().insert(key, alloc) {
-            self.accounting.uncharge(stale.dev, stale.bytes, stale.kind);
+        let stale = match key {
+            Key::DevicePtr(p) => match self.pointers.get_or_init(PtrTable::new).insert(p, alloc) {
+                Ok(stale) => {
+                    let in_map =
+                        (self.pointers_in_map.load(Ordering::Acquire) > 0).then(|| self.take_from_map(key)).flatten();
+                    stale.or(in_map)
+                }
+                Err(_) => {
+                    let stale = self.lock().insert(key, alloc);
+                    if stale.is_none() {
+                        self.pointers_in_map.fetch_add(1, Ordering::AcqRel);
+                    }
+                    stale
+                }
+            },
+            _ => self.lock().insert(key, alloc),
+        };
+        if let Some(stale) = stale {
+            self.uncharge(&stale);
         }
+    }
+
+    fn take_from_map(&self, key: Key) -> Option<Allocation> {
+        let a = self.lock().remove(&key)?;
+        self.pointers_in_map.fetch_sub(1, Ordering::AcqRel);
+        Some(a)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<Key, Allocation>> {
