@@ -7,7 +7,9 @@
 # (default: a fresh /tmp/vgpu-overhead.* directory). Exit status 0 iff every budgeted row
 # passes; 2 if the programs could not be built.
 # Knobs: PAIRS (default 5), SUITE_BUDGET_S (default 270: runs that would pass it are skipped,
-# their rows say NO DATA), NVCC, PYTHON, COMMIT, SCALE (call counts, default 1), CONC (32).
+# their rows say NO DATA), NVCC, PYTHON, COMMIT, SCALE (call counts, default 1), CONC (32),
+# PIN (a CPU for the single-process API runs, e.g. 3: taskset -c; the H200 host's process-to-
+# process spread of a 1 µs call is ±50 % unpinned).
 # Needs: gcc, nvcc, python3 with torch, nvidia-smi. Nothing is downloaded.
 #
 # Budgets (issue 6): launch ≤ 1 %, cudaMalloc/cudaFree and pooled cudaMallocAsync/free ≤ 2 %,
@@ -29,6 +31,8 @@ PY=${PYTHON:-python3}
 PAIRS=${PAIRS:-5}
 SCALE=${SCALE:-1}
 CONC=${CONC:-32}
+PINNED=()
+[ -n "${PIN:-}" ] && PINNED=(taskset -c "$PIN")
 DEADLINE=$((SECONDS + ${SUITE_BUDGET_S:-270}))
 
 # Clean slate: a stray limit or preload in the caller's shell would skew every run.
@@ -97,6 +101,7 @@ emit() {
 header() {
   echo "# libvgpu overhead on the GPU"
   echo "date: $(date -u '+%Y-%m-%d %H:%M:%SZ')"
+  echo "pairs: $PAIRS; API runs pinned to CPU: ${PIN:-no}"
   timeout -k 5 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
   if [ -n "${COMMIT:-}" ]; then echo "commit: $COMMIT"
   elif git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
@@ -147,10 +152,10 @@ main() {
     # The order inside a pair alternates, so a drift of the machine favours neither side.
     if ((p % 2)); then modes="none uncapped capped"; else modes="capped uncapped none"; fi
     for m in $modes; do
-      run "$m" 60 "api-$p-$m" "$WORK/overhead_api" "$SCALE" && emit "$p" "$m" "api-$p-$m" "uncapped capped"
-      run "$m" 60 "drv-$p-$m" "$WORK/bench_api" ops -n "$n_cheap" "$DRV_CHEAP" &&
+      run "$m" 60 "api-$p-$m" "${PINNED[@]}" "$WORK/overhead_api" "$SCALE" && emit "$p" "$m" "api-$p-$m" "uncapped capped"
+      run "$m" 60 "drv-$p-$m" "${PINNED[@]}" "$WORK/bench_api" ops -n "$n_cheap" "$DRV_CHEAP" &&
         emit "$p" "$m" "drv-$p-$m" "uncapped capped"
-      run "$m" 60 "drva-$p-$m" "$WORK/bench_api" ops -n "$n_alloc" "$DRV_ALLOC" &&
+      run "$m" 60 "drva-$p-$m" "${PINNED[@]}" "$WORK/bench_api" ops -n "$n_alloc" "$DRV_ALLOC" &&
         emit "$p" "$m" "drva-$p-$m" "uncapped capped"
     done
     if ((p % 2)); then modes="none uncapped capped64 existing"; else modes="existing capped64 uncapped none"; fi
@@ -173,7 +178,9 @@ main() {
   local t=$'\t'
   cat >"$WORK/rows.tsv" <<EOF
 launch_us@uncapped${t}launch <<<1,1>>> enqueue, no limit${t}µs${t}ratio<=1.01
-launch_us@capped${t}launch <<<1,1>>> enqueue, 8g + SM 50 %${t}µs${t}ratio<=1.01
+launch_paced_us@uncapped${t}launch <<<1,1>>> enqueue, paced (75 % idle), no limit${t}µs${t}ratio<=1.01
+launch_paced_us@capped${t}launch <<<1,1>>> enqueue, paced (75 % idle), 8g + SM 50 %: within the share${t}µs${t}ratio<=1.01
+launch_us@capped${t}launch <<<1,1>>> enqueue back to back, 8g + SM 50 % (throttled to the share by design)${t}µs${t}-
 malloc_free_us@uncapped${t}cudaMalloc+cudaFree 1 MiB, no limit${t}µs${t}ratio<=1.02
 malloc_free_us@capped${t}cudaMalloc+cudaFree 1 MiB, 8g${t}µs${t}ratio<=1.02
 mallocasync_free_us@uncapped${t}cudaMallocAsync+cudaFreeAsync (pool hit), no limit${t}µs${t}ratio<=1.02

@@ -4,6 +4,7 @@
 # the program prints ("KEY VALUE" lines, or bench_api's "op NAME n=.. ns=VALUE") gets the median
 # of its per-pair ratios (with / without) and the range of those ratios.
 # Usage: bash bench/gpu/pairs.sh path/to/libvgpu.so PAIRS CMD [ARG...]
+# PIN=N runs every process on CPU N (taskset): less spread between processes.
 set -u -o pipefail
 LIB=$(realpath -e "${1:?usage: $0 LIB PAIRS CMD...}") || exit 2
 PAIRS=${2:?pairs}
@@ -16,6 +17,7 @@ figures() {  # figures SIDE PAIR: the program's figures as "KEY PAIR SIDE VALUE"
   awk -v s="$1" -v p="$2" '$1 == "op" { split($4, a, "="); print $2, p, s, a[2]; next }
     NF == 2 && $2 ~ /^[0-9.eE+-]+$/ { print $1, p, s, $2 }'
 }
+[ -n "${PIN:-}" ] && set -- taskset -c "$PIN" "$@"
 for ((p = 1; p <= PAIRS; p++)); do
   if ((p % 2)); then sides="none with"; else sides="with none"; fi
   for s in $sides; do
