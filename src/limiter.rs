@@ -113,21 +113,31 @@ thread_local! {
     static CHAIN: RefCell<Chain> = const { RefCell::new(Chain::EMPTY) };
 }
 
-/// Called by every launch hook before the driver launches; `ptsz` when the per-thread-stream
-/// variant was called (its NULL stream is the thread's own default stream).
+/// The launch hooks' fast path, checked before anything else: `true` when the launch goes
+/// straight to the driver. Unlimited, that is every launch but one in 64, which looks again
+/// whether a limit appeared. No thread-local access (a TLS lookup in a shared library is a
+/// call) and nothing that can panic.
 #[inline]
-pub fn before_launch(stream: CUstream, ptsz: bool) {
-    let active = ACTIVE.load(Relaxed);
-    if !active {
-        // Unlimited: no thread-local access (a TLS lookup in a shared library is a call).
-        let n = TICK.load(Relaxed).wrapping_add(1);
-        TICK.store(n, Relaxed);
-        if n % 64 != 1 {
-            return;
-        }
+pub fn launch_passes() -> bool {
+    if ACTIVE.load(Relaxed) {
+        return false;
     }
+    let n = TICK.load(Relaxed).wrapping_add(1);
+    TICK.store(n, Relaxed);
+    n % 64 != 1
+}
+
+/// The wait hooks' fast path: nothing is measured, so the wait goes straight to the driver.
+#[inline]
+pub fn unmeasured() -> bool {
+    !ACTIVE.load(Relaxed)
+}
+
+/// Called by the launch hooks when [`launch_passes`] said no; `ptsz` when the per-thread-stream
+/// variant was called (its NULL stream is the thread's own default stream).
+pub fn before_launch(stream: CUstream, ptsz: bool) {
     let now = coarse_ns();
-    if !active {
+    if !ACTIVE.load(Relaxed) {
         refresh(now);
         return;
     }

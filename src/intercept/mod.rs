@@ -48,6 +48,7 @@ impl RealFn {
     }
 
     /// The real address, or `None` when the library or the symbol is missing.
+    #[inline]
     pub fn addr(&self) -> Option<usize> {
         match self.addr.load(Ordering::Acquire) {
             UNRESOLVED => self.resolve(),
@@ -66,6 +67,8 @@ impl RealFn {
         Some(unsafe { std::mem::transmute_copy::<usize, F>(&a) })
     }
 
+    #[cold]
+    #[inline(never)]
     fn resolve(&self) -> Option<usize> {
         let Some(handle) = libs::handle(self.lib) else {
             // Not cached: the library may be loaded later (by the application).

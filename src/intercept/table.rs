@@ -12,9 +12,10 @@ use cuda_types::*;
 
 use crate::hooks::{context, info, launch, memory, nvml, procaddr, sync};
 use crate::intercept::{Hook, Lib, RealFn, c_name, guard};
+use crate::limiter;
 
 macro_rules! hooks {
-    ($( $lib:ident fn $name:ident $args:tt -> $ret:ty $(| $variant:ident)* => $handler:path; )*) => {
+    ($( $lib:ident $(straight_if($pass:path))? fn $name:ident $args:tt -> $ret:ty $(| $variant:ident)* => $handler:path; )*) => {
         /// Real-function slots, one per export.
         #[allow(non_upper_case_globals)]
         pub mod real {
@@ -25,8 +26,8 @@ macro_rules! hooks {
             )*
         }
         $(
-            hooks!(@export $name $args -> $ret => $handler);
-            $( hooks!(@export $variant $args -> $ret => $handler); )*
+            hooks!(@export $name $args -> $ret, [$($pass)?] => $handler);
+            hooks!(@variants [$($pass)?] $args -> $ret => $handler; $($variant)*);
         )*
         pub static HOOKS: &[Hook] = &[
             $(
@@ -35,7 +36,11 @@ macro_rules! hooks {
             )*
         ];
     };
-    (@export $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty => $handler:path) => {
+    // One token tree for the optional fast path, so that it repeats with the variants.
+    (@variants $passes:tt $args:tt -> $ret:ty => $handler:path; $($variant:ident)*) => {
+        $( hooks!(@export $variant $args -> $ret, $passes => $handler); )*
+    };
+    (@export $name:ident ($($arg:ident : $ty:ty),*) -> $ret:ty, [$($pass:path)?] => $handler:path) => {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
             type RealSig = unsafe extern "C" fn($($ty),*) -> $ret;
@@ -43,10 +48,22 @@ macro_rules! hooks {
             let Some(f) = (unsafe { real::$name.get::<RealSig>() }) else {
                 return <$ret as crate::intercept::Code>::MISSING;
             };
-            // SAFETY: the caller's own arguments, passed on unchanged.
-            let call = || unsafe { f($($arg),*) };
-            // SAFETY: the handler receives the caller's arguments under the driver's contract.
-            guard(stringify!($name), &call, |r| unsafe { $handler(r, $($arg),*) })
+            // The hot calls' fast path: straight to the driver (a tail call) when the handler
+            // has nothing to do; `$pass` reads atomics only and cannot panic.
+            if false $(|| $pass())? {
+                // SAFETY: the caller's own arguments, passed on unchanged.
+                return unsafe { f($($arg),*) };
+            }
+            // Out of line, so the fast path above saves no registers.
+            #[inline(never)]
+            unsafe fn handled(f: RealSig, $($arg: $ty),*) -> $ret {
+                // SAFETY: the caller's own arguments, passed on unchanged.
+                let call = || unsafe { f($($arg),*) };
+                // SAFETY: the handler receives the caller's arguments under the driver's contract.
+                guard(stringify!($name), &call, |r| unsafe { $handler(r, $($arg),*) })
+            }
+            // SAFETY: as above.
+            unsafe { handled(f, $($arg),*) }
         }
     };
 }
@@ -86,20 +103,20 @@ hooks! {
     Cuda fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult | cuCtxDestroy => context::destroy;
 
     // Every launch path passes the compute limiter's gate.
-    Cuda fn cuLaunchKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel;
-    Cuda fn cuLaunchKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ptsz;
-    Cuda fn cuLaunchCooperativeKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream, params: *mut *mut c_void) -> CUresult => launch::launch_cooperative;
-    Cuda fn cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream, params: *mut *mut c_void) -> CUresult => launch::launch_cooperative_ptsz;
-    Cuda fn cuLaunchKernelEx(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ex;
-    Cuda fn cuLaunchKernelEx_ptsz(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ex_ptsz;
-    Cuda fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult => launch::graph_launch;
-    Cuda fn cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult => launch::graph_launch_ptsz;
+    Cuda straight_if(limiter::launch_passes) fn cuLaunchKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel;
+    Cuda straight_if(limiter::launch_passes) fn cuLaunchKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ptsz;
+    Cuda straight_if(limiter::launch_passes) fn cuLaunchCooperativeKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream, params: *mut *mut c_void) -> CUresult => launch::launch_cooperative;
+    Cuda straight_if(limiter::launch_passes) fn cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream, params: *mut *mut c_void) -> CUresult => launch::launch_cooperative_ptsz;
+    Cuda straight_if(limiter::launch_passes) fn cuLaunchKernelEx(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ex;
+    Cuda straight_if(limiter::launch_passes) fn cuLaunchKernelEx_ptsz(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel_ex_ptsz;
+    Cuda straight_if(limiter::launch_passes) fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult => launch::graph_launch;
+    Cuda straight_if(limiter::launch_passes) fn cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult => launch::graph_launch_ptsz;
 
     // Waits end the limiter's measured interval: a stream idle after a wait is not charged.
-    Cuda fn cuStreamSynchronize(stream: CUstream) -> CUresult => sync::stream;
-    Cuda fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult => sync::stream_ptsz;
-    Cuda fn cuCtxSynchronize() -> CUresult => sync::context;
-    Cuda fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult => sync::context_v2;
+    Cuda straight_if(limiter::unmeasured) fn cuStreamSynchronize(stream: CUstream) -> CUresult => sync::stream;
+    Cuda straight_if(limiter::unmeasured) fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult => sync::stream_ptsz;
+    Cuda straight_if(limiter::unmeasured) fn cuCtxSynchronize() -> CUresult => sync::context;
+    Cuda straight_if(limiter::unmeasured) fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult => sync::context_v2;
 
     // One virtual view of memory.
     Cuda fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult => info::mem_get_info;
