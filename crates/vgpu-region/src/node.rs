@@ -30,6 +30,11 @@ pub const NODE_ENTRIES: usize = 256;
 pub const STALE_NS: u64 = 60_000_000_000;
 /// A container that had work on its GPU this recently is active there.
 pub const ACTIVE_NS: u64 = 10_000_000;
+/// Low-priority containers stay off a GPU this long after a high-priority one's last sign of
+/// work. Longer than `ACTIVE_NS`: the high-priority thread may sit in a launch, its queue full
+/// behind the low ones' queued kernels, unable to say it is busy; with 10 ms the low ones came
+/// back every ~16 ms and the two shared the GPU half and half (tests/limiter.rs).
+pub const HIGH_PRIORITY_HOLD_NS: u64 = 100_000_000;
 
 /// Priorities as HAMi's `CUDA_TASK_PRIORITY` spells them.
 pub const HIGH_PRIORITY: u32 = 0;
@@ -181,9 +186,12 @@ impl NodeTable {
             if who == 0 || who == owner.max(1) || e.gpu.load(Relaxed) != gpu {
                 continue;
             }
-            if e.busy_until.load(Relaxed).saturating_add(ACTIVE_NS) >= now {
+            let busy_until = e.busy_until.load(Relaxed);
+            if busy_until.saturating_add(ACTIVE_NS) >= now {
                 n.active += 1;
-                n.high_priority_active |= e.priority.load(Relaxed) == HIGH_PRIORITY;
+            }
+            if e.priority.load(Relaxed) == HIGH_PRIORITY && busy_until.saturating_add(HIGH_PRIORITY_HOLD_NS) >= now {
+                n.high_priority_active = true;
             }
         }
         n
@@ -264,6 +272,11 @@ mod tests {
         assert_eq!(t.neighbours(2, gpu0, now), Neighbours::default(), "a container is not its own neighbour");
         assert_eq!(t.neighbours(1, gpu1, now), Neighbours { active: 1, high_priority_active: true });
         assert_eq!(t.neighbours(1, gpu0, now + ACTIVE_NS + 1), Neighbours::default(), "idle again");
+        // A high-priority container holds the GPU a while longer than it counts as active.
+        let later = now + ACTIVE_NS + 1;
+        assert_eq!(t.neighbours(1, gpu1, later), Neighbours { active: 0, high_priority_active: true });
+        let gone = now + HIGH_PRIORITY_HOLD_NS + 1;
+        assert_eq!(t.neighbours(1, gpu1, gone), Neighbours::default());
         assert!(t.has_high_priority(now));
         a.mark_busy(now);
     }
