@@ -145,32 +145,23 @@ impl PtrTable {
 
     /// Takes `ptr`'s entry out, if it is here.
     pub fn remove(&self, ptr: u64) -> Option<Allocation> {
-        if ptr <= BUSY {
-            return None;
-        }
-        for slot in self.window(ptr) {
-            if own_if(slot, ptr) {
-                let alloc = unpack(slot.meta.load(Relaxed), slot.context.load(Relaxed));
-                slot.key.store(EMPTY, Release);
-                return Some(alloc);
-            }
-        }
-        None
+        self.read(ptr, EMPTY)
     }
 
     /// A copy of `ptr`'s entry, if it is here.
     pub fn get(&self, ptr: u64) -> Option<Allocation> {
+        self.read(ptr, ptr)
+    }
+
+    /// Reads `ptr`'s entry while owning its slot, then leaves the slot holding `then`.
+    fn read(&self, ptr: u64, then: u64) -> Option<Allocation> {
         if ptr <= BUSY {
             return None;
         }
-        for slot in self.window(ptr) {
-            if own_if(slot, ptr) {
-                let alloc = unpack(slot.meta.load(Relaxed), slot.context.load(Relaxed));
-                slot.key.store(ptr, Release);
-                return Some(alloc);
-            }
-        }
-        None
+        let slot = self.window(ptr).find(|s| own_if(s, ptr))?;
+        let alloc = unpack(slot.meta.load(Relaxed), slot.context.load(Relaxed));
+        slot.key.store(then, Release);
+        Some(alloc)
     }
 
     /// Takes out every entry `take` says yes to (a whole table walk: for destroyed contexts).
