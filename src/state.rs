@@ -1,8 +1,8 @@
 //! Process-wide state, built on the first hooked call (never at load: the library is mapped into
 //! every process of a container and must cost nothing in those that never touch the GPU).
 
-use std::sync::LazyLock;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 use vgpu_core::MAX_DEVICES;
 
@@ -72,13 +72,13 @@ fn describe_caps(caps: &[Option<u64>; MAX_DEVICES]) -> String {
 /// accounting charges each ordinal on its physical GPU's index). Before the first charge: a
 /// context's cost goes to the device's index. Not done until CUDA can name the devices.
 pub fn record_cuda_uuids() {
-    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    static PLACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    if DONE.load(std::sync::atomic::Ordering::Acquire) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    static PLACING: Mutex<()> = Mutex::new(());
+    if DONE.load(Ordering::Acquire) {
         return;
     }
     let _one = PLACING.lock().unwrap_or_else(|p| p.into_inner());
-    if DONE.load(std::sync::atomic::Ordering::Acquire) {
+    if DONE.load(Ordering::Acquire) {
         return;
     }
     let _timed = crate::startup::OneTime::begin();
@@ -87,7 +87,6 @@ pub fn record_cuda_uuids() {
         (0..n).map(|d| driver::device_uuid(d).map(|b| format_uuid(&b)).unwrap_or_default()).collect();
     let accounting = state().ledger.accounting();
     let placed = accounting.place_devices(&uuids);
-    let region = accounting.region();
     for (dev, (uuid, index)) in uuids.iter().zip(&placed).enumerate() {
         match index {
             Some(i) if *i != dev => tracing::info!(
@@ -101,8 +100,7 @@ pub fn record_cuda_uuids() {
         }
         let Some(i) = *index else { continue };
         let env = state().config.memory_limit.get(dev).copied().flatten();
-        let live = region.shared().limit.get(i).map(|l| l.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
-        let live = (live > 0).then_some(live);
+        let live = accounting.limit_at(i);
         if env.is_some() && env != live {
             tracing::warn!(
                 "CUDA device {dev} ({uuid}): this process's environment caps it at {}, the container's region at {}; the region's cap applies",
@@ -111,7 +109,7 @@ pub fn record_cuda_uuids() {
             );
         }
     }
-    DONE.store(true, std::sync::atomic::Ordering::Release);
+    DONE.store(true, Ordering::Release);
 }
 
 fn describe_cap(cap: Option<u64>) -> String {

@@ -275,7 +275,7 @@ impl Region {
     /// container's devices are its recorded UUIDs, so a process that sees them in another order or
     /// only some of them (`CUDA_VISIBLE_DEVICES=1` for one worker) is charged on the right one.
     /// A UUID not yet recorded takes the index of its ordinal if that is free, else the first free
-    /// one; `None` where all are taken by other devices. Serialised by the initialisation lock,
+    /// one; a device with no UUID keeps its ordinal; `None` where all are taken. Serialised by the initialisation lock,
     /// since two processes may record different devices at once.
     pub fn place_uuids(&self, uuids: &[String]) -> Vec<Option<usize>> {
         let locked = self.file().is_some_and(|f| lock::lock(f, INIT_LOCK).is_ok());
@@ -291,7 +291,8 @@ impl Region {
             };
             let index = match found {
                 Some(i) => Some(i),
-                None if uuid.is_empty() => None,
+                // Unnamed (the driver could not say): its ordinal, as before UUIDs were used.
+                None if uuid.is_empty() => (ordinal < MAX_DEVICES).then_some(ordinal),
                 None => free().inspect(|&i| {
                     store_uuid(&s.uuids[i], uuid);
                     recorded[i] = uuid.clone();

@@ -242,7 +242,7 @@ fn devices_are_placed_by_uuid() {
     assert_eq!(other.place_uuids(&s(&["GPU-A", "gpu-c"])), [Some(1), Some(0)], "case-insensitive");
     assert_eq!(other.place_uuids(&s(&["GPU-a"])), [Some(1)]);
     assert_eq!(other.place_uuids(&s(&["GPU-d", "GPU-c", "GPU-b"])), [Some(2), Some(0), Some(3)]);
-    assert_eq!(other.place_uuids(&s(&["", "GPU-a"])), [None, Some(1)], "a device CUDA could not name");
+    assert_eq!(other.place_uuids(&s(&["", "GPU-a"])), [Some(0), Some(1)], "unnamed: its ordinal");
     assert_eq!(r.index_of_uuid("gpu-b"), Some(3));
     assert_eq!(r.index_of_uuid("GPU-e"), None);
     assert_eq!(r.shared().device_num.load(SeqCst), 4);
