@@ -5,8 +5,9 @@
 //! coarse-clock compare. No syscall, lock or allocation. About every millisecond a launching
 //! thread does its bookkeeping: it records a timing event on the stream it launches on, charges
 //! the bucket with the GPU time between that stream's completed events, and, when the bucket is
-//! empty, sleeps until it holds a slice of budget again (`SLICE_NS`). Measuring completed work (not predicting it) makes the
-//! long-run share converge whatever the kernels' lengths; an overrun is paid back by waiting.
+//! empty, sleeps until it holds a slice of budget again (`SLICE_NS`). Measuring completed work
+//! (not predicting it) makes the long-run share converge whatever the kernels' lengths; an
+//! overrun is paid back by waiting.
 //!
 //! Capture is never disturbed: a capturing stream gets no event and its thread never waits
 //! (capture is not execution). Intervals that include a pause of ours or of the application
@@ -155,19 +156,12 @@ fn effective(stream: CUstream, ptsz: bool) -> CUstream {
     if stream.is_null() && ptsz { CU_STREAM_PER_THREAD as CUstream } else { stream }
 }
 
-/// Whether this process may be limited (what the launch and wait hooks look at first).
-#[inline]
-pub fn measuring() -> bool {
-    ACTIVE.load(Relaxed)
-}
-
-/// Called by the wait hooks before the driver waits on `drains` (a stream, or the whole context
-/// when `None`). If the wait drains the stream this thread's launches are measured on, an event
-/// recorded there closes the measured interval at the stream's last work; `true` then, and the
-/// hook calls [`after_sync`] once the wait succeeded. Unlimited: one relaxed load.
-#[inline]
+/// Called by the wait hooks (when [`unmeasured`] said no) before the driver waits on `drains`
+/// (a stream, or the whole context when `None`). If the wait drains the stream this thread's
+/// launches are measured on, an event recorded there closes the measured interval at the
+/// stream's last work; `true` then, and the hook calls [`after_sync`] once the wait succeeded.
 pub fn before_sync(drains: Option<(CUstream, bool)>) -> bool {
-    measuring() && close_interval(drains)
+    close_interval(drains)
 }
 
 /// The stream is idle now: the next launch starts a new measured segment, and does its
@@ -183,7 +177,6 @@ pub fn after_sync() {
     NEXT_CHECK.with(|c| c.set(0));
 }
 
-#[cold]
 fn close_interval(drains: Option<(CUstream, bool)>) -> bool {
     CHAIN.with(|c| {
         let Ok(mut chain) = c.try_borrow_mut() else { return false };

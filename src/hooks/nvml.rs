@@ -13,18 +13,18 @@ use crate::state::{resolve_ordinal, state};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// NVML handle → region index, learned once per handle (NVML's handles are stable for the
-/// process's life). `handle` 0 = free slot; `ordinal` holds index + 1, or `NOT_CUDA` for a
+/// process's life). `handle` 0 = free slot; `index` holds index + 1, or `NOT_CUDA` for a
 /// device the container does not have.
 struct HandleSlot {
     handle: AtomicUsize,
-    ordinal: AtomicUsize,
+    index: AtomicUsize,
 }
 
 const NOT_CUDA: usize = usize::MAX;
 const HANDLE_SLOTS: usize = 2 * vgpu_core::MAX_DEVICES;
 
 static HANDLES: [HandleSlot; HANDLE_SLOTS] =
-    [const { HandleSlot { handle: AtomicUsize::new(0), ordinal: AtomicUsize::new(0) } }; HANDLE_SLOTS];
+    [const { HandleSlot { handle: AtomicUsize::new(0), index: AtomicUsize::new(0) } }; HANDLE_SLOTS];
 
 /// The region index of an NVML device (`None`: the container does not have it, or we cannot tell).
 fn index_of(device: nvmlDevice_t) -> Option<usize> {
@@ -36,7 +36,7 @@ fn index_of(device: nvmlDevice_t) -> Option<usize> {
         match slot.handle.load(Ordering::Acquire) {
             0 => break,
             h if h == key => {
-                match slot.ordinal.load(Ordering::Acquire) {
+                match slot.index.load(Ordering::Acquire) {
                     0 => break, // being filled in by another thread
                     NOT_CUDA => return None,
                     o => return Some(o - 1),
@@ -55,7 +55,7 @@ fn index_of(device: nvmlDevice_t) -> Option<usize> {
     for slot in &HANDLES {
         match slot.handle.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
-                slot.ordinal.store(value, Ordering::Release);
+                slot.index.store(value, Ordering::Release);
                 break;
             }
             Err(h) if h == key => break, // another thread cached it

@@ -28,10 +28,8 @@ pub unsafe fn context(real: Real<'_, CUresult>) -> CUresult {
 }
 
 /// `cuCtxSynchronize_v2(ctx)`: a NULL context is the current one; another context's wait
-/// drains nothing this thread measures.
+/// drains nothing this thread measures. (Unlimited, the export never gets here.)
 pub unsafe fn context_v2(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
-    // Unlimited, `wait` costs one load: ask the driver which context is current only when limited.
-    let current = ctx.is_null()
-        || (crate::limiter::measuring() && crate::driver::current_context_handle().is_ok_and(|c| c == ctx));
+    let current = ctx.is_null() || crate::driver::current_context_handle().is_ok_and(|c| c == ctx);
     if current { wait(real, None) } else { real.call() }
 }

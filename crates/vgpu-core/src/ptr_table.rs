@@ -119,9 +119,7 @@ impl PtrTable {
             return Err(NotStored::Reserved);
         }
         let meta = pack(&alloc).ok_or(NotStored::Full)?;
-        let h = home(ptr);
-        for i in 0..WINDOW {
-            let slot = &self.slots[(h + i) & (SLOTS - 1)];
+        for slot in self.window(ptr) {
             let key = slot.key.load(Relaxed);
             if key == EMPTY {
                 if slot.key.compare_exchange(EMPTY, BUSY, Acquire, Relaxed).is_ok() {

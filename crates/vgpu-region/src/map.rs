@@ -268,22 +268,22 @@ impl Region {
 
     /// The index at which `uuid` is recorded, if it is.
     pub fn index_of_uuid(&self, uuid: &str) -> Option<usize> {
-        (0..MAX_DEVICES).find(|&i| !uuid.is_empty() && self.uuid(i).eq_ignore_ascii_case(uuid))
+        position_of(&(0..MAX_DEVICES).map(|i| self.uuid(i)).collect::<Vec<_>>(), uuid)
     }
 
     /// Where each of this process's CUDA devices (`uuids`, by ordinal) lives in the region: the
     /// container's devices are its recorded UUIDs, so a process that sees them in another order or
     /// only some of them (`CUDA_VISIBLE_DEVICES=1` for one worker) is charged on the right one.
     /// A UUID not yet recorded takes the index of its ordinal if that is free, else the first free
-    /// one; a device with no UUID keeps its ordinal; `None` where all are taken. Serialised by the initialisation lock,
-    /// since two processes may record different devices at once.
+    /// one; a device with no UUID keeps its ordinal; `None` where all are taken. Serialised by
+    /// the initialisation lock, since two processes may record different devices at once.
     pub fn place_uuids(&self, uuids: &[String]) -> Vec<Option<usize>> {
-        let locked = self.file().is_some_and(|f| lock::lock(f, INIT_LOCK).is_ok());
+        let locked = self.file().filter(|f| lock::lock(f, INIT_LOCK).is_ok());
         let s = self.shared();
         let mut recorded: Vec<String> = (0..MAX_DEVICES).map(|i| self.uuid(i)).collect();
         let mut placed = Vec::with_capacity(uuids.len());
         for (ordinal, uuid) in uuids.iter().enumerate() {
-            let found = recorded.iter().position(|r| !uuid.is_empty() && r.eq_ignore_ascii_case(uuid));
+            let found = position_of(&recorded, uuid);
             let free = || {
                 (ordinal < MAX_DEVICES && recorded[ordinal].is_empty())
                     .then_some(ordinal)
@@ -302,13 +302,16 @@ impl Region {
         }
         let named = recorded.iter().rposition(|r| !r.is_empty()).map_or(0, |i| i + 1);
         s.device_num.fetch_max(named as u64, SeqCst);
-        if locked {
-            if let Some(f) = self.file() {
-                let _ = lock::unlock(f, INIT_LOCK);
-            }
+        if let Some(f) = locked {
+            let _ = lock::unlock(f, INIT_LOCK);
         }
         placed
     }
+}
+
+/// Where `uuid` is in `recorded` (UUIDs compare without case; an empty one matches nothing).
+fn position_of(recorded: &[String], uuid: &str) -> Option<usize> {
+    recorded.iter().position(|r| !uuid.is_empty() && r.eq_ignore_ascii_case(uuid))
 }
 
 fn store_uuid(words: &[std::sync::atomic::AtomicU64; UUID_LEN / 8], uuid: &str) {
