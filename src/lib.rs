@@ -5,6 +5,7 @@
 //! Rust handlers; policy (config, ledger, views, device mapping) is the safe `vgpu-core` crate.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod clock;
 mod container;
 mod driver;
 mod hooks;

@@ -17,6 +17,7 @@ use cuda_types::*;
 use vgpu_core::MAX_DEVICES;
 use vgpu_core::view::{virtual_total, virtual_view};
 
+use crate::clock::coarse_ns as now_ns;
 use crate::intercept::{Lib, Real, RealFn, c_name};
 use crate::state::state;
 
@@ -36,13 +37,6 @@ fn current_device() -> Option<usize> {
         return None;
     }
     usize::try_from(dev).ok().filter(|&d| d < MAX_DEVICES)
-}
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC_COARSE is a vDSO read.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }
 
 /// The driver's physical numbers for one device, as of `stamp`, under a sequence lock (odd =

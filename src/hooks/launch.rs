@@ -7,11 +7,15 @@ use std::ffi::{c_uint, c_void};
 use cuda_types::*;
 
 use crate::intercept::Real;
-use crate::limiter::before_launch;
+use crate::limiter::{after_launch, before_launch};
 
 fn gate(real: Real<'_, CUresult>, stream: CUstream, ptsz: bool) -> CUresult {
-    before_launch(stream, ptsz);
-    real.call()
+    let timed = before_launch(stream, ptsz);
+    let rc = real.call();
+    if timed {
+        after_launch(stream, ptsz, rc);
+    }
+    rc
 }
 
 /// A handler and its `_ptsz` twin for a launch function whose stream is the argument `$stream`.

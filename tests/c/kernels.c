@@ -4,7 +4,7 @@
  *
  *   kernels [--us D] [--n N] [--sync-every K] [--graph K] [--launch kernel|ex|coop]
  *           [--stream created|legacy|per-thread] [--ptsz] [--dlsym] [--version V]
- *           [--device I] [--start-at NS] [--pause-us P]
+ *           [--device I] [--start-at NS] [--pause-us P] [--host-us H] [--ms T]
  *
  * The kernel is fakegpu's "sleep_us_<D>" function (see crates/fakegpu/src/state/events.rs).
  * Functions are found as cudart finds them: dlopen("libcuda.so.1"), dlsym of
@@ -15,7 +15,10 @@
  * --graph K captures K launches into a graph first (not timed) and replays it N times.
  * --sync-every K synchronises the stream after every K launches (0, the default: only at
  * the end); --pause-us P then sleeps P µs after each of those waits, as a job that works on
- * every result on the host would. --start-at NS sleeps until CLOCK_MONOTONIC reaches NS before starting, so
+ * every result on the host would. --host-us H works H µs on the host (a busy loop) after every
+ * launch, as a host-bound loop of small kernels (a Python training step) does. --ms T launches
+ * until T ms have passed instead of N times, so several processes overlap for the same time.
+ * --start-at NS sleeps until CLOCK_MONOTONIC reaches NS before starting, so
  * several processes can start together. One line is printed:
  *
  *   launches=<api launches> kernels=<kernels> us=<D> wall_ms=<ms> gpu_ms=<ms> share=<ratio>
@@ -165,6 +168,7 @@ static void launch(int how, CUfunction f, CUstream s)
 int main(int argc, char **argv)
 {
     long us = 500, n = 1000, sync_every = 0, graph_k = 0, version = 12080, device = 0, pause_us = 0;
+    long host_us = 0, run_ms = 0;
     long long start_at = 0;
     int use_dlsym = 0, ptsz = 0, how = LAUNCH_KERNEL;
     const char *stream_kind = "created";
@@ -179,6 +183,8 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--device") == 0) device = arg_long(argc, argv, &i);
         else if (strcmp(a, "--start-at") == 0) start_at = arg_long(argc, argv, &i);
         else if (strcmp(a, "--pause-us") == 0) pause_us = arg_long(argc, argv, &i);
+        else if (strcmp(a, "--host-us") == 0) host_us = arg_long(argc, argv, &i);
+        else if (strcmp(a, "--ms") == 0) run_ms = arg_long(argc, argv, &i);
         else if (strcmp(a, "--dlsym") == 0) use_dlsym = 1;
         else if (strcmp(a, "--ptsz") == 0) ptsz = 1;
         else if (strcmp(a, "--launch") == 0 && i + 1 < argc) {
@@ -238,11 +244,18 @@ int main(int argc, char **argv)
 
     long long t0 = now_ns();
     CHECK(cu.event_record(e0, s));
-    for (long i = 0; i < n; i++) {
+    long done = 0;
+    for (long i = 0; run_ms > 0 ? now_ns() - t0 < run_ms * 1000000LL : i < n; i++) {
         if (exec != NULL)
             CHECK(cu.graph_launch(exec, s));
         else
             launch(how, f, s);
+        done++;
+        if (host_us > 0) {
+            long long until = now_ns() + host_us * 1000LL;
+            while (now_ns() < until)
+                ;
+        }
         if (sync_every > 0 && (i + 1) % sync_every == 0) {
             CHECK(cu.stream_sync(s));
             if (pause_us > 0) {
@@ -258,6 +271,7 @@ int main(int argc, char **argv)
     float event_ms = 0;
     CHECK(cu.elapsed(&event_ms, e0, e1));
 
+    n = done;
     long kernels = n * (graph_k > 0 ? graph_k : 1);
     double wall_ms = (t1 - t0) / 1e6, gpu_ms = kernels * (double)us / 1e3;
     printf("launches=%ld kernels=%ld us=%ld wall_ms=%.3f gpu_ms=%.3f share=%.4f event_ms=%.3f "

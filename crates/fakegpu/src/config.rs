@@ -26,10 +26,15 @@ pub struct Config {
     /// `FAKEGPU_QUEUE_DEPTH`: launches a stream may have pending before the next one blocks,
     /// as a real driver's command queue fills (default 1024).
     pub queue_depth: usize,
+    /// `FAKEGPU_LAUNCH_LATENCY_US`: time from a submission (a launch, an event record) to the
+    /// earliest moment the device starts it, as a real GPU's command processor takes.
+    pub launch_latency_ns: u64,
 }
 
 pub const DEFAULT_KERNEL_US: u64 = 10;
 pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
+/// Submission-to-start latency on an idle H200 is a few microseconds.
+pub const DEFAULT_LAUNCH_LATENCY_US: u64 = 4;
 
 impl Config {
     pub fn from_env() -> Config {
@@ -48,6 +53,12 @@ impl Config {
             get("FAKEGPU_TIMELINE"),
             get("FAKEGPU_QUEUE_DEPTH").as_deref(),
         );
+        if let Some(text) = get("FAKEGPU_LAUNCH_LATENCY_US") {
+            match text.trim().parse::<u64>() {
+                Ok(us) => cfg.launch_latency_ns = us * 1000,
+                Err(_) => warn("FAKEGPU_LAUNCH_LATENCY_US", &text),
+            }
+        }
         cfg
     }
 
@@ -140,6 +151,7 @@ impl Config {
             kernel_us: DEFAULT_KERNEL_US,
             timeline: None,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            launch_latency_ns: DEFAULT_LAUNCH_LATENCY_US * 1000,
         }
     }
 }

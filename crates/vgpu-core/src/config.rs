@@ -21,7 +21,9 @@ pub const REGION_MODE: &str = "LIBVGPU_REGION_MODE";
 /// Our own: the node table where containers sharing a GPU meet (compute limiter, priorities);
 /// empty or `off` = none.
 pub const NODE_FILE: &str = "LIBVGPU_NODE_FILE";
-pub const DEFAULT_NODE_FILE: &str = "/tmp/libvgpu-node.v1";
+pub const DEFAULT_NODE_FILE: &str = "/tmp/libvgpu-node.v2";
+/// Ours: a limited container also takes the GPU time others leave idle.
+pub const SM_BURST: &str = "LIBVGPU_SM_BURST";
 /// HAMi: 0 high priority, 1 low (default).
 pub const TASK_PRIORITY: &str = "CUDA_TASK_PRIORITY";
 /// HAMi: FORCE always limits SM, DISABLE never, anything else follows the region's
@@ -63,6 +65,8 @@ pub struct Config {
     pub core_policy: CorePolicy,
     /// The node table's path; `None` = containers do not coordinate.
     pub node_file: Option<String>,
+    /// The SM limit is a guaranteed share, and idle GPU time beyond it is taken too.
+    pub sm_burst: bool,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             priority: 1,
             core_policy: CorePolicy::Default,
             node_file: Some(DEFAULT_NODE_FILE.to_string()),
+            sm_burst: false,
         }
     }
 }
@@ -108,6 +113,7 @@ const ACCEPTED_INDEX: &str = "a device index suffix 0-15, e.g. CUDA_DEVICE_MEMOR
 const NOT_APPLIED: &str = "this limit is NOT applied";
 const ACCEPTED_MODE: &str = "octal permission bits, e.g. 0600 (owner only) or 0666 (every user)";
 const ACCEPTED_PRIORITY: &str = "0 (high) or 1 (low)";
+const ACCEPTED_SWITCH: &str = "1, true, yes or on; 0, false, no or off";
 
 /// Which device(s) a limit variable names.
 #[derive(Clone, Copy)]
@@ -196,6 +202,12 @@ impl Config {
                     "0" => config.priority = 0,
                     "1" => config.priority = 1,
                     _ => errors.push(error("not a priority".into(), ACCEPTED_PRIORITY, "using 1 (low)")),
+                }
+            } else if name == SM_BURST {
+                match value.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => config.sm_burst = true,
+                    "" | "0" | "false" | "no" | "off" => config.sm_burst = false,
+                    _ => errors.push(error("not a switch".into(), ACCEPTED_SWITCH, "not bursting")),
                 }
             } else if name == NODE_FILE {
                 let v = value.trim();
@@ -348,6 +360,18 @@ mod tests {
         let (c, e) = parse(&[("LIBCUDA_LOG_LEVEL", "loud")]);
         assert_eq!(c.log_level, LogLevel::Warn);
         assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn burst_switch() {
+        assert!(!parse(&[]).0.sm_burst);
+        assert!(parse(&[("LIBVGPU_SM_BURST", "1")]).0.sm_burst);
+        assert!(parse(&[("LIBVGPU_SM_BURST", " On ")]).0.sm_burst);
+        assert!(!parse(&[("LIBVGPU_SM_BURST", "off")]).0.sm_burst);
+        let (c, errors) = parse(&[("LIBVGPU_SM_BURST", "maybe")]);
+        assert!(!c.sm_burst);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].to_string().contains("LIBVGPU_SM_BURST=\"maybe\""), "{}", errors[0]);
     }
 
     #[test]

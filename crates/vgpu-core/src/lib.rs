@@ -3,11 +3,13 @@
 //! preloaded library and the `vgpu` command.
 #![forbid(unsafe_code)]
 
+pub mod busy;
 pub mod config;
 pub mod devices;
 pub mod ledger;
 pub mod limiter;
 pub mod ptr_table;
+pub mod sched;
 pub mod size;
 pub mod view;
 

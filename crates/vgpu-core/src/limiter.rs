@@ -32,7 +32,9 @@ pub struct BucketState {
     /// GPU time (CLOCK_MONOTONIC ns) up to which busy time has been charged: the container's
     /// processes charge the union of their busy intervals, not the sum, since they share a GPU.
     pub charged_until: AtomicU64,
-    pub reserved: [AtomicU64; 3],
+    /// GPU time taken beyond the limit as burst (not charged to `tokens`), ns (for metrics).
+    pub burst_ns: AtomicU64,
+    pub reserved: [AtomicU64; 2],
 }
 
 const _: () = assert!(size_of::<BucketState>() == 64);
@@ -82,13 +84,18 @@ impl BucketState {
     }
 
     /// Charges the busy interval `[start, end]` (CLOCK_MONOTONIC ns) minus whatever part of it
-    /// another process of the container already charged, at `weight_ppm` of its length (the
-    /// part of the GPU's time that was ours when other containers' work shared it).
-    pub fn consume_interval(&self, start: u64, end: u64, weight_ppm: u64) {
+    /// another process of the container already charged: the container's processes share one
+    /// GPU, so their overlapping work took the time once. A burst interval (time nobody else
+    /// wanted) is recorded but not taken from the budget.
+    pub fn consume_interval(&self, start: u64, end: u64, burst: bool) {
         let before = self.charged_until.fetch_max(end, AcqRel);
         if end > before {
             let busy = end - start.max(before);
-            self.consume((busy as u128 * weight_ppm.min(PPM) as u128 / PPM as u128) as u64);
+            if burst {
+                self.burst_ns.fetch_add(busy, Relaxed);
+            } else {
+                self.consume(busy);
+            }
         }
     }
 
@@ -131,14 +138,16 @@ mod tests {
     #[test]
     fn overlapping_intervals_are_charged_once() {
         let b = BucketState::default();
-        b.consume_interval(100, 200, PPM);
-        b.consume_interval(150, 260, PPM);
-        b.consume_interval(120, 180, PPM);
-        b.consume_interval(300, 310, PPM);
+        b.consume_interval(100, 200, false);
+        b.consume_interval(150, 260, false);
+        b.consume_interval(120, 180, false);
+        b.consume_interval(300, 310, false);
         assert_eq!(b.consumed_ns.load(Relaxed), 100 + 60 + 10);
-        // Shared with one other container: half of it is ours.
-        b.consume_interval(310, 410, PPM / 2);
-        assert_eq!(b.consumed_ns.load(Relaxed), 170 + 50);
+        // A burst is recorded apart, and the budget keeps what it had.
+        let tokens = b.tokens.load(Relaxed);
+        b.consume_interval(310, 410, true);
+        assert_eq!((b.consumed_ns.load(Relaxed), b.burst_ns.load(Relaxed)), (170, 100));
+        assert_eq!(b.tokens.load(Relaxed), tokens);
     }
 
     #[test]

@@ -43,6 +43,24 @@ pub fn lock(file: &File, offset: u64) -> io::Result<()> {
     ofd(file, libc::F_OFD_SETLKW, libc::F_WRLCK as libc::c_short, offset)
 }
 
+/// Takes the write lock on one byte, waiting at most `wait` (polling): `Ok(false)` when its
+/// holder did not let go in time. For locks another container may hold: a `docker pause`d
+/// process keeps its locks, and nobody may wait on it unboundedly.
+pub fn lock_within(file: &File, offset: u64, wait: std::time::Duration) -> io::Result<bool> {
+    let start = std::time::Instant::now();
+    let mut nap = std::time::Duration::from_micros(20);
+    loop {
+        if try_lock(file, offset)? {
+            return Ok(true);
+        }
+        if start.elapsed() >= wait {
+            return Ok(false);
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(std::time::Duration::from_millis(2));
+    }
+}
+
 pub fn unlock(file: &File, offset: u64) -> io::Result<()> {
     ofd(file, libc::F_OFD_SETLK, libc::F_UNLCK as libc::c_short, offset)
 }

@@ -1,31 +1,41 @@
 //! The node table: where the containers that share a GPU meet. One small file per node (every
-//! container mounts it at the same path), one entry per container and GPU, holding when the
-//! container last had work on that GPU and its priority. The compute limiter reads its
-//! neighbours from it: a container whose work shares the GPU's time with k others is charged
-//! 1/(k+1) of its busy time (its kernels waited for theirs), and a low-priority container yields
-//! while a high-priority one is active.
+//! container mounts it at the same path), holding
+//! - one entry per container and GPU: when the container last had work there, its priority,
+//!   its limit and whether it bursts, and what it asks of the GPU now (its [`Claim`] and when it
+//!   last asked), with the wall time it has held the GPU (its virtual time's numerator);
+//! - one [`GpuToken`] per GPU: which container may have work in flight now, until when its
+//!   lease runs, and since when it holds it (`vgpu_core::sched` has the policy).
 //!
-//! Entries are claimed under the file's byte lock (once per process and device) and only read
-//! and written through atomics afterwards, as the region is (same safety contract as `map`).
-//! An entry nobody has touched for [`STALE_NS`] belongs to a container that is gone and is reused.
+//! Entries are claimed under the file's byte lock (once per process and device; the wait for
+//! it is bounded, so a stopped container holding it cannot stall the others) and only read and
+//! written through atomics afterwards, as the region is (same safety contract as `map`). An entry
+//! nobody has touched for [`STALE_NS`] belongs to a container that is gone and is reused. The
+//! token is one atomic word (holder, generation, lease), moved by compare-and-swap only; a holder
+//! that stops renewing its lease (killed, `docker pause`d) loses the token when it runs out.
 //! Entries also keep what a context costs on their GPU, so that only the node's first capped
 //! process pays NVML's start-up to measure it.
+//!
+//! Version 2 (the token) is a different file from version 1: the default path names the version.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Duration;
 
 use memmap2::{MmapOptions, MmapRaw};
+use vgpu_core::sched::{Claim, Contender};
 
 use crate::lock;
 use crate::map::RegionError;
 
 pub const NODE_MAGIC: u64 = u64::from_le_bytes(*b"VGPUNODE");
-pub const NODE_VERSION: u32 = 1;
+pub const NODE_VERSION: u32 = 2;
 pub const NODE_ENTRIES: usize = 256;
+/// GPUs a node table coordinates (a token each).
+pub const NODE_GPUS: usize = 32;
 /// An entry untouched this long belongs to a container that is gone.
 pub const STALE_NS: u64 = 60_000_000_000;
 /// A container that had work on its GPU this recently is active there.
@@ -35,9 +45,17 @@ pub const ACTIVE_NS: u64 = 10_000_000;
 /// behind the low ones' queued kernels, unable to say it is busy; with 10 ms the low ones came
 /// back every ~16 ms and the two shared the GPU half and half (tests/limiter.rs).
 pub const HIGH_PRIORITY_HOLD_NS: u64 = 100_000_000;
+/// A claim not repeated for this long is withdrawn (its container stopped asking, or died).
+pub const CLAIM_FRESH_NS: u64 = 20_000_000;
+/// How long the token stays with a holder that stops renewing it.
+pub const LEASE_NS: u64 = 50_000_000;
+/// How long the file's byte lock is waited for before the table is given up on.
+pub const LOCK_WAIT: Duration = Duration::from_millis(100);
 
 /// Priorities as HAMi's `CUDA_TASK_PRIORITY` spells them.
 pub const HIGH_PRIORITY: u32 = 0;
+/// `NodeEntry::flags`: the container bursts beyond its limit into idle time.
+pub const FLAG_BURST: u32 = 1;
 
 #[repr(C)]
 pub struct NodeEntry {
@@ -50,10 +68,35 @@ pub struct NodeEntry {
     /// CLOCK_MONOTONIC ns of the last time a process of the container touched the entry.
     pub seen: AtomicU64,
     pub priority: AtomicU32,
-    pub pad: AtomicU32,
+    /// [`FLAG_BURST`].
+    pub flags: AtomicU32,
     /// Device memory one context costs on this GPU, as this container measured it (0 = not).
     pub context_cost: AtomicU64,
-    pub reserved: [AtomicU64; 2],
+    /// The container's limit on this GPU, ppm (0 = unlimited).
+    pub share_ppm: AtomicU32,
+    /// What it asks of the GPU ([`Claim::to_wire`]; 0 = nothing).
+    pub claim: AtomicU32,
+    /// CLOCK_MONOTONIC ns of the last time it repeated its claim.
+    pub claimed_at: AtomicU64,
+    /// Wall time it has held the GPU's token, ns.
+    pub held_ns: AtomicU64,
+    pub reserved: [AtomicU64; 7],
+}
+
+/// Which container may have work in flight on one GPU.
+#[repr(C)]
+pub struct GpuToken {
+    /// The GPU's key; 0 = an unused token.
+    pub gpu: AtomicU64,
+    /// [`Holder`], packed.
+    pub word: AtomicU64,
+    /// CLOCK_MONOTONIC ns when the current holder got it (or last kept it for a new slice).
+    pub slice_start: AtomicU64,
+    /// The last time a container that does not hold the token asked for it.
+    pub wanted_at: AtomicU64,
+    /// Times the token changed hands (metrics).
+    pub handoffs: AtomicU64,
+    pub reserved: [AtomicU64; 3],
 }
 
 #[repr(C)]
@@ -61,11 +104,97 @@ pub struct NodeHeader {
     pub magic: AtomicU64,
     pub version: AtomicU32,
     pub entries: AtomicU32,
-    pub reserved: [AtomicU64; 6],
+    pub gpus: AtomicU32,
+    pub pad: AtomicU32,
+    pub reserved: [AtomicU64; 5],
 }
 
-const _: () = assert!(size_of::<NodeEntry>() == 64 && size_of::<NodeHeader>() == 64);
-pub const NODE_FILE_SIZE: usize = size_of::<NodeHeader>() + NODE_ENTRIES * size_of::<NodeEntry>();
+const _: () = assert!(size_of::<NodeEntry>() == 128 && size_of::<NodeHeader>() == 64 && size_of::<GpuToken>() == 64);
+const TOKENS_OFFSET: usize = size_of::<NodeHeader>();
+const ENTRIES_OFFSET: usize = TOKENS_OFFSET + NODE_GPUS * size_of::<GpuToken>();
+pub const NODE_FILE_SIZE: usize = ENTRIES_OFFSET + NODE_ENTRIES * size_of::<NodeEntry>();
+
+/// The token's holder: an entry index, a generation (every change of hands adds one, so a
+/// compare-and-swap never mistakes a new holding for an old one) and the lease's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    pub entry: Option<usize>,
+    pub generation: u32,
+    /// CLOCK_MONOTONIC milliseconds.
+    pub lease_until_ms: u64,
+    raw: u64,
+}
+
+const ENTRY_BITS: u32 = 9;
+const GEN_BITS: u32 = 15;
+const _: () = assert!(NODE_ENTRIES < 1 << ENTRY_BITS);
+
+impl Holder {
+    fn unpack(raw: u64) -> Holder {
+        let idx = raw & ((1 << ENTRY_BITS) - 1);
+        Holder {
+            entry: (idx != 0 && idx as usize <= NODE_ENTRIES).then(|| idx as usize - 1),
+            generation: ((raw >> ENTRY_BITS) & ((1 << GEN_BITS) - 1)) as u32,
+            lease_until_ms: raw >> (ENTRY_BITS + GEN_BITS),
+            raw,
+        }
+    }
+
+    fn pack(entry: Option<usize>, generation: u32, lease_until_ms: u64) -> u64 {
+        let idx = entry.map_or(0, |e| e as u64 + 1);
+        (lease_until_ms << (ENTRY_BITS + GEN_BITS)) | ((generation as u64 & ((1 << GEN_BITS) - 1)) << ENTRY_BITS) | idx
+    }
+
+    /// Whether the holder's lease ran out (then anyone may take the token).
+    pub fn expired(&self, now: u64) -> bool {
+        self.entry.is_none() || now / 1_000_000 > self.lease_until_ms
+    }
+}
+
+impl GpuToken {
+    pub fn holder(&self) -> Holder {
+        Holder::unpack(self.word.load(Acquire))
+    }
+
+    /// Moves the token from `seen` (as read by [`holder`](Self::holder)) to `to`, for a new
+    /// slice starting `now` with a fresh lease. `false` when someone else moved it first.
+    pub fn pass(&self, seen: Holder, to: Option<usize>, now: u64) -> bool {
+        let next = Holder::pack(to, seen.generation.wrapping_add(1), (now + LEASE_NS) / 1_000_000);
+        // The slice's start is written first: whoever sees the new holder sees its start.
+        if to.is_some() {
+            self.slice_start.store(now, Release);
+        }
+        let moved = self.word.compare_exchange(seen.raw, next, AcqRel, Acquire).is_ok();
+        if moved {
+            self.handoffs.fetch_add(1, Relaxed);
+        }
+        moved
+    }
+
+    /// Extends the lease of `entry`, which holds the token; `false` when it no longer does.
+    pub fn renew(&self, entry: usize, now: u64) -> bool {
+        let until = (now + LEASE_NS) / 1_000_000;
+        let mut seen = self.word.load(Acquire);
+        loop {
+            let h = Holder::unpack(seen);
+            if h.entry != Some(entry) {
+                return false;
+            }
+            if h.lease_until_ms >= until {
+                return true;
+            }
+            match self.word.compare_exchange_weak(seen, Holder::pack(h.entry, h.generation, until), AcqRel, Acquire) {
+                Ok(_) => return true,
+                Err(now_seen) => seen = now_seen,
+            }
+        }
+    }
+
+    /// Whether a container other than the holder asked for the token since `since`.
+    pub fn wanted_since(&self, since: u64) -> bool {
+        self.wanted_at.load(Relaxed) >= since
+    }
+}
 
 /// What a container sees of the others on its GPU.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -83,23 +212,44 @@ pub struct NodeTable {
 
 // SAFETY: the mapping is only accessed through atomics.
 unsafe impl Send for NodeTable {}
+// SAFETY: as above: every access is an atomic load, store or read-modify-write.
 unsafe impl Sync for NodeTable {}
 
 impl NodeTable {
     /// Opens the table at `path`, creating it (with `mode`, not through the umask) if needed.
+    /// Never follows a symbolic link nor opens anything but a regular file.
     pub fn open(path: &Path, mode: u32) -> Result<NodeTable, RegionError> {
         let io = |e| RegionError::Io(path.to_path_buf(), e);
-        let file = match File::options().read(true).write(true).create_new(true).mode(mode).open(path) {
+        let file = match File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+        {
             Ok(f) => {
                 f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
                 f
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                File::options().read(true).write(true).open(path).map_err(io)?
-            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => File::options()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(path)
+                .map_err(io)?,
             Err(e) => return Err(io(e)),
         };
-        lock::lock(&file, 0).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.file_type().is_file() {
+            return Err(RegionError::Foreign(path.to_path_buf(), "not a regular file".into()));
+        }
+        if !lock::lock_within(&file, 0, LOCK_WAIT).map_err(io)? {
+            return Err(RegionError::Io(
+                path.to_path_buf(),
+                io::Error::new(io::ErrorKind::TimedOut, "its lock is held by a process that does not let go"),
+            ));
+        }
         let result = Self::init_locked(file, path);
         if let Ok(t) = &result {
             let _ = lock::unlock(&t.file, 0);
@@ -113,7 +263,10 @@ impl NodeTable {
         if len == 0 {
             file.set_len(NODE_FILE_SIZE as u64).map_err(io)?;
         } else if len != NODE_FILE_SIZE as u64 {
-            return Err(RegionError::Foreign(path.to_path_buf(), format!("{len} bytes, not a node table")));
+            return Err(RegionError::Foreign(
+                path.to_path_buf(),
+                format!("{len} bytes, not a v{NODE_VERSION} node table"),
+            ));
         }
         let map = MmapOptions::new().len(NODE_FILE_SIZE).map_raw(&file).map_err(io)?;
         let table = NodeTable { map, file };
@@ -123,13 +276,17 @@ impl NodeTable {
             0 if len == 0 => {
                 h.version.store(NODE_VERSION, Relaxed);
                 h.entries.store(NODE_ENTRIES as u32, Relaxed);
+                h.gpus.store(NODE_GPUS as u32, Relaxed);
                 h.magic.store(NODE_MAGIC, Release);
             }
             other => return Err(RegionError::Corrupt(path.to_path_buf(), format!("node table magic {other:#x}"))),
         }
-        let (v, n) = (h.version.load(Relaxed), h.entries.load(Relaxed));
-        if v != NODE_VERSION || n as usize != NODE_ENTRIES {
-            return Err(RegionError::WrongVersion(path.to_path_buf(), format!("node table v{v} with {n} entries")));
+        let (v, n, g) = (h.version.load(Relaxed), h.entries.load(Relaxed), h.gpus.load(Relaxed));
+        if v != NODE_VERSION || n as usize != NODE_ENTRIES || g as usize != NODE_GPUS {
+            return Err(RegionError::WrongVersion(
+                path.to_path_buf(),
+                format!("node table v{v} with {n} entries and {g} GPUs"),
+            ));
         }
         Ok(table)
     }
@@ -139,11 +296,14 @@ impl NodeTable {
         unsafe { &*(self.map.as_ptr() as *const NodeHeader) }
     }
 
+    fn tokens(&self) -> &[GpuToken] {
+        // SAFETY: as `header`; the tokens follow the 64-byte header.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(TOKENS_OFFSET) as *const GpuToken, NODE_GPUS) }
+    }
+
     fn entries(&self) -> &[NodeEntry] {
-        // SAFETY: as `header`; the entries follow the 64-byte header.
-        unsafe {
-            std::slice::from_raw_parts(self.map.as_ptr().add(size_of::<NodeHeader>()) as *const NodeEntry, NODE_ENTRIES)
-        }
+        // SAFETY: as `header`; the entries follow the tokens, within NODE_FILE_SIZE.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(ENTRIES_OFFSET) as *const NodeEntry, NODE_ENTRIES) }
     }
 
     /// The entry of container `owner` on GPU `gpu`, claimed if it has none (a free or stale
@@ -156,14 +316,20 @@ impl NodeTable {
             return Ok(Some(e));
         }
         // Claiming is rare and must not give one container two entries: under the lock.
-        lock::lock(&self.file, 0)?;
+        if !lock::lock_within(&self.file, 0, LOCK_WAIT)? {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the node table's lock is held by a stopped process"));
+        }
         let claimed = self.find(owner, gpu).or_else(|| {
             let e = self
                 .entries()
                 .iter()
                 .find(|e| e.owner.load(Acquire) == 0 || now.saturating_sub(e.seen.load(Relaxed)) > STALE_NS)?;
-            e.busy_until.store(0, Relaxed);
-            e.context_cost.store(0, Relaxed);
+            for field in [&e.busy_until, &e.context_cost, &e.claimed_at, &e.held_ns] {
+                field.store(0, Relaxed);
+            }
+            for field in [&e.flags, &e.share_ppm, &e.claim] {
+                field.store(0, Relaxed);
+            }
             e.gpu.store(gpu, Relaxed);
             e.priority.store(priority, Relaxed);
             e.seen.store(now, Relaxed);
@@ -176,6 +342,53 @@ impl NodeTable {
 
     fn find(&self, owner: u64, gpu: u64) -> Option<&NodeEntry> {
         self.entries().iter().find(|e| e.owner.load(Acquire) == owner && e.gpu.load(Relaxed) == gpu)
+    }
+
+    /// The index of `entry` in this table (it must be one of its entries).
+    pub fn index_of(&self, entry: &NodeEntry) -> Option<usize> {
+        let base = self.entries().as_ptr() as usize;
+        let at = entry as *const NodeEntry as usize;
+        let i = at.checked_sub(base)? / size_of::<NodeEntry>();
+        (i < NODE_ENTRIES).then_some(i)
+    }
+
+    pub fn entry_at(&self, index: usize) -> Option<&NodeEntry> {
+        self.entries().get(index)
+    }
+
+    /// The token of GPU `gpu`, taken into use if it has none; `None` when all are in use.
+    pub fn token(&self, gpu: u64) -> Option<&GpuToken> {
+        let gpu = gpu.max(1);
+        for t in self.tokens() {
+            match t.gpu.compare_exchange(0, gpu, AcqRel, Acquire) {
+                Ok(_) => return Some(t),
+                Err(g) if g == gpu => return Some(t),
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// The containers on `gpu` that claim it now, as the policy sees them, with their indices.
+    pub fn contenders(&self, gpu: u64, now: u64) -> impl Iterator<Item = (usize, Contender)> + '_ {
+        self.entries().iter().enumerate().filter_map(move |(i, e)| {
+            if e.owner.load(Acquire) == 0 || e.gpu.load(Relaxed) != gpu {
+                return None;
+            }
+            if now.saturating_sub(e.claimed_at.load(Relaxed)) > CLAIM_FRESH_NS {
+                return None;
+            }
+            let claim = Claim::from_wire(e.claim.load(Relaxed))?;
+            Some((
+                i,
+                Contender {
+                    high_priority: e.priority.load(Relaxed) == HIGH_PRIORITY,
+                    claim,
+                    held_ns: e.held_ns.load(Relaxed),
+                    share_ppm: e.share_ppm.load(Relaxed) as u64,
+                },
+            ))
+        })
     }
 
     /// The containers other than `owner` that have work on GPU `gpu` now.
@@ -217,6 +430,19 @@ impl NodeTable {
                 && now.saturating_sub(e.seen.load(Relaxed)) <= STALE_NS
         })
     }
+
+    /// Whether a container other than `owner` with a limit (or bursting) had work on some GPU
+    /// within the last second: then unlimited containers take part in the token too, or their
+    /// work would overlap the limited ones' and be charged to them.
+    pub fn has_limited(&self, owner: u64, now: u64) -> bool {
+        self.entries().iter().any(|e| {
+            let who = e.owner.load(Acquire);
+            who != 0
+                && who != owner.max(1)
+                && e.share_ppm.load(Relaxed) != 0
+                && e.busy_until.load(Relaxed).saturating_add(1_000_000_000) >= now
+        })
+    }
 }
 
 impl NodeEntry {
@@ -224,6 +450,16 @@ impl NodeEntry {
     pub fn mark_busy(&self, now: u64) {
         self.busy_until.fetch_max(now, Relaxed);
         self.seen.fetch_max(now, Relaxed);
+    }
+
+    /// Says what the container asks of the GPU now (`None`: nothing).
+    pub fn set_claim(&self, claim: Option<Claim>, now: u64) {
+        self.claim.store(claim.map_or(0, Claim::to_wire), Relaxed);
+        self.claimed_at.store(now, Relaxed);
+    }
+
+    pub fn claim(&self) -> Option<Claim> {
+        Claim::from_wire(self.claim.load(Relaxed))
     }
 }
 
@@ -291,6 +527,98 @@ mod tests {
         assert!(t.entry(9999, gpu, 1, STALE_NS).unwrap().is_none(), "full of live containers");
         let reused = t.entry(9999, gpu, 1, STALE_NS + 1).unwrap().unwrap();
         assert_eq!(reused.owner.load(Relaxed), 9999);
+    }
+
+    #[test]
+    fn the_token_moves_by_compare_and_swap_and_a_lapsed_lease_frees_it() {
+        let (_d, t) = table();
+        let tok = t.token(key("GPU-0")).unwrap();
+        assert!(std::ptr::eq(tok, t.token(key("GPU-0")).unwrap()), "one token per GPU");
+        assert!(!std::ptr::eq(tok, t.token(key("GPU-1")).unwrap()));
+        let now = 5_000 * MS;
+        let free = tok.holder();
+        assert_eq!(free.entry, None);
+        assert!(free.expired(now));
+        assert!(tok.pass(free, Some(3), now));
+        assert!(!tok.pass(free, Some(4), now), "a stale view cannot move it");
+        let h = tok.holder();
+        assert_eq!((h.entry, h.generation), (Some(3), free.generation + 1));
+        assert_eq!(tok.slice_start.load(Relaxed), now);
+        assert!(!h.expired(now + LEASE_NS - MS));
+        assert!(h.expired(now + LEASE_NS + 2 * MS), "a holder that stops renewing loses it");
+        assert!(tok.renew(3, now + 40 * MS));
+        assert!(!tok.holder().expired(now + LEASE_NS + 2 * MS), "renewed");
+        assert!(!tok.renew(4, now), "only the holder renews");
+        let h = tok.holder();
+        assert!(tok.pass(h, None, now + 41 * MS));
+        assert_eq!(tok.holder().entry, None);
+        assert_eq!(tok.handoffs.load(Relaxed), 2);
+        for i in 0..NODE_GPUS as u64 - 2 {
+            assert!(t.token(1000 + i).is_some());
+        }
+        assert!(t.token(99_999).is_none(), "all tokens in use");
+    }
+
+    #[test]
+    fn contenders_are_fresh_claims_on_the_gpu() {
+        let (_d, t) = table();
+        let (g0, g1) = (key("GPU-0"), key("GPU-1"));
+        let now = 10_000 * MS;
+        let a = t.entry(1, g0, 1, now).unwrap().unwrap();
+        let b = t.entry(2, g0, HIGH_PRIORITY, now).unwrap().unwrap();
+        let c = t.entry(3, g1, 1, now).unwrap().unwrap();
+        a.share_ppm.store(300_000, Relaxed);
+        a.held_ns.store(7, Relaxed);
+        a.set_claim(Some(Claim::Guaranteed), now);
+        b.set_claim(Some(Claim::Unlimited), now - CLAIM_FRESH_NS - 1);
+        c.set_claim(Some(Claim::Burst), now);
+        let got: Vec<_> = t.contenders(g0, now).collect();
+        assert_eq!(
+            got,
+            vec![(
+                t.index_of(a).unwrap(),
+                Contender { high_priority: false, claim: Claim::Guaranteed, held_ns: 7, share_ppm: 300_000 }
+            )],
+            "b's claim is stale, c is on another GPU"
+        );
+        assert_eq!(t.entry_at(t.index_of(b).unwrap()).map(|e| e as *const _), Some(b as *const _));
+        a.set_claim(None, now);
+        assert_eq!(t.contenders(g0, now).count(), 0, "withdrawn");
+        assert!(!t.has_limited(2, now), "a has not been busy");
+        a.mark_busy(now);
+        assert!(t.has_limited(2, now) && !t.has_limited(1, now), "a container is not its own neighbour");
+    }
+
+    #[test]
+    fn links_other_files_and_a_held_lock_are_refused_in_bounded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(NodeTable::open(&link, 0o600).is_err(), "a symbolic link is never followed");
+        assert_eq!(std::fs::metadata(&victim).unwrap().len(), 0, "the link's target is untouched");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(matches!(NodeTable::open(&fifo, 0o600), Err(RegionError::Foreign(..))), "not a regular file");
+        // A stopped process holding the lock: the open gives up after LOCK_WAIT.
+        let path = dir.path().join("node");
+        NodeTable::open(&path, 0o600).unwrap();
+        let holder = File::options().read(true).write(true).open(&path).unwrap();
+        assert!(lock::try_lock(&holder, 0).unwrap());
+        let start = std::time::Instant::now();
+        assert!(NodeTable::open(&path, 0o600).is_err());
+        assert!(start.elapsed() < LOCK_WAIT * 5, "bounded: {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_version_1_table_is_not_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1");
+        std::fs::write(&path, vec![0u8; 64 + 256 * 64]).unwrap();
+        assert!(matches!(NodeTable::open(&path, 0o600), Err(RegionError::Foreign(..))));
     }
 
     #[test]

@@ -86,14 +86,15 @@ impl State {
         self.work.events.get(&h).ok_or(CUresult::ERROR_INVALID_HANDLE)
     }
 
-    /// The event completes when the stream's earlier work does (at once on an idle stream).
+    /// The event completes when the stream's earlier work does (on an idle stream, once the
+    /// device has taken the submission: the launch latency).
     /// In a capture it becomes a point other streams may fork from, with no time.
     pub fn event_record(&mut self, h: u64, key: StreamKey, now: u64) -> Res<()> {
         self.event(h)?;
         let capture = self.stream(key)?.capture;
         let time = match capture {
             Some(_) => None,
-            None => Some(self.stream_deps(key)?.max(now)),
+            None => Some(self.stream_deps(key)?.max(now.saturating_add(self.cfg.launch_latency_ns))),
         };
         let ev = self.work.events.get_mut(&h).ok_or(CUresult::ERROR_INVALID_HANDLE)?;
         (ev.time, ev.captured) = (time, capture);

@@ -195,7 +195,8 @@ impl State {
         }
         let ready = self.stream_deps(key)?;
         let dev = self.stream(key)?.dev;
-        let span = self.timeline.slot(dev).enqueue(now, ready, work.ns);
+        let arrives = now.saturating_add(self.cfg.launch_latency_ns);
+        let span = self.timeline.slot(dev).enqueue(arrives, ready, work.ns);
         let s = self.stream_mut(key)?;
         s.ready = span.end;
         s.pending.push_back(span.end);

@@ -1,0 +1,117 @@
+//! How much GPU time a measured window of a stream's work took.
+//!
+//! The launch hooks record a marker event on the stream about every millisecond. Between two
+//! markers, the time from the first's completion to the second's is *in flight*, not busy: a
+//! host-bound job (a Python loop of small kernels) leaves the GPU idle between its kernels
+//! while it submits the next, and charging in-flight time over-charged such a job about 2.4×
+//! on the H200. Two facts bound the busy part without an event per kernel:
+//! - every launch of the window was submitted before the closing marker was recorded, so from
+//!   that moment until the marker completes the GPU worked through a queue: busy;
+//! - before that moment the host was still submitting: the GPU was busy at most the launches'
+//!   kernel time, which one kernel per marker, timed by an event pair, estimates.
+//!
+//! Times are CLOCK_MONOTONIC ns (GPU times mapped onto it by the caller's anchor event).
+
+/// One window between two marker events on a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// When the previous marker completed.
+    pub prev_done: u64,
+    /// When this marker was recorded (the host had submitted the window's launches).
+    pub recorded: u64,
+    /// When this marker completed.
+    pub done: u64,
+    /// Launches submitted in the window.
+    pub launches: u32,
+}
+
+/// The GPU time of the window's work. `mean_kernel_ns`: the recent mean GPU time of one launch
+/// (`None`: not known yet, and then the whole window counts, as the safe side of a limit).
+pub fn busy_ns(w: &Window, mean_kernel_ns: Option<u64>) -> u64 {
+    if w.done <= w.prev_done {
+        return 0;
+    }
+    let span = w.done - w.prev_done;
+    let queued = w.done - w.recorded.clamp(w.prev_done, w.done);
+    let submitting = span - queued;
+    let estimate = match mean_kernel_ns {
+        Some(mean) => (mean as u128 * w.launches as u128).min(submitting as u128) as u64,
+        None => submitting,
+    };
+    queued + estimate
+}
+
+/// One launch timed by an event before it and one after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelSample {
+    /// When the event recorded before the launch completed.
+    pub before_done: u64,
+    /// When the launch call returned (the kernel cannot start earlier).
+    pub submitted: u64,
+    /// When the event recorded after the launch completed.
+    pub after_done: u64,
+}
+
+/// The launch's GPU time: from when it could start (the earlier work done and the launch
+/// submitted) to its end.
+pub fn kernel_ns(s: &KernelSample) -> u64 {
+    s.after_done.saturating_sub(s.before_done.max(s.submitted))
+}
+
+/// A running mean of one launch's GPU time over about the last eight samples.
+pub fn update_mean(mean: Option<u64>, sample: u64) -> u64 {
+    match mean {
+        Some(m) => m - m / 8 + sample / 8,
+        None => sample,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: u64 = 1_000;
+
+    #[test]
+    fn a_gpu_bound_window_is_busy_throughout() {
+        // The queue was deep: the marker was recorded long before the previous one completed.
+        let w = Window { prev_done: 1000 * US, recorded: 400 * US, done: 2000 * US, launches: 2 };
+        assert_eq!(busy_ns(&w, Some(500 * US)), 1000 * US);
+        assert_eq!(busy_ns(&w, None), 1000 * US);
+    }
+
+    #[test]
+    fn a_host_bound_window_counts_its_kernels_not_its_gaps() {
+        // 1 ms window, 50 launches of 8 µs each while the host took 20 µs per launch; the last
+        // kernel was still running 5 µs after the marker was recorded.
+        let w = Window { prev_done: 0, recorded: 1000 * US, done: 1005 * US, launches: 50 };
+        assert_eq!(busy_ns(&w, Some(8 * US)), 5 * US + 400 * US);
+        assert_eq!(busy_ns(&w, None), 1005 * US, "no estimate yet: all of it");
+        assert_eq!(busy_ns(&w, Some(100 * US)), 1005 * US, "never more than the window");
+    }
+
+    #[test]
+    fn degenerate_windows() {
+        let w = Window { prev_done: 10, recorded: 5, done: 10, launches: 3 };
+        assert_eq!(busy_ns(&w, Some(1)), 0);
+        let w = Window { prev_done: 10, recorded: 50, done: 40, launches: 0 };
+        assert_eq!(busy_ns(&w, Some(1)), 0, "recorded after completion (clock skew): nothing queued");
+    }
+
+    #[test]
+    fn kernel_samples() {
+        // Idle stream: the kernel starts when submitted, not when the marker completed.
+        let s = KernelSample { before_done: 100, submitted: 103, after_done: 111 };
+        assert_eq!(kernel_ns(&s), 8);
+        // Busy stream: it starts when the earlier work is done.
+        let s = KernelSample { before_done: 500, submitted: 103, after_done: 520 };
+        assert_eq!(kernel_ns(&s), 20);
+        assert_eq!(kernel_ns(&KernelSample { before_done: 9, submitted: 9, after_done: 1 }), 0);
+        let mut m = None;
+        for _ in 0..100 {
+            m = Some(update_mean(m, 800));
+        }
+        assert!(m.unwrap().abs_diff(800) < 8);
+        assert_eq!(update_mean(Some(800), 1600), 900);
+    }
+}

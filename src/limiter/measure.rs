@@ -1,0 +1,328 @@
+//! What a thread's work took on the GPU, measured with events on the stream it launches on.
+//!
+//! About every millisecond a launching thread records a *marker* event on its stream, and
+//! charges the container's bucket, once a marker completes, with the GPU time of the window of
+//! work before it (`vgpu_core::busy`: the queued part exactly, the part the host was still
+//! submitting at the kernels' measured time). One launch per marker is timed by an event pair
+//! (the marker before it, a sample event after it), which gives the mean GPU time of a launch.
+//!
+//! GPU times are mapped onto CLOCK_MONOTONIC through an *anchor*: an event recorded on an idle
+//! private stream at a known host time. Every time is `anchor_ns + elapsed(anchor, event)`, so
+//! the processes of a container can merge their busy intervals, and the submission latency of
+//! the anchor and of the work cancel out.
+//!
+//! A window that includes a pause (ours or the application's: an idle stream) starts a new
+//! *segment* instead of being charged.
+
+use std::time::Duration;
+
+use cuda_types::*;
+use vgpu_core::busy::{self, KernelSample, Window};
+use vgpu_core::limiter::BucketState;
+
+use crate::clock::now_ns;
+use crate::driver;
+
+/// Markers in flight per thread; when all are pending the GPU is that far behind and we wait.
+pub const RING: usize = 8;
+
+#[derive(Clone, Copy)]
+struct Marker {
+    event: usize,
+    /// The window before it is not charged (the stream may have idled).
+    starts: bool,
+    recorded_ns: u64,
+    launches: u32,
+}
+
+const NO_MARKER: Marker = Marker { event: 0, starts: false, recorded_ns: 0, launches: 0 };
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sample {
+    None,
+    /// The marker before the launch is recorded; the launch was called after `at`.
+    Armed {
+        before: usize,
+        at: u64,
+    },
+    /// The sample event follows the launch, submitted at `submitted`.
+    InFlight {
+        before: usize,
+        before_ns: u64,
+        submitted: u64,
+    },
+}
+
+pub struct Chain {
+    pub ctx: usize,
+    pub stream: usize,
+    pending: [Marker; RING],
+    len: usize,
+    /// The last completed marker (0 = none) and when it completed.
+    prev: usize,
+    prev_ns: u64,
+    free: [usize; RING + 2],
+    nfree: usize,
+    pub new_segment: bool,
+    anchor: usize,
+    anchor_ns: u64,
+    anchor_stream: usize,
+    sample_event: usize,
+    sample: Sample,
+    mean_launch_ns: Option<u64>,
+}
+
+impl Chain {
+    pub const EMPTY: Chain = Chain {
+        ctx: 0,
+        stream: 0,
+        pending: [NO_MARKER; RING],
+        len: 0,
+        prev: 0,
+        prev_ns: 0,
+        free: [0; RING + 2],
+        nfree: 0,
+        new_segment: true,
+        anchor: 0,
+        anchor_ns: 0,
+        anchor_stream: 0,
+        sample_event: 0,
+        sample: Sample::None,
+        mean_launch_ns: None,
+    };
+
+    /// Measures `stream` of context `ctx` from now on: events belong to a context, and a new
+    /// stream starts a new segment.
+    pub fn bind(&mut self, ctx: usize, stream: usize) {
+        if self.ctx != ctx {
+            *self = Chain::EMPTY;
+            self.ctx = ctx;
+        }
+        if self.stream != stream {
+            self.stream = stream;
+            self.new_segment = true;
+        }
+    }
+
+    /// Nothing of ours is pending on the stream.
+    pub fn idle(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn full(&self) -> bool {
+        self.len == RING
+    }
+
+    /// Whether a marker was ever recorded (then a wait can close the measured window).
+    pub fn measuring(&self) -> bool {
+        self.anchor != 0 && (self.len > 0 || self.prev != 0)
+    }
+
+    /// Re-anchors the clock every 10 s (elapsed times are f32 milliseconds). `false` when no
+    /// anchor can be made (then nothing is measured this time).
+    pub fn anchored(&mut self) -> bool {
+        let now = now_ns();
+        if self.anchor != 0 && now.saturating_sub(self.anchor_ns) < 10_000_000_000 {
+            return true;
+        }
+        if self.anchor_stream == 0 {
+            match driver::stream_create() {
+                Ok(s) => self.anchor_stream = s as usize,
+                Err(_) => return false,
+            }
+        }
+        let event = match self.anchor {
+            0 => match driver::event_create() {
+                Ok(e) => e as usize,
+                Err(_) => return false,
+            },
+            e => e,
+        };
+        // The private stream is idle: the event completes as soon as it is recorded.
+        let before = now_ns();
+        if driver::event_record(event as CUevent, self.anchor_stream as CUstream).is_err() {
+            return false;
+        }
+        self.anchor = event;
+        self.anchor_ns = before / 2 + now_ns() / 2;
+        // Windows measured against the old anchor must not be joined to the new one.
+        self.new_segment = true;
+        true
+    }
+
+    fn gpu_time(&self, event: usize) -> Option<u64> {
+        driver::event_elapsed_ns(self.anchor as CUevent, event as CUevent).ok().map(|ns| self.anchor_ns + ns)
+    }
+
+    /// Charges every completed window to `bucket` (`burst`: as burst time). A window still in
+    /// flight is charged up to now for the part known busy (its work was all queued), so a
+    /// thread cannot run a deep queue of long kernels ahead of its budget; its completion
+    /// charges the rest (the bucket charges the union of intervals).
+    pub fn charge_completed(&mut self, bucket: Option<&BucketState>, burst: bool) {
+        self.take_sample();
+        while self.len > 0 {
+            let m = self.pending[0];
+            match driver::event_done(m.event as CUevent) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let now = now_ns();
+                    if let (false, true, Some(b)) = (m.starts, self.prev != 0 && self.prev_ns != 0, bucket)
+                        && now > m.recorded_ns.max(self.prev_ns)
+                    {
+                        self.charge_window(b, burst, m, now);
+                    }
+                    return;
+                }
+                Err(_) => {
+                    // The event is unusable (e.g. the context is going away): drop the chain.
+                    let (ctx, stream) = (self.ctx, self.stream);
+                    *self = Chain::EMPTY;
+                    (self.ctx, self.stream) = (ctx, stream);
+                    return;
+                }
+            }
+            let at = self.gpu_time(m.event);
+            if let Sample::Armed { before, .. } | Sample::InFlight { before, .. } = self.sample
+                && before == m.event
+            {
+                self.sample_marker_done(at);
+            }
+            if let (Some(done), false, true, Some(b)) = (at, m.starts, self.prev != 0, bucket) {
+                self.charge_window(b, burst, m, done);
+            }
+            if self.prev != 0 {
+                self.free[self.nfree] = self.prev;
+                self.nfree += 1;
+            }
+            self.prev = m.event;
+            self.prev_ns = at.unwrap_or(0);
+            self.pending.copy_within(1..self.len, 0);
+            self.len -= 1;
+            self.take_sample();
+        }
+    }
+
+    /// Charges the window before marker `m` up to `end` (its completion, or now while it is
+    /// pending) as one interval that ends there and starts early enough to hold the busy time
+    /// of the part the host was still submitting: the same start each time, so the bucket's
+    /// union of intervals charges a pending window once and its completion only the rest.
+    fn charge_window(&self, bucket: &BucketState, burst: bool, m: Marker, end: u64) {
+        let w = Window { prev_done: self.prev_ns, recorded: m.recorded_ns, done: end, launches: m.launches };
+        let busy = busy::busy_ns(&w, self.mean_launch_ns);
+        let queued_from = m.recorded_ns.clamp(self.prev_ns, end);
+        let start = queued_from.saturating_sub(busy.saturating_sub(end - queued_from));
+        bucket.consume_interval(start, end, burst);
+    }
+
+    fn sample_marker_done(&mut self, at: Option<u64>) {
+        match (self.sample, at) {
+            (Sample::InFlight { before, submitted, .. }, Some(t)) => {
+                self.sample = Sample::InFlight { before, before_ns: t, submitted };
+            }
+            // The launch never followed (it failed), or the marker has no time: no sample.
+            _ => self.sample = Sample::None,
+        }
+    }
+
+    /// Folds a completed sample into the mean launch time.
+    fn take_sample(&mut self) {
+        let Sample::InFlight { before_ns, submitted, .. } = self.sample else { return };
+        if before_ns == 0 || !driver::event_done(self.sample_event as CUevent).unwrap_or(false) {
+            return;
+        }
+        self.sample = Sample::None;
+        if let Some(after_done) = self.gpu_time(self.sample_event) {
+            let ns = busy::kernel_ns(&KernelSample { before_done: before_ns, submitted, after_done });
+            self.mean_launch_ns = Some(busy::update_mean(self.mean_launch_ns, ns));
+        }
+    }
+
+    /// Times the next launch ([`Self::after_launch`]) against the last marker, which must be
+    /// the last thing this thread queued. `true` when armed.
+    pub fn arm_sample(&mut self) -> bool {
+        if self.len == 0 || self.sample != Sample::None {
+            return false;
+        }
+        if self.sample_event == 0 {
+            self.sample_event = driver::event_create().map_or(0, |e| e as usize);
+        }
+        if self.sample_event == 0 {
+            return false;
+        }
+        self.sample = Sample::Armed { before: self.pending[self.len - 1].event, at: now_ns() };
+        true
+    }
+
+    /// Records a marker on `stream` ending a window of `launches` launches; `starts`: the
+    /// window is not charged. With `sample`, the next launch is timed ([`Self::after_launch`]).
+    pub fn record(&mut self, stream: CUstream, starts: bool, launches: u32, sample: bool) -> bool {
+        if self.len == RING {
+            return false;
+        }
+        let event = if self.nfree > 0 {
+            self.nfree -= 1;
+            self.free[self.nfree]
+        } else {
+            match driver::event_create() {
+                Ok(e) => e as usize,
+                Err(_) => return false,
+            }
+        };
+        let recorded_ns = now_ns();
+        if driver::event_record(event as CUevent, stream).is_err() {
+            self.free[self.nfree] = event;
+            self.nfree += 1;
+            return false;
+        }
+        self.pending[self.len] = Marker { event, starts, recorded_ns, launches };
+        self.len += 1;
+        if sample {
+            return self.arm_sample();
+        }
+        true
+    }
+
+    /// The launch after an armed marker returned: the sample event follows it. The launch
+    /// counts as submitted halfway through the call, as the anchor's event does.
+    pub fn after_launch(&mut self, stream: CUstream) {
+        let Sample::Armed { before, at } = self.sample else { return };
+        let submitted = at / 2 + now_ns() / 2;
+        self.sample = if driver::event_record(self.sample_event as CUevent, stream).is_ok() {
+            Sample::InFlight { before, before_ns: 0, submitted }
+        } else {
+            Sample::None
+        };
+    }
+
+    /// The launch after an armed marker failed: nothing to time.
+    pub fn launch_failed(&mut self) {
+        if let Sample::Armed { .. } = self.sample {
+            self.sample = Sample::None;
+        }
+    }
+
+    /// Waits (polling, at most `limit`) until everything this thread queued on its stream has
+    /// completed, charging it; `keep_alive` runs between polls. `false` if it did not drain
+    /// in time or could not be asked.
+    pub fn drain(&mut self, bucket: Option<&BucketState>, burst: bool, limit: Duration, keep_alive: impl Fn()) -> bool {
+        if self.stream == 0 && self.ctx == 0 {
+            return true;
+        }
+        let stream = self.stream as CUstream;
+        if driver::stream_capturing(stream) || !self.record(stream, false, 0, false) {
+            return false;
+        }
+        let start = now_ns();
+        loop {
+            self.charge_completed(bucket, burst);
+            if self.len == 0 {
+                return true;
+            }
+            if now_ns().saturating_sub(start) > limit.as_nanos() as u64 {
+                return false;
+            }
+            keep_alive();
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
