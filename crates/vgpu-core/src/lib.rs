@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod limiter;
 pub mod ptr_table;
 pub mod size;
+pub mod throttle;
 pub mod view;
 
 /// HAMi-core's region describes at most 16 devices; so do we.
