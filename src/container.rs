@@ -8,13 +8,14 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
 
 use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::Config;
 use vgpu_core::ledger::{Accounting, Kind};
-use vgpu_region::{InitParams, Limit, LimitChange, Region, RegionAccounting};
+use vgpu_region::layout::MAX_PROCS;
+use vgpu_region::{InitParams, Limit, LimitChange, Region, RegionAccounting, SlotState};
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -109,6 +110,24 @@ impl ContainerAccounting {
 
     pub fn region(&self) -> &Region {
         self.get().region()
+    }
+
+    /// The container's live processes with memory charged on region index `index`: (PID as the
+    /// container sees it, bytes). For NVML's process lists where the driver's is useless.
+    pub fn processes_on(&self, index: usize) -> Vec<(u32, u64)> {
+        let acc = self.get();
+        let region = acc.region();
+        let s = region.shared();
+        let n = s.proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
+        (0..n)
+            .filter_map(|i| {
+                let slot = &s.procs[i];
+                let used = slot.used.get(index)?.total.load(SeqCst);
+                let pid = u32::try_from(slot.pid.load(SeqCst)).ok().filter(|&p| p != 0)?;
+                let alive = region.slot_state(i, Some(acc.slot())) == SlotState::Alive;
+                (used > 0 && alive).then_some((pid, used))
+            })
+            .collect()
     }
 
     /// At exit: gives this process's slot back, so a clean exit leaves no dead slot for
