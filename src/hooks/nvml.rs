@@ -240,7 +240,12 @@ unsafe fn driver_list<T: ProcessEntry>(slot: &RealFn, device: nvmlDevice_t, need
     let n = (n as usize).min(buf.capacity());
     // SAFETY: the driver initialised the first `n` entries.
     unsafe { buf.set_len(n) };
-    buf.iter().map(|e| unsafe { e.assume_init_ref() }.pid()).collect()
+    buf.iter()
+        .map(|e| {
+            // SAFETY: within the first `n` entries, which the driver wrote.
+            unsafe { e.assume_init_ref() }.pid()
+        })
+        .collect()
 }
 
 /// Whether this process's PID namespace has a process `pid` (a host PID that a driver gave
