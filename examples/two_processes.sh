@@ -22,6 +22,8 @@ else
     sh crates/fakegpu/make-driver-dir.sh target/release "$work/driver"
     export LD_LIBRARY_PATH=$work/driver FAKEGPU_MEMORY=16g
 fi
+# The node table where containers sharing a GPU meet: this example's own, not the node's.
+export LIBVGPU_NODE_FILE=$work/node.v1
 sh tests/c/build.sh "$work/driver" "$work/bin"
 prog=$work/bin/alloc_linked
 region=$work/container.cache

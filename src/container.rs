@@ -8,13 +8,14 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
 
 use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::Config;
 use vgpu_core::ledger::{Accounting, Kind};
-use vgpu_region::{InitParams, Region, RegionAccounting};
+use vgpu_region::layout::MAX_PROCS;
+use vgpu_region::{InitParams, Limit, LimitChange, Region, RegionAccounting, SlotState};
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
@@ -110,14 +111,51 @@ impl ContainerAccounting {
     pub fn region(&self) -> &Region {
         self.get().region()
     }
+
+    /// The container's live processes with memory charged on region index `index`: (PID as the
+    /// container sees it, bytes). For NVML's process lists where the driver's is useless.
+    pub fn processes_on(&self, index: usize) -> Vec<(u32, u64)> {
+        let acc = self.get();
+        let region = acc.region();
+        let s = region.shared();
+        let n = s.proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
+        (0..n)
+            .filter_map(|i| {
+                let slot = &s.procs[i];
+                let used = slot.used.get(index)?.total.load(SeqCst);
+                let pid = u32::try_from(slot.pid.load(SeqCst)).ok().filter(|&p| p != 0)?;
+                let alive = region.slot_state(i, Some(acc.slot())) == SlotState::Alive;
+                (used > 0 && alive).then_some((pid, used))
+            })
+            .collect()
+    }
+
+    /// At exit: gives this process's slot back, so a clean exit leaves no dead slot for
+    /// `vgpu status` and the next process can tell that nobody holds the region. Never
+    /// re-attaches: a forked child that never used the region has its parent's slot, not its own.
+    pub fn release_at_exit(&self) {
+        // SAFETY: as in `get`.
+        let a = unsafe { &*self.current.load(Acquire) };
+        if a.generation == FORK_GENERATION.load(Relaxed) && a.accounting.region().file().is_some() {
+            a.accounting.region().release_slot(a.accounting.slot());
+        }
+    }
 }
 
 fn attach(path: &str, mode: u32, init: &InitParams) -> Attachment {
     let generation = FORK_GENERATION.load(Relaxed);
     let pid = std::process::id() as i32;
     let shared = Region::open_or_create(Path::new(path), mode, init).map_err(|e| e.to_string()).and_then(|r| {
-        match r.claim_slot(pid, 0) {
-            Ok(slot) => Ok(RegionAccounting::new(r, slot)),
+        match r.claim_slot_with_limits(pid, 0, init) {
+            Ok((slot, replaced)) => {
+                if !replaced.is_empty() {
+                    tracing::info!(
+                        "region file {path}: no running process held it; this process's environment replaces its limits ({})",
+                        describe_changes(&replaced)
+                    );
+                }
+                Ok(RegionAccounting::new(r, slot))
+            }
             Err(e) => Err(format!("region file {path}: {e}")),
         }
     });
@@ -126,6 +164,36 @@ fn attach(path: &str, mode: u32, init: &InitParams) -> Attachment {
         private(init)
     });
     Attachment { accounting, generation }
+}
+
+/// `memory cap 4096 MiB -> none on every device`, `SM limit none -> 30% on device 1`, …
+fn describe_changes(changes: &[LimitChange]) -> String {
+    let show = |limit, v: u64| match (limit, v) {
+        (_, 0) => "none".to_string(),
+        (Limit::Memory, b) => format!("{} MiB", b >> 20),
+        (Limit::Sm, p) => format!("{p}%"),
+    };
+    let mut groups: Vec<((Limit, u64, u64), Vec<usize>)> = Vec::new();
+    for c in changes {
+        let key = (c.limit, c.old, c.new);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, devices)) => devices.push(c.device),
+            None => groups.push((key, vec![c.device])),
+        }
+    }
+    let text: Vec<String> = groups
+        .iter()
+        .map(|((limit, old, new), devices)| {
+            let what = if *limit == Limit::Memory { "memory cap" } else { "SM limit" };
+            let on = match devices.len() {
+                MAX_DEVICES => "every device".to_string(),
+                1 => format!("device {}", devices[0]),
+                _ => format!("devices {}", devices.iter().map(usize::to_string).collect::<Vec<_>>().join(",")),
+            };
+            format!("{what} {} -> {} on {on}", show(*limit, *old), show(*limit, *new))
+        })
+        .collect();
+    text.join("; ")
 }
 
 fn private(init: &InitParams) -> RegionAccounting {

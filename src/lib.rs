@@ -15,3 +15,14 @@ mod log;
 mod node;
 mod startup;
 mod state;
+
+/// Runs at `exit()` (and `dlclose`), after the application's `atexit` handlers: the dynamic
+/// loader's destructors come last. Never panics across the FFI boundary.
+extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(state::at_exit);
+}
+
+// SAFETY: `.fini_array` holds pointers to `extern "C" fn()` destructors, which this is.
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static AT_EXIT: extern "C" fn() = at_exit;

@@ -38,3 +38,27 @@ pub fn init(level: LogLevel) {
         .event_format(Line)
         .try_init();
 }
+
+/// One line written straight to fd 2, for the process's exit: by then thread-locals (which the
+/// tracing dispatcher uses) may be destroyed. `level` as in the configuration.
+pub fn at_exit_line(configured: LogLevel, level: LogLevel, message: &str) {
+    if level > configured {
+        return;
+    }
+    let name = match level {
+        LogLevel::Error => "ERROR",
+        LogLevel::Warn => "WARN",
+        LogLevel::Info => "INFO",
+        LogLevel::Debug => "DEBUG",
+    };
+    let line = format!("libvgpu[{}] {name}: {message}\n", std::process::id());
+    let mut rest = line.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: writing our own buffer to fd 2; a failure (closed stderr) is ignored.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
+}

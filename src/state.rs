@@ -33,8 +33,22 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
         tracing::info!("memory caps by CUDA device ordinal: {}", describe_caps(&config.memory_limit));
     }
     let ledger = MemoryLedger::new(ContainerAccounting::new(&config));
+    STARTED.store(true, Ordering::Release);
     State { config, ledger, primary: Default::default() }
 });
+
+/// Whether [`STATE`] exists (it is never built at exit just to be torn down).
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// At process exit (the library's ELF destructor, after the application's own exit handlers):
+/// the refusals not yet said, and this process's slot given back.
+pub fn at_exit() {
+    if !STARTED.load(Ordering::Acquire) {
+        return;
+    }
+    crate::hooks::memory::say_unsaid_refusals();
+    state().ledger.accounting().release_at_exit();
+}
 
 pub fn state() -> &'static State {
     &STATE
@@ -101,9 +115,12 @@ pub fn record_cuda_uuids() {
         let Some(i) = *index else { continue };
         let env = state().config.memory_limit.get(dev).copied().flatten();
         let live = accounting.limit_at(i);
-        if env.is_some() && env != live {
+        // A region nobody held took this process's own limits (see vgpu_region::limits); they
+        // differ here when a running process or an operator set others, or when this process's
+        // ordinal is another of the container's GPUs.
+        if env != live {
             tracing::warn!(
-                "CUDA device {dev} ({uuid}): this process's environment caps it at {}, the container's region at {}; the region's cap applies",
+                "CUDA device {dev} ({uuid}): this process's environment asks for {}, the container's region has {}; the region's cap applies",
                 describe_cap(env),
                 describe_cap(live)
             );

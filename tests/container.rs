@@ -49,8 +49,9 @@ fn eight_racing_processes_never_exceed_the_container_cap() {
     script.extend(std::iter::repeat_n(["alloc", "64m"], 40).flatten());
     script.extend(["sleep", "400", "free-all"]);
     for round in 0..3 {
-        let children: Vec<_> =
-            (0..8).map(|_| in_container(&region, "4g", &script).stdout(Stdio::piped()).spawn().unwrap()).collect();
+        let children: Vec<_> = (0..8)
+            .map(|_| in_container(&region, "4g", &script).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap())
+            .collect();
         let (mut granted, mut contexts) = (0, 0);
         for c in children {
             let out = c.wait_with_output().unwrap();
@@ -82,6 +83,7 @@ fn sigkilled_processes_are_reclaimed() {
         let delay = Duration::from_micros((seed >> 33) % 40_000);
         let mut victim = in_container(&region, "2g", &["init", "alloc", "512m", "alloc", "512m", "sleep", "1000"])
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
@@ -123,6 +125,7 @@ fn limits_are_live_and_usage_is_visible_to_other_processes() {
     let started = Instant::now();
     let holder = in_container(&region, "4g", &["init", "alloc", "1g", "sleep", "1500", "free-all"])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     // Wait until the holder's gigabyte shows in the region.

@@ -333,7 +333,7 @@ fn a_narrowed_worker_is_capped_and_charged_on_its_own_gpu() {
     worker.release();
     let out = worker.finish();
     assert!(
-        out.stderr.contains("environment caps it at 1024 MiB, the container's region at 3072 MiB"),
+        out.stderr.contains("environment asks for 1024 MiB, the container's region has 3072 MiB"),
         "the worker is told its own _0 does not apply:\n{}",
         out.stderr
     );

@@ -155,13 +155,59 @@ fn smi_per_device_cap_shows_only_on_its_gpu() {
     assert_capped(&r, 2, 2 * GIB, 0);
 }
 
+/// Where the driver lists this container's processes (driver 580 in a PID namespace; the fake
+/// with `FAKEGPU_NVML_PROCESSES=self`), its answer is kept as it is.
 #[test]
-fn smi_process_list_is_the_drivers() {
-    let r = smi(&[("CUDA_DEVICE_MEMORY_LIMIT", "2g")], &["--alloc", "0", "1g"]);
+fn smi_process_list_is_the_drivers_when_it_names_the_containers_processes() {
+    let r = smi(&[("CUDA_DEVICE_MEMORY_LIMIT", "2g"), ("FAKEGPU_NVML_PROCESSES", "self")], &["--alloc", "0", "1g"]);
     let procs = r.lines("proc ");
     assert_eq!(procs.len(), 1, "{}", r.stdout);
     assert!(procs[0].starts_with("proc 0 "), "{}", procs[0]);
     assert_eq!(field(procs[0], "used"), GIB + CONTEXT);
+    assert_eq!(r.line("procs-size 0 "), "procs-size 0 7 n=1", "NVML's size query: INSUFFICIENT_SIZE, 1 needed");
+}
+
+/// A container's holder and, in the same container, `nvidia-smi`: the driver lists no process
+/// (drivers 560/570, and the fake by default) or only host PIDs the container cannot see, so
+/// the list is the region's: the holder's PID as the container sees it, with its memory, in
+/// each struct version and with NVML's size protocol; graphics lists keep no unseen PID.
+#[test]
+fn smi_in_a_second_process_lists_the_holder_from_the_region() {
+    let region = common::fresh_region_path();
+    let node = region.with_extension("node");
+    let mut holder = Run::new("alloc_linked")
+        .env("FAKEGPU_DEVICES", "3")
+        .env("CUDA_DEVICE_MEMORY_LIMIT", "4g")
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+        .env("LIBVGPU_NODE_FILE", &node)
+        .args(["init", "alloc", "1g", "wait"])
+        .spawn();
+    holder.until("wait ");
+    let pid = holder.pid() as u64;
+    for driver in ["none", "host"] {
+        let r = smi(
+            &[
+                ("CUDA_DEVICE_MEMORY_LIMIT", "4g"),
+                ("CUDA_DEVICE_MEMORY_SHARED_CACHE", region.to_str().unwrap()),
+                ("LIBVGPU_NODE_FILE", node.to_str().unwrap()),
+                ("FAKEGPU_NVML_PROCESSES", driver),
+            ],
+            &[],
+        );
+        let procs = r.lines("proc ");
+        assert_eq!(procs.len(), 1, "driver lists {driver}: {}", r.stdout);
+        assert!(procs[0].starts_with("proc 0 "), "on the holder's GPU only: {}", procs[0]);
+        assert_eq!((field(procs[0], "pid"), field(procs[0], "used")), (pid, GIB + CONTEXT), "{}", procs[0]);
+        assert_eq!((field(procs[0], "gi"), field(procs[0], "ci")), (u32::MAX as u64, u32::MAX as u64));
+        assert_eq!(r.line("procs-size 0 "), "procs-size 0 7 n=1", "NVML's size query");
+        assert_eq!(r.line("procs-size 1 "), "procs-size 1 0 n=0");
+        let v1 = r.lines("proc1 ");
+        assert_eq!(v1.len(), 1, "{}", r.stdout);
+        assert_eq!((field(v1[0], "pid"), field(v1[0], "used")), (pid, GIB + CONTEXT), "the v1 layout: {}", v1[0]);
+        assert!(r.lines("gproc ").is_empty(), "no graphics process, and no host PID: {}", r.stdout);
+    }
+    holder.release();
+    holder.finish();
 }
 
 fn linked(cap: Option<&str>) -> common::Result {

@@ -46,7 +46,8 @@ fn vgpu(args: &[&str]) -> Command {
             cmd.env_remove(&k);
         }
     }
-    cmd.env("LD_LIBRARY_PATH", &a.driver_dir).env("FAKEGPU_MEMORY", "16g").args(args);
+    // No node table: the default one in /tmp would outlive the test.
+    cmd.env("LD_LIBRARY_PATH", &a.driver_dir).env("FAKEGPU_MEMORY", "16g").env("LIBVGPU_NODE_FILE", "off").args(args);
     cmd
 }
 
@@ -182,12 +183,32 @@ fn a_cache_region_persists_and_keeps_its_own_limits() {
     let st = run(&mut vgpu(&["status", "--cache", c]));
     assert!(text(&st.stdout).contains("1 GiB"), "{}", text(&st.stdout));
 
-    // A second run with another cap joins the region, whose cap stays in force: it says so.
+    // A second run with another cap, once the first has exited, gets its own cap.
     let o = run(&mut vgpu(&["run", "--memory", "3g", "--cache", c, "--", &alloc, "init", "meminfo"]));
     assert!(o.status.success());
+    assert!(!text(&o.stderr).contains("stays in force"), "{}", text(&o.stderr));
+    assert_eq!(field(text(&o.stdout).lines().find(|l| l.starts_with("meminfo")).unwrap(), "total"), 3 * GIB);
+
+    // One that joins while a process holds the region gets the region's cap, and says so.
+    let mut holder = vgpu(&["run", "--memory", "3g", "--cache", c, "--", &alloc, "init", "wait"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    while !line.starts_with("wait") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "the holder ended early");
+    }
+    let o = run(&mut vgpu(&["run", "--memory", "1g", "--cache", c, "--", &alloc, "init", "meminfo"]));
+    assert!(o.status.success());
     let err = text(&o.stderr);
-    assert!(err.contains("already exists with device 0 memory cap 1 GiB, which stays in force (not 3 GiB)"), "{err}");
-    assert_eq!(field(text(&o.stdout).lines().find(|l| l.starts_with("meminfo")).unwrap(), "total"), GIB);
+    assert!(err.contains("already exists with device 0 memory cap 3 GiB, which stays in force (not 1 GiB)"), "{err}");
+    assert_eq!(field(text(&o.stdout).lines().find(|l| l.starts_with("meminfo")).unwrap(), "total"), 3 * GIB);
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
 }
 
 #[test]

@@ -5,10 +5,13 @@
 
 use std::cell::Cell;
 use std::ffi::c_uint;
+use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use cuda_types::*;
 use vgpu_core::ledger::{Denied, Key, Reservation};
+use vgpu_core::throttle::{Say, Throttle};
 
 use crate::driver;
 use crate::hooks::context;
@@ -17,15 +20,40 @@ use crate::state::state;
 
 type Res = Reservation<'static, crate::container::ContainerAccounting>;
 
+/// Refusals are said once, then at most one line per [`REFUSAL_LINE_INTERVAL`] with the count
+/// not shown, and the rest at exit ([`say_unsaid_refusals`]): a program retrying in a loop must
+/// not flood its stderr.
+static REFUSALS: Throttle = Throttle::new(REFUSAL_LINE_INTERVAL.as_nanos() as u64);
+const REFUSAL_LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn deny(d: Denied) -> CUresult {
-    tracing::warn!(
-        "device {}: allocation of {} MiB refused: {} MiB of the {} MiB cap in use",
-        d.dev,
-        d.requested.div_ceil(1 << 20),
-        d.used >> 20,
-        d.limit >> 20
-    );
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    if let Say::Line { unsaid } = REFUSALS.event(EPOCH.elapsed().as_nanos() as u64) {
+        let more = match unsaid {
+            0 => String::new(),
+            n => format!(" ({n} more refused in the last {} s, not shown)", REFUSAL_LINE_INTERVAL.as_secs()),
+        };
+        tracing::warn!(
+            "device {}: allocation of {} MiB refused: {} MiB of the {} MiB cap in use{more}",
+            d.dev,
+            d.requested.div_ceil(1 << 20),
+            d.used >> 20,
+            d.limit >> 20
+        );
+    }
     CUresult::ERROR_OUT_OF_MEMORY
+}
+
+/// At exit: the refusals not yet said, in one line (straight to stderr: see `log::at_exit_line`).
+pub fn say_unsaid_refusals() {
+    match REFUSALS.take_unsaid() {
+        0 => {}
+        n => crate::log::at_exit_line(
+            state().config.log_level,
+            vgpu_core::config::LogLevel::Warn,
+            &format!("{n} more allocations refused since the last message (not shown one by one)"),
+        ),
+    }
 }
 
 static CTX_GET_CURRENT: RealFn = RealFn::new(Lib::Cuda, c_name("cuCtxGetCurrent\0"));

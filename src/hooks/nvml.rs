@@ -6,8 +6,10 @@
 use cuda_types::*;
 use vgpu_core::view::{MemoryView, virtual_view};
 
+use std::ffi::c_uint;
+
 use crate::driver;
-use crate::intercept::Real;
+use crate::intercept::{Real, RealFn};
 use crate::state::{resolve_ordinal, state};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,4 +114,169 @@ pub unsafe fn memory_info_v2(
         m.used = v.used;
     }
     rc
+}
+
+/// One entry of a running-process list: `nvmlProcessInfo_v1_t` (the unversioned functions) or
+/// the v2 layout with MIG instance ids (`_v2`, `_v3`).
+pub trait ProcessEntry: Copy {
+    fn pid(&self) -> u32;
+    fn new(pid: u32, used: u64) -> Self;
+}
+
+impl ProcessEntry for nvmlProcessInfo_v1_t {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    fn new(pid: u32, used: u64) -> Self {
+        nvmlProcessInfo_v1_t { pid, usedGpuMemory: used }
+    }
+}
+
+impl ProcessEntry for nvmlProcessInfo_t {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    /// Not a MIG instance: both ids read as invalid (0xFFFFFFFF), as the driver reports them.
+    fn new(pid: u32, used: u64) -> Self {
+        nvmlProcessInfo_t { pid, usedGpuMemory: used, gpuInstanceId: u32::MAX, computeInstanceId: u32::MAX }
+    }
+}
+
+/// Which list: compute processes come from the region when the driver's list is useless here;
+/// graphics processes are none of the region's business, so only PIDs the container cannot see
+/// are taken out of that one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Compute,
+    Graphics,
+}
+
+/// `nvmlDeviceGet{Compute,Graphics}RunningProcesses[_v2|_v3]`. Inside a container, drivers
+/// 560/570 listed no process, or host PIDs (HAMi#1339–1341, HAMi-core#112), so `nvidia-smi`
+/// showed none. The driver's answer is kept whenever it names a process this container can see
+/// (driver 580 translates PIDs into the caller's namespace); otherwise the compute list is the
+/// region's: the container's live processes, by the PIDs they have in the container, each with
+/// the memory charged to it (on a GPU the container limits; elsewhere libvgpu shows the driver's
+/// answer, as everywhere). The caller's buffer protocol is NVML's: `*count` is the capacity in
+/// and the entries written (or needed, with `NVML_ERROR_INSUFFICIENT_SIZE`) out.
+///
+/// # Safety
+/// `count` and `infos` as NVML's contract: `count` null or valid, `infos` valid for `*count`
+/// entries of `T` (or null when `*count` is 0). `slot` is the real function `real` calls.
+pub unsafe fn running_processes<T: ProcessEntry>(
+    real: Real<'_, nvmlReturn_t>,
+    slot: &RealFn,
+    kind: Kind,
+    device: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut T,
+) -> nvmlReturn_t {
+    // SAFETY: read before the driver overwrites it; null is the driver's error to report.
+    let Some(capacity) = (unsafe { count.as_ref() }).copied() else { return real.call() };
+    let rc = real.call();
+    if rc != nvmlReturn_t::SUCCESS && rc != nvmlReturn_t::ERROR_INSUFFICIENT_SIZE {
+        return rc;
+    }
+    // SAFETY: the driver wrote the count (entries written, or needed).
+    let listed = unsafe { *count };
+    let driver_pids: Vec<u32> = if rc == nvmlReturn_t::SUCCESS {
+        match (listed, infos.is_null()) {
+            (0, _) | (_, true) => Vec::new(),
+            // SAFETY: the driver wrote `listed` entries into the caller's buffer.
+            (n, false) => unsafe { std::slice::from_raw_parts(infos, n as usize) }.iter().map(T::pid).collect(),
+        }
+    } else {
+        // Only the number came back (a size query): ask again into our own buffer for the PIDs.
+        // SAFETY: `slot` is this very function, whose entries are `T`.
+        unsafe { driver_list::<T>(slot, device, listed) }
+    };
+    let Some(index) = index_of(device) else { return rc };
+    // A GPU the container does not limit shows the driver's answer, as every other view does.
+    let accounting = state().ledger.accounting();
+    let sm = accounting.region().shared().sm_limit.get(index).map_or(0, |l| l.load(Ordering::Relaxed));
+    if accounting.limit_at(index).is_none() && !(1..100).contains(&sm) {
+        return rc;
+    }
+    let ours = accounting.processes_on(index);
+    let seen = |pid: u32| ours.iter().any(|&(p, _)| p == pid) || visible(pid);
+    if driver_pids.iter().any(|&p| seen(p)) || (driver_pids.is_empty() && kind == Kind::Graphics) {
+        return rc;
+    }
+    let entries: Vec<(u32, u64)> = if kind == Kind::Compute { ours } else { Vec::new() };
+    if entries.is_empty() && driver_pids.is_empty() {
+        return rc;
+    }
+    // SAFETY: `count` is valid (read above).
+    unsafe { *count = entries.len() as c_uint };
+    if (capacity as usize) < entries.len() {
+        return nvmlReturn_t::ERROR_INSUFFICIENT_SIZE;
+    }
+    if entries.is_empty() {
+        return nvmlReturn_t::SUCCESS;
+    }
+    if infos.is_null() {
+        return nvmlReturn_t::ERROR_INVALID_ARGUMENT;
+    }
+    for (i, &(pid, used)) in entries.iter().enumerate() {
+        // SAFETY: `i < entries.len() <= capacity`, the caller's buffer size in entries.
+        unsafe { infos.add(i).write(T::new(pid, used)) };
+    }
+    nvmlReturn_t::SUCCESS
+}
+
+/// The PIDs the driver lists, through our own buffer (`needed` entries, and a few more for
+/// processes that started since).
+unsafe fn driver_list<T: ProcessEntry>(slot: &RealFn, device: nvmlDevice_t, needed: c_uint) -> Vec<u32> {
+    type Sig<T> = unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut T) -> nvmlReturn_t;
+    // SAFETY: the slot holds the real function of exactly this signature (see the table).
+    let Some(f) = (unsafe { slot.get::<Sig<T>>() }) else { return Vec::new() };
+    let mut n = needed.saturating_add(8);
+    let mut buf: Vec<std::mem::MaybeUninit<T>> = Vec::with_capacity(n as usize);
+    // SAFETY: `buf` has room for `n` entries; the driver writes at most `n` and says how many.
+    let rc = unsafe { f(device, &mut n, buf.as_mut_ptr().cast()) };
+    if rc != nvmlReturn_t::SUCCESS {
+        return Vec::new();
+    }
+    let n = (n as usize).min(buf.capacity());
+    // SAFETY: the driver initialised the first `n` entries.
+    unsafe { buf.set_len(n) };
+    buf.iter()
+        .map(|e| {
+            // SAFETY: within the first `n` entries, which the driver wrote.
+            unsafe { e.assume_init_ref() }.pid()
+        })
+        .collect()
+}
+
+/// Whether this process's PID namespace has a process `pid` (a host PID that a driver gave
+/// does not exist here, or names another process, which the region check above covers).
+fn visible(pid: u32) -> bool {
+    pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+macro_rules! process_lists {
+    ($($handler:ident: $real:ident, $entry:ty, $kind:expr;)*) => {$(
+        /// See [`running_processes`].
+        ///
+        /// # Safety
+        /// NVML's contract for this function.
+        pub unsafe fn $handler(
+            real: Real<'_, nvmlReturn_t>,
+            device: nvmlDevice_t,
+            count: *mut c_uint,
+            infos: *mut $entry,
+        ) -> nvmlReturn_t {
+            // SAFETY: the caller's arguments under NVML's contract; the slot is this function's.
+            unsafe { running_processes(real, &crate::intercept::table::real::$real, $kind, device, count, infos) }
+        }
+    )*};
+}
+
+process_lists! {
+    compute_v1: nvmlDeviceGetComputeRunningProcesses, nvmlProcessInfo_v1_t, Kind::Compute;
+    compute_v2: nvmlDeviceGetComputeRunningProcesses_v2, nvmlProcessInfo_t, Kind::Compute;
+    compute_v3: nvmlDeviceGetComputeRunningProcesses_v3, nvmlProcessInfo_t, Kind::Compute;
+    graphics_v1: nvmlDeviceGetGraphicsRunningProcesses, nvmlProcessInfo_v1_t, Kind::Graphics;
+    graphics_v2: nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlProcessInfo_t, Kind::Graphics;
+    graphics_v3: nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlProcessInfo_t, Kind::Graphics;
 }

@@ -10,7 +10,10 @@
  *   count <code> n=<devices>
  *   gpu <i> <uuid> total=<b> used=<b> free=<b> reserved=<b> v1total=<b> v1used=<b> v1free=<b>
  *   gpu <i> <used>MiB / <total>MiB
- *   proc <i> pid=<pid> used=<bytes>                                 (per running process)
+ *   proc <i> pid=<pid> used=<bytes> gi=<id> ci=<id>   (per compute process, _v3)
+ *   procs-size <i> <code> n=<count>                   (_v3 asked with capacity 0, no buffer)
+ *   proc1 <i> pid=<pid> used=<bytes>                  (per compute process, unversioned)
+ *   gproc <i> pid=<pid> used=<bytes>                  (per graphics process, _v3)
  *   gpu <i> error <function> <code>                                 (on a failed query)
  */
 #define _GNU_SOURCE
@@ -91,6 +94,10 @@ int main(int argc, char **argv)
     __typeof__(&nvmlDeviceGetMemoryInfo) mem_v1 = LOOKUP(lib, nvmlDeviceGetMemoryInfo);
     __typeof__(&nvmlDeviceGetComputeRunningProcesses_v3) procs =
         LOOKUP(lib, nvmlDeviceGetComputeRunningProcesses_v3);
+    __typeof__(&nvmlDeviceGetComputeRunningProcesses) procs_v1 =
+        LOOKUP(lib, nvmlDeviceGetComputeRunningProcesses);
+    __typeof__(&nvmlDeviceGetGraphicsRunningProcesses_v3) gprocs =
+        LOOKUP(lib, nvmlDeviceGetGraphicsRunningProcesses_v3);
     __typeof__(&nvmlShutdown) shutdown = LOOKUP(lib, nvmlShutdown);
     if (!init || !get_count || !by_index || !get_uuid || !mem_v2 || !mem_v1) {
         printf("dlsym failed for a required NVML function\n");
@@ -135,7 +142,30 @@ int main(int argc, char **argv)
                 continue;
             }
             for (unsigned int k = 0; k < count; k++)
-                printf("proc %u pid=%u used=%llu\n", i, infos[k].pid, infos[k].usedGpuMemory);
+                printf("proc %u pid=%u used=%llu gi=%u ci=%u\n", i, infos[k].pid, infos[k].usedGpuMemory,
+                       infos[k].gpuInstanceId, infos[k].computeInstanceId);
+            /* NVML's size query: capacity 0, no buffer. */
+            unsigned int needed = 0;
+            r = procs(dev, &needed, NULL);
+            printf("procs-size %u %u n=%u\n", i, r, needed);
+        }
+        if (procs_v1 != NULL) {
+            nvmlProcessInfo_v1_t infos[64];
+            unsigned int count = 64;
+            if ((r = procs_v1(dev, &count, infos)) != NVML_SUCCESS)
+                printf("gpu %u error nvmlDeviceGetComputeRunningProcesses %u\n", i, r);
+            else
+                for (unsigned int k = 0; k < count; k++)
+                    printf("proc1 %u pid=%u used=%llu\n", i, infos[k].pid, infos[k].usedGpuMemory);
+        }
+        if (gprocs != NULL) {
+            nvmlProcessInfo_t infos[64];
+            unsigned int count = 64;
+            if ((r = gprocs(dev, &count, infos)) != NVML_SUCCESS)
+                printf("gpu %u error nvmlDeviceGetGraphicsRunningProcesses_v3 %u\n", i, r);
+            else
+                for (unsigned int k = 0; k < count; k++)
+                    printf("gproc %u pid=%u used=%llu\n", i, infos[k].pid, infos[k].usedGpuMemory);
         }
     }
     if (shutdown != NULL)

@@ -43,6 +43,9 @@
 //!   file) are isolated. Unset: the process has the devices to itself.
 //! - `FAKEGPU_QUEUE_DEPTH`: launches a stream may have pending before the next launch blocks
 //!   until the oldest completes (a real driver's command queue); default 1024.
+//! - `FAKEGPU_NVML_PROCESSES`: what NVML's running-process lists show. Unset: none, as drivers
+//!   560/570 inside a container; `self`: this process with the device's memory, as driver 580
+//!   in a PID namespace; `host`: a PID no container can see, as a driver giving host PIDs.
 //!
 //! Besides the CUDA and NVML symbols the library exports one of its own,
 //! `uint64_t fakegpu_call_count(const char *name)`: how often the exported function `name`

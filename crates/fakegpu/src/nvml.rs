@@ -257,23 +257,34 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(dev: nvmlDevice_t, out: *mut
     })
 }
 
-/// The process list: this process, if it uses memory on the device. `*count` is the
-/// capacity in and the number of entries (or the number needed) out.
+/// What the fake's process lists show (`FAKEGPU_NVML_PROCESSES`): by default none, as drivers
+/// 560/570 inside a container did (HAMi#1339); `self`: this process with the device's memory, as
+/// a driver that translates PIDs into the caller's namespace does (580); `host`: a PID no
+/// container can see (above the kernel's largest `pid_max`), as a driver that gives host PIDs.
+fn listed_pid() -> Option<u32> {
+    const UNSEEN_HOST_PID: u32 = (1 << 22) + 17;
+    match std::env::var("FAKEGPU_NVML_PROCESSES").as_deref() {
+        Ok("self") => Some(std::process::id()),
+        Ok("host") => Some(UNSEEN_HOST_PID),
+        _ => None,
+    }
+}
+
+/// The process list (see [`listed_pid`]). `*count` is the capacity in and the number of entries
+/// (or the number needed) out.
 fn processes<T>(dev: nvmlDevice_t, count: *mut c_uint, infos: *mut T, make: impl Fn(u32, u64) -> T) -> nvmlReturn_t {
     guard(|| {
         let count = nn(count)?;
         let (_, used) = memory(dev)?;
-        let needed: u32 = u32::from(used > 0);
+        let pid = listed_pid().filter(|_| used > 0);
+        let needed: u32 = u32::from(pid.is_some());
         let capacity = unsafe { *count };
         unsafe { count.write(needed) };
-        if needed == 0 {
-            return Ok(());
-        }
+        let Some(pid) = pid else { return Ok(()) };
         if capacity < needed {
             return Err(nvmlReturn_t::ERROR_INSUFFICIENT_SIZE);
         }
         let infos = nn(infos)?;
-        let pid = std::process::id();
         unsafe { infos.write(make(pid, used)) };
         Ok(())
     })
@@ -312,6 +323,36 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses(
     infos: *mut nvmlProcessInfo_v1_t,
 ) -> nvmlReturn_t {
     crate::tally!("nvmlDeviceGetComputeRunningProcesses");
+    processes(dev, count, infos, |pid, used| nvmlProcessInfo_v1_t { pid, usedGpuMemory: used })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v3(
+    dev: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    crate::tally!("nvmlDeviceGetGraphicsRunningProcesses_v3");
+    processes(dev, count, infos, info_v3)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses_v2(
+    dev: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_t,
+) -> nvmlReturn_t {
+    crate::tally!("nvmlDeviceGetGraphicsRunningProcesses_v2");
+    processes(dev, count, infos, info_v3)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvmlDeviceGetGraphicsRunningProcesses(
+    dev: nvmlDevice_t,
+    count: *mut c_uint,
+    infos: *mut nvmlProcessInfo_v1_t,
+) -> nvmlReturn_t {
+    crate::tally!("nvmlDeviceGetGraphicsRunningProcesses");
     processes(dev, count, infos, |pid, used| nvmlProcessInfo_v1_t { pid, usedGpuMemory: used })
 }
 

@@ -1,10 +1,11 @@
-//! A small hand-written argument parser: four commands with a handful of flags do not justify
-//! clap's dependency tree, and writing it out keeps every error message under our control
-//! (the bad value, why, and what is accepted — the same style as the library's variables).
+//! The command line, read with lexopt (one small, dependency-free crate: the `vgpu` binary stays
+//! lean; see crates/vgpu-cli/README.md for the measurement), our own messages on top: every error
+//! names the bad value, why, and what is accepted — the same style as the library's variables.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use lexopt::prelude::*;
 use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::{DEFAULT_SHARED_CACHE, SHARED_CACHE};
 use vgpu_core::size::{ACCEPTED_SIZES, parse_size};
@@ -15,13 +16,21 @@ pub const ACCEPTED_MEMORY: &str = "0 or unlimited (no cap), or ";
 pub const ACCEPTED_PERCENT: &str = "a whole percentage 0-100 (0, 100 or unlimited = no limit), e.g. 30 or 30%";
 pub const ACCEPTED_DEVICE: &str = "a device index 0-15";
 
+/// A limit `vgpu set` writes: a value (0 = none), or `env`: hand it back to the processes'
+/// environment (the next process to find the region unheld sets it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    To(u64),
+    Env,
+}
+
 #[derive(Debug)]
 pub enum Command {
     Help(Option<&'static str>),
     Version,
     Status { cache: PathBuf, json: bool },
     Scan { dir: PathBuf, json: bool },
-    Set { cache: PathBuf, devices: Vec<usize>, memory: Option<u64>, sm: Option<u64> },
+    Set { cache: PathBuf, devices: Vec<usize>, memory: Option<Setting>, sm: Option<Setting> },
     Reap { cache: PathBuf },
     Run(crate::run::RunOpts),
     Exporter(crate::exporter::ExporterOpts),
@@ -30,7 +39,7 @@ pub enum Command {
 pub const MAIN_HELP: &str = "\
 vgpu — inspect and adjust a container's libvgpu region (memory caps, SM shares, processes)
 
-Usage: vgpu <command> [options]
+Usage: vgpu <command> [options]   (vgpu help <command> for its options)
 
 Commands:
   status   show devices, caps, usage and processes of one region (or all regions under a dir)
@@ -75,6 +84,10 @@ Options:
 
 A cap below current usage is allowed: existing memory stays allocated, new allocations fail
 until usage drops below the cap.
+
+A limit set here stays after every process has exited: the next process keeps it whatever its
+own environment says. `--memory env` / `--sm env` hand it back to the environment: the next
+process that starts while none is running sets it (the value stays until then).
 ";
 
 pub const REAP_HELP: &str = "\
@@ -141,35 +154,42 @@ Options:
 ";
 
 /// Parses `argv[1..]` as the OS gave it: `vgpu run` keeps its command's arguments as they are
-/// (they need not be UTF-8); every other command must be valid UTF-8.
+/// (they need not be UTF-8); every option value elsewhere must be valid UTF-8.
 pub fn parse_os(args: &[OsString]) -> Result<Command, CliError> {
-    if args.first().is_some_and(|a| a == "run") {
-        return crate::run::parse(&args[1..]);
-    }
-    let strings = args
-        .iter()
-        .map(|a| {
-            a.clone().into_string().map_err(|a| CliError::usage(None, format!("argument {a:?} is not valid UTF-8")))
-        })
-        .collect::<Result<Vec<String>, CliError>>()?;
-    parse(&strings)
-}
-
-/// Parses `argv[1..]`.
-pub fn parse(args: &[String]) -> Result<Command, CliError> {
-    let Some((cmd, rest)) = args.split_first() else { return Ok(Command::Help(None)) };
-    match cmd.as_str() {
-        "-h" | "--help" => Ok(Command::Help(None)),
-        "-V" | "--version" => Ok(Command::Version),
-        "help" => match rest.first().map(String::as_str) {
-            None => Ok(Command::Help(None)),
-            Some(c) => Ok(Command::Help(Some(command_name(c).ok_or_else(|| unknown_command(c))?))),
-        },
-        "status" | "set" | "reap" => parse_command(command_name(cmd).unwrap_or("status"), rest),
-        "run" => crate::run::parse(&rest.iter().map(OsString::from).collect::<Vec<_>>()),
-        "exporter" => crate::exporter::parse(rest),
+    let mut p = lexopt::Parser::from_args(args.iter().cloned());
+    let name = match p.next().map_err(lx(None))? {
+        None => return Err(CliError::NoCommand),
+        Some(Short('h') | Long("help")) => return Ok(Command::Help(None)),
+        Some(Short('V') | Long("version")) => return Ok(Command::Version),
+        Some(Value(v)) => utf8(None, "command", v)?,
+        Some(other) => return Err(lx(None)(other.unexpected())),
+    };
+    match name.as_str() {
+        "help" => {
+            let topic = match p.next().map_err(lx(None))? {
+                None => None,
+                Some(Value(v)) => {
+                    let c = utf8(None, "command", v)?;
+                    Some(command_name(&c).ok_or_else(|| unknown_command(&c))?)
+                }
+                Some(other) => return Err(lx(None)(other.unexpected())),
+            };
+            match p.next().map_err(lx(None))? {
+                None => Ok(Command::Help(topic)),
+                Some(other) => Err(lx(None)(other.unexpected())),
+            }
+        }
+        "status" | "set" | "reap" => parse_command(command_name(&name).unwrap_or("status"), &mut p),
+        "run" => crate::run::parse(&mut p),
+        "exporter" => crate::exporter::parse(&mut p),
         other => Err(unknown_command(other)),
     }
+}
+
+/// Parses `argv[1..]` (tests; UTF-8 only).
+#[cfg(test)]
+pub fn parse(args: &[String]) -> Result<Command, CliError> {
+    parse_os(&args.iter().map(OsString::from).collect::<Vec<_>>())
 }
 
 fn command_name(c: &str) -> Option<&'static str> {
@@ -180,48 +200,56 @@ fn unknown_command(c: &str) -> CliError {
     CliError::usage(None, format!("unknown command {c:?}; accepted: status, set, reap, run, exporter, help"))
 }
 
-/// `--flag=value` → (`--flag`, Some(value)); anything else → (arg, None).
-pub fn split_flag(arg: &str) -> (&str, Option<String>) {
-    match arg.split_once('=') {
-        Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-        _ => (arg, None),
+/// lexopt's errors in our words, naming the command.
+pub fn lx(cmd: Option<&'static str>) -> impl Fn(lexopt::Error) -> CliError {
+    move |e| {
+        let of = cmd.map_or(String::new(), |c| format!(" for `vgpu {c}`"));
+        let msg = match e {
+            lexopt::Error::MissingValue { option: Some(o) } => format!("{o} needs a value"),
+            lexopt::Error::UnexpectedOption(o) => format!("unknown option {o:?}{of}"),
+            lexopt::Error::UnexpectedArgument(a) => format!("unexpected argument {a:?}{of}"),
+            lexopt::Error::UnexpectedValue { option, .. } => format!("{option} takes no value"),
+            e => e.to_string(),
+        };
+        CliError::usage(cmd, msg)
     }
 }
 
-/// Per-command flags; which are allowed depends on the command.
-fn parse_command(cmd: &'static str, args: &[String]) -> Result<Command, CliError> {
+/// An option's value as UTF-8 (paths and sizes are read as text everywhere but `run`'s command).
+pub fn utf8(cmd: Option<&'static str>, what: &str, v: OsString) -> Result<String, CliError> {
+    v.into_string().map_err(|v| CliError::usage(cmd, format!("{what} {v:?} is not valid UTF-8")))
+}
+
+/// The value of the option just read.
+pub fn value(p: &mut lexopt::Parser, cmd: &'static str, flag: &str) -> Result<String, CliError> {
+    let v = p.value().map_err(lx(Some(cmd)))?;
+    utf8(Some(cmd), flag, v)
+}
+
+/// `status`, `set` and `reap`: which options are allowed depends on the command.
+fn parse_command(cmd: &'static str, p: &mut lexopt::Parser) -> Result<Command, CliError> {
     let (mut cache, mut scan, mut json) = (None, None, false);
     let (mut devices, mut memory, mut sm) = (Vec::new(), None, None);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        // `--flag=value` and `--flag value` are both accepted.
-        let (flag, inline) = split_flag(arg);
-        let allowed = match cmd {
-            "status" => &["--cache", "--scan", "--json", "--help", "-h"][..],
-            "set" => &["--cache", "--device", "--memory", "--sm", "--help", "-h"][..],
-            _ => &["--cache", "--help", "-h"][..],
-        };
-        if !allowed.contains(&flag) {
-            let what = if flag.starts_with('-') { "unknown option" } else { "unexpected argument" };
-            return Err(CliError::usage(Some(cmd), format!("{what} {arg:?} for `vgpu {cmd}`")));
-        }
-        if matches!(flag, "--help" | "-h") {
-            return Ok(Command::Help(Some(cmd)));
-        }
-        if flag == "--json" {
-            json = true;
-            continue;
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().cloned().ok_or_else(|| CliError::usage(Some(cmd), format!("{flag} needs a value")))?,
-        };
-        match flag {
-            "--cache" => cache = Some(once(cmd, flag, cache, PathBuf::from(value))?),
-            "--scan" => scan = Some(once(cmd, flag, scan, PathBuf::from(value))?),
-            "--device" => devices.push(parse_device(cmd, &value)?),
-            "--memory" => memory = Some(once(cmd, flag, memory, parse_memory(cmd, &value)?)?),
-            _ => sm = Some(once(cmd, flag, sm, parse_percent(cmd, &value)?)?),
+    while let Some(arg) = p.next().map_err(lx(Some(cmd)))? {
+        match (cmd, arg) {
+            (_, Short('h') | Long("help")) => return Ok(Command::Help(Some(cmd))),
+            (_, Long("cache")) => cache = Some(once(cmd, "--cache", cache, PathBuf::from(value(p, cmd, "--cache")?))?),
+            ("status", Long("json")) => json = true,
+            ("status", Long("scan")) => {
+                scan = Some(once(cmd, "--scan", scan, PathBuf::from(value(p, cmd, "--scan")?))?)
+            }
+            ("set", Long("device")) => devices.push(parse_device(cmd, &value(p, cmd, "--device")?)?),
+            ("set", Long("memory")) => {
+                let v = value(p, cmd, "--memory")?;
+                let setting = if is_env(&v) { Setting::Env } else { Setting::To(parse_memory(cmd, &v)?) };
+                memory = Some(once(cmd, "--memory", memory, setting)?);
+            }
+            ("set", Long("sm")) => {
+                let v = value(p, cmd, "--sm")?;
+                let setting = if is_env(&v) { Setting::Env } else { Setting::To(parse_percent(cmd, &v)?) };
+                sm = Some(once(cmd, "--sm", sm, setting)?);
+            }
+            (_, other) => return Err(lx(Some(cmd))(other.unexpected())),
         }
     }
     match cmd {
@@ -230,9 +258,10 @@ fn parse_command(cmd: &'static str, args: &[String]) -> Result<Command, CliError
             (Some(dir), None) => Ok(Command::Scan { dir, json }),
             (None, cache) => Ok(Command::Status { cache: cache.unwrap_or_else(default_cache), json }),
         },
-        "set" if memory.is_none() && sm.is_none() => {
-            Err(CliError::usage(Some(cmd), "nothing to set: give --memory SIZE and/or --sm PERCENT".into()))
-        }
+        "set" if memory.is_none() && sm.is_none() => Err(CliError::usage(
+            Some(cmd),
+            "nothing to set: give --memory SIZE and/or --sm PERCENT (or env to hand a limit back)".into(),
+        )),
         "set" => {
             devices.sort_unstable();
             devices.dedup();
@@ -240,6 +269,10 @@ fn parse_command(cmd: &'static str, args: &[String]) -> Result<Command, CliError
         }
         _ => Ok(Command::Reap { cache: cache.unwrap_or_else(default_cache) }),
     }
+}
+
+fn is_env(v: &str) -> bool {
+    v.trim().eq_ignore_ascii_case("env")
 }
 
 /// A flag given twice is an error rather than "last one wins": `--memory 4g --memory 6g` is
@@ -308,9 +341,23 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((devices, memory, sm), (vec![0, 1], Some(3 << 29), Some(30)));
+        assert_eq!((devices, memory, sm), (vec![0, 1], Some(Setting::To(3 << 29)), Some(Setting::To(30))));
         let Ok(Command::Set { memory, sm, .. }) = p(&["set", "--memory", "unlimited"]) else { panic!() };
-        assert_eq!((memory, sm), (Some(0), None));
+        assert_eq!((memory, sm), (Some(Setting::To(0)), None));
+        let Ok(Command::Set { memory, sm, .. }) = p(&["set", "--memory", "env", "--sm=ENV"]) else { panic!() };
+        assert_eq!((memory, sm), (Some(Setting::Env), Some(Setting::Env)));
+    }
+
+    #[test]
+    fn help_version_and_no_command() {
+        assert!(matches!(p(&[]), Err(CliError::NoCommand)));
+        assert!(matches!(p(&["--help"]), Ok(Command::Help(None))));
+        assert!(matches!(p(&["-V"]), Ok(Command::Version)));
+        assert!(matches!(p(&["help"]), Ok(Command::Help(None))));
+        for c in ["status", "set", "reap", "run", "exporter"] {
+            assert!(matches!(p(&["help", c]), Ok(Command::Help(Some(n))) if n == c), "help {c}");
+            assert!(matches!(p(&[c, "--help"]), Ok(Command::Help(Some(n))) if n == c), "{c} --help");
+        }
     }
 
     #[test]
@@ -323,6 +370,10 @@ mod tests {
             (&["set", "--memory"], "--memory needs a value"),
             (&["reap", "--json"], "unknown option \"--json\""),
             (&["frobnicate"], "unknown command"),
+            (&["--foo"], "unknown option \"--foo\""),
+            (&["help", "frobnicate"], "unknown command \"frobnicate\""),
+            (&["status", "--json=yes"], "--json takes no value"),
+            (&["status", "extra"], "unexpected argument \"extra\" for `vgpu status`"),
             (&["status", "--scan", "/x", "--cache", "/y"], "cannot be combined"),
         ] {
             match p(args) {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use crate::CliError;
-use crate::args::{default_cache, invalid, once, split_flag};
+use crate::args::{default_cache, invalid, lx, once, value};
 use crate::history::{self, History};
 use crate::metrics::{self, Located};
 use crate::ops;
@@ -42,33 +42,22 @@ pub struct ExporterOpts {
     pub sample_interval: Duration,
 }
 
-pub fn parse(args: &[String]) -> Result<crate::args::Command, CliError> {
+pub fn parse(p: &mut lexopt::Parser) -> Result<crate::args::Command, CliError> {
+    use lexopt::prelude::*;
     let (mut listen, mut cache, mut scan, mut allow_remote) = (None, None, None, false);
     let mut interval = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = split_flag(arg);
-        match flag {
-            "--help" | "-h" => return Ok(crate::args::Command::Help(Some(CMD))),
-            "--allow-remote" => {
-                allow_remote = true;
-                continue;
+    while let Some(arg) = p.next().map_err(lx(Some(CMD)))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(crate::args::Command::Help(Some(CMD))),
+            Long("allow-remote") => allow_remote = true,
+            Long("listen") => listen = Some(once(CMD, "--listen", listen, value(p, CMD, "--listen")?)?),
+            Long("cache") => cache = Some(once(CMD, "--cache", cache, PathBuf::from(value(p, CMD, "--cache")?))?),
+            Long("scan") => scan = Some(once(CMD, "--scan", scan, PathBuf::from(value(p, CMD, "--scan")?))?),
+            Long("sample-interval") => {
+                let v = parse_interval(&value(p, CMD, "--sample-interval")?)?;
+                interval = Some(once(CMD, "--sample-interval", interval, v)?);
             }
-            "--listen" | "--cache" | "--scan" | "--sample-interval" => {}
-            _ => {
-                let what = if flag.starts_with('-') { "unknown option" } else { "unexpected argument" };
-                return Err(CliError::usage(Some(CMD), format!("{what} {arg:?} for `vgpu exporter`")));
-            }
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().cloned().ok_or_else(|| CliError::usage(Some(CMD), format!("{flag} needs a value")))?,
-        };
-        match flag {
-            "--listen" => listen = Some(once(CMD, flag, listen, value)?),
-            "--cache" => cache = Some(once(CMD, flag, cache, PathBuf::from(value))?),
-            "--sample-interval" => interval = Some(once(CMD, flag, interval, parse_interval(&value)?)?),
-            _ => scan = Some(once(CMD, flag, scan, PathBuf::from(value))?),
+            other => return Err(lx(Some(CMD))(other.unexpected())),
         }
     }
     let source = match (scan, cache) {
@@ -225,6 +214,7 @@ impl Reader {
 fn message(e: &CliError) -> String {
     match e {
         CliError::Usage { msg, .. } | CliError::Runtime(msg) => msg.clone(),
+        CliError::NoCommand => "no command given".into(),
     }
 }
 
@@ -380,7 +370,9 @@ mod tests {
     use crate::args::Command as C;
 
     fn p(args: &[&str]) -> Result<C, CliError> {
-        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        crate::args::parse(
+            &std::iter::once("exporter").chain(args.iter().copied()).map(String::from).collect::<Vec<_>>(),
+        )
     }
 
     #[test]

@@ -22,7 +22,12 @@ use args::Command;
 /// Exit 2 for what the user typed, 1 for what we found (missing, foreign or corrupt region…).
 #[derive(Debug)]
 pub enum CliError {
-    Usage { cmd: Option<&'static str>, msg: String },
+    /// Bare `vgpu`: the help goes to stderr and the exit status is 2 (nothing was done).
+    NoCommand,
+    Usage {
+        cmd: Option<&'static str>,
+        msg: String,
+    },
     Runtime(String),
 }
 
@@ -41,6 +46,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        Err(CliError::NoCommand) => {
+            eprint!("vgpu: no command given\n\n{}", args::MAIN_HELP);
+            ExitCode::from(2)
+        }
         Err(CliError::Usage { cmd, msg }) => {
             let hint = cmd.map_or("vgpu --help".to_string(), |c| format!("vgpu {c} --help"));
             eprintln!("vgpu: {msg}\nTry '{hint}'.");

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::SeqCst;
 
 use vgpu_core::MAX_DEVICES;
-use vgpu_region::Region;
 use vgpu_region::layout::MAX_PROCS;
+use vgpu_region::{Limit, Region, RegionError};
 
 use crate::CliError;
+use crate::args::Setting;
 use crate::render::{self, cap, percent, size};
 use crate::snapshot::{self, SCHEMA_VERSION, Scan, Skipped};
 
@@ -48,7 +49,7 @@ pub fn collect_scan(dir: &Path) -> Result<Scan, CliError> {
         if entry.is_dir() {
             match list(&entry) {
                 Ok(inner) => candidates.extend(inner),
-                Err(e) => skipped.push(skip(&entry, format!("cannot read directory: {e}"))),
+                Err(e) => skipped.push(skip(&entry, "unreadable", format!("cannot read directory: {e}"))),
             }
         } else {
             candidates.push(entry);
@@ -58,13 +59,28 @@ pub fn collect_scan(dir: &Path) -> Result<Scan, CliError> {
     for path in candidates {
         // `metadata` follows symlinks, like the library opening the path would.
         match fs::metadata(&path) {
-            Err(e) => skipped.push(skip(&path, e.to_string())),
-            Ok(m) if m.is_dir() => skipped.push(skip(&path, "directory (only one level below DIR is scanned)".into())),
+            Err(e) => skipped.push(skip(&path, "unreadable", e.to_string())),
+            Ok(m) if m.is_dir() => {
+                skipped.push(skip(&path, "directory", "directory (only one level below DIR is scanned)".into()))
+            }
             // A FIFO or device would block or misbehave on open: never touch non-regular files.
-            Ok(m) if !m.is_file() => skipped.push(skip(&path, "not a regular file".into())),
+            Ok(m) if !m.is_file() => skipped.push(skip(&path, "not a regular file", "not a regular file".into())),
+            Ok(_) if !starts_like_a_region(&path) => skipped.push(skip(
+                &path,
+                "not a region file",
+                "not a region file (it does not start with the region's magic number)".into(),
+            )),
             Ok(_) => match Region::open_existing(&path) {
                 Ok(r) => regions.push(snapshot::take(&r, &path.display().to_string())),
-                Err(e) => skipped.push(skip(&path, e.to_string())),
+                Err(e) => {
+                    let kind = match &e {
+                        RegionError::Foreign(..) => "HAMi-core region",
+                        RegionError::WrongVersion(..) => "other version",
+                        RegionError::Io(..) | RegionError::Missing(..) => "unreadable",
+                        _ => "corrupt region",
+                    };
+                    skipped.push(skip(&path, kind, e.to_string()))
+                }
             },
         }
     }
@@ -79,8 +95,18 @@ fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-fn skip(path: &Path, reason: String) -> Skipped {
-    Skipped { path: path.display().to_string(), reason }
+fn skip(path: &Path, kind: &'static str, reason: String) -> Skipped {
+    Skipped { path: path.display().to_string(), kind, reason }
+}
+
+/// Whether a file begins as a region does: HAMi's magic, or zeros (a region being created). A
+/// shared library, a log or any other file in the directory is passed over without mapping it.
+fn starts_like_a_region(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let read = fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    let flag = i32::from_le_bytes(head);
+    read.is_ok() && (flag == vgpu_region::layout::MAGIC || flag == 0)
 }
 
 /// What the cap is enforced against: every slot's `total`, dead ones included until reaped
@@ -96,7 +122,7 @@ fn sm_of(raw: u64) -> Option<u64> {
 }
 
 /// Writes limits live: processes read `limit[dev]`/`sm_limit[dev]` on every charge or launch.
-pub fn set(path: &Path, devices: &[usize], memory: Option<u64>, sm: Option<u64>) -> Result<String, CliError> {
+pub fn set(path: &Path, devices: &[usize], memory: Option<Setting>, sm: Option<Setting>) -> Result<String, CliError> {
     let region = open(path)?;
     let s = region.shared();
     let described = (s.device_num.load(SeqCst) as usize).min(MAX_DEVICES);
@@ -118,7 +144,14 @@ pub fn set(path: &Path, devices: &[usize], memory: Option<u64>, sm: Option<u64>)
     };
     let mut out = String::new();
     for &d in &targets {
-        if let Some(new) = memory {
+        if memory == Some(Setting::Env) {
+            region.set_operator_mark(d, Limit::Memory, false);
+            out += &format!(
+                "device {d}: memory cap handed back to the processes' environment (the next process to start when none runs sets it)\n"
+            );
+        }
+        if let Some(Setting::To(new)) = memory {
+            region.set_operator_mark(d, Limit::Memory, true);
             let old = s.limit[d].swap(new, SeqCst);
             out += &change(d, "memory cap", cap((old != 0).then_some(old)), cap((new != 0).then_some(new)));
             let used = charged(&region, d);
@@ -131,7 +164,14 @@ pub fn set(path: &Path, devices: &[usize], memory: Option<u64>, sm: Option<u64>)
                 );
             }
         }
-        if let Some(new) = sm {
+        if sm == Some(Setting::Env) {
+            region.set_operator_mark(d, Limit::Sm, false);
+            out += &format!(
+                "device {d}: SM limit handed back to the processes' environment (the next process to start when none runs sets it)\n"
+            );
+        }
+        if let Some(Setting::To(new)) = sm {
+            region.set_operator_mark(d, Limit::Sm, true);
             let old = s.sm_limit[d].swap(new, SeqCst);
             out += &change(d, "SM limit", percent(sm_of(old)), percent(sm_of(new)));
         }

@@ -145,10 +145,16 @@ pub fn scan(s: &Scan) -> String {
         out += &status(r);
     }
     if !s.skipped.is_empty() {
-        out += "\nskipped:\n";
+        // One line: what was passed over, by kind (`--json` lists each file with its reason).
+        let mut kinds: Vec<(&str, usize)> = Vec::new();
         for k in &s.skipped {
-            out += &format!("  {}: {}\n", k.path, k.reason);
+            match kinds.iter_mut().find(|(kind, _)| *kind == k.kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((k.kind, 1)),
+            }
         }
+        let parts: Vec<String> = kinds.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+        out += &format!("\nskipped {}: {} (--json lists each file and why)\n", s.skipped.len(), parts.join(", "));
     }
     out
 }

@@ -17,10 +17,10 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::{MEMORY_LIMIT, SHARED_CACHE, SM_LIMIT};
-use vgpu_region::Region;
+use vgpu_region::{Limit, Region};
 
 use crate::CliError;
-use crate::args::{once, parse_device, parse_memory, parse_percent, split_flag};
+use crate::args::{lx, once, parse_device, parse_memory, parse_percent, value};
 use crate::render::{cap, percent};
 
 /// Where an installed library lives (HAMi's mount point in a container).
@@ -42,52 +42,35 @@ pub struct RunOpts {
 
 const CMD: &str = "run";
 
-/// Options up to `--` or the first argument that is not an option; the rest is the command.
-pub fn parse(args: &[OsString]) -> Result<crate::args::Command, CliError> {
+/// Options up to `--` or the first argument that is not an option; the rest is the command,
+/// as the OS gave it.
+pub fn parse(p: &mut lexopt::Parser) -> Result<crate::args::Command, CliError> {
+    use lexopt::prelude::*;
     let mut o = RunOpts { memory: None, sm: None, devices: Vec::new(), cache: None, lib: None, command: Vec::new() };
-    let mut i = 0;
-    while i < args.len() {
-        let raw = &args[i];
-        i += 1;
-        if raw == "--" {
-            break;
-        }
-        let Some(arg) = raw.to_str() else {
-            return Err(CliError::usage(Some(CMD), format!("argument {raw:?} is not valid UTF-8")));
-        };
-        if !arg.starts_with('-') {
-            i -= 1; // the command itself
-            break;
-        }
-        let (flag, inline) = split_flag(arg);
-        if matches!(flag, "--help" | "-h") {
-            return Ok(crate::args::Command::Help(Some(CMD)));
-        }
-        if !["--memory", "--sm", "--device", "--cache", "--lib"].contains(&flag) {
-            return Err(CliError::usage(
-                Some(CMD),
-                format!("unknown option {arg:?} for `vgpu run` (put the command after --)"),
-            ));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => {
-                let v = args.get(i).ok_or_else(|| CliError::usage(Some(CMD), format!("{flag} needs a value")))?;
-                i += 1;
-                v.to_str()
-                    .ok_or_else(|| CliError::usage(Some(CMD), format!("{flag} {v:?} is not valid UTF-8")))?
-                    .to_string()
+    while let Some(arg) = p.next().map_err(lx(Some(CMD)))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(crate::args::Command::Help(Some(CMD))),
+            Long("memory") => {
+                let v = parse_memory(CMD, &value(p, CMD, "--memory")?)?;
+                o.memory = Some(once(CMD, "--memory", o.memory, v)?);
             }
-        };
-        match flag {
-            "--memory" => o.memory = Some(once(CMD, flag, o.memory, parse_memory(CMD, &value)?)?),
-            "--sm" => o.sm = Some(once(CMD, flag, o.sm, parse_percent(CMD, &value)?)?),
-            "--device" => o.devices.push(parse_device(CMD, &value)?),
-            "--cache" => o.cache = Some(once(CMD, flag, o.cache, non_empty(flag, value)?)?),
-            _ => o.lib = Some(once(CMD, flag, o.lib, non_empty(flag, value)?)?),
+            Long("sm") => o.sm = Some(once(CMD, "--sm", o.sm, parse_percent(CMD, &value(p, CMD, "--sm")?)?)?),
+            Long("device") => o.devices.push(parse_device(CMD, &value(p, CMD, "--device")?)?),
+            Long("cache") => {
+                o.cache = Some(once(CMD, "--cache", o.cache, non_empty("--cache", value(p, CMD, "--cache")?)?)?)
+            }
+            Long("lib") => o.lib = Some(once(CMD, "--lib", o.lib, non_empty("--lib", value(p, CMD, "--lib")?)?)?),
+            Value(command) => {
+                o.command.push(command);
+                o.command.extend(p.raw_args().map_err(lx(Some(CMD)))?);
+                break;
+            }
+            other => {
+                let CliError::Usage { msg, .. } = lx(Some(CMD))(other.unexpected()) else { unreachable!() };
+                return Err(CliError::usage(Some(CMD), format!("{msg} (put the command after --)")));
+            }
         }
     }
-    o.command = args[i..].to_vec();
     if o.command.is_empty() {
         return Err(CliError::usage(
             Some(CMD),
@@ -195,10 +178,12 @@ fn private_dir() -> Result<PathBuf, CliError> {
     Err(CliError::Runtime(format!("cannot create a private region directory in {}", base.display())))
 }
 
-/// A region given with `--cache` that already exists keeps its own limits (the library reads
-/// them live from the file): say so if they differ from the command line.
+/// A region given with `--cache` that a running process holds keeps its own limits (the library
+/// reads them live from the file), and so do limits an operator set with `vgpu set`: say so if
+/// they differ from the command line. A region nobody holds takes the command's limits.
 fn warn_if_region_differs(path: &Path, o: &RunOpts) {
     let Ok(region) = Region::open_existing(path) else { return };
+    let held = region.any_live_slot();
     let s = region.shared();
     let devices: Vec<usize> = if o.devices.is_empty() {
         let n = (s.device_num.load(SeqCst) as usize).clamp(1, MAX_DEVICES);
@@ -207,7 +192,7 @@ fn warn_if_region_differs(path: &Path, o: &RunOpts) {
         o.devices.clone()
     };
     for d in devices {
-        if let Some(want) = o.memory {
+        if let Some(want) = o.memory.filter(|_| held || region.operator_set(d, Limit::Memory)) {
             let have = s.limit[d].load(SeqCst);
             if have != want {
                 eprintln!(
@@ -220,7 +205,7 @@ fn warn_if_region_differs(path: &Path, o: &RunOpts) {
                 );
             }
         }
-        if let Some(want) = o.sm {
+        if let Some(want) = o.sm.filter(|_| held || region.operator_set(d, Limit::Sm)) {
             let have = s.sm_limit[d].load(SeqCst);
             let norm = |v: u64| (v != 0 && v < 100).then_some(v);
             if norm(have) != norm(want) {
@@ -348,7 +333,9 @@ mod tests {
     use crate::args::Command as C;
 
     fn p(args: &[&str]) -> Result<C, CliError> {
-        parse(&args.iter().map(OsString::from).collect::<Vec<_>>())
+        crate::args::parse_os(
+            &std::iter::once("run").chain(args.iter().copied()).map(OsString::from).collect::<Vec<_>>(),
+        )
     }
 
     #[test]

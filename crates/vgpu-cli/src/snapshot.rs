@@ -192,5 +192,8 @@ pub struct Scan {
 #[derive(Serialize)]
 pub struct Skipped {
     pub path: String,
+    /// A short class for the one-line summary: `not a region file`, `directory`, `unreadable`,
+    /// `not a regular file`, `HAMi-core region`, `corrupt region`, `other version`.
+    pub kind: &'static str,
     pub reason: String,
 }

@@ -129,7 +129,14 @@ fn missing_foreign_and_corrupt_regions_are_one_line_runtime_errors() {
 fn help_and_version() {
     let out = ok(&["--help"]);
     assert!(out.contains("status") && out.contains("set") && out.contains("reap"), "{out}");
-    assert_eq!(ok(&[]), out, "no arguments shows the help");
+    // No command: nothing was done, so the help goes to stderr and the exit status is 2.
+    let bare = vgpu(&[]);
+    assert_eq!(bare.status.code(), Some(2));
+    assert!(stdout(&bare).is_empty() && stderr(&bare).contains(out.trim_end()), "{}", stderr(&bare));
+    let foo = vgpu(&["--foo"]);
+    assert_eq!(foo.status.code(), Some(2));
+    assert!(stderr(&foo).contains(r#"unknown option "--foo""#), "an option, not a command: {}", stderr(&foo));
+    assert!(ok(&["help", "set"]).contains("--memory SIZE"));
     assert!(ok(&["set", "--help"]).contains("--memory SIZE"));
     assert!(ok(&["help", "status"]).contains("--scan DIR"));
     assert!(ok(&["reap", "-h"]).starts_with("Usage: vgpu reap"));

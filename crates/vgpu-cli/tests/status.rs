@@ -133,6 +133,10 @@ fn scan_lists_every_region_and_skips_the_rest_with_a_reason() {
     let b = dir.path().join("pod-b").join("cudevshr.cache");
     let _rb = region(&b, 3 * GIB);
     std::fs::write(dir.path().join("junk.txt"), b"not a region").unwrap();
+    // A shared library larger than a region (HAMi mounts libvgpu.so beside the regions).
+    let mut elf = b"\x7fELF".to_vec();
+    elf.resize(3 << 20, 1);
+    std::fs::write(dir.path().join("libvgpu.so"), elf).unwrap();
     std::fs::create_dir_all(dir.path().join("pod-b/deeper")).unwrap();
 
     let v = json(&["status", "--scan", s(dir.path()), "--json"]);
@@ -143,15 +147,19 @@ fn scan_lists_every_region_and_skips_the_rest_with_a_reason() {
     assert_eq!(regions[0]["processes"][0]["pid"], 7);
     assert_eq!(regions[1]["devices"][0]["memory_limit"], 3 * GIB);
     let skipped = v["skipped"].as_array().unwrap();
-    assert_eq!(skipped.len(), 2, "{skipped:?}");
-    let junk = skipped.iter().find(|k| k["path"].as_str().unwrap().ends_with("junk.txt")).unwrap();
-    assert!(junk["reason"].as_str().unwrap().contains("is not a libvgpu region"), "{junk}");
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    for name in ["junk.txt", "libvgpu.so"] {
+        let k = skipped.iter().find(|k| k["path"].as_str().unwrap().ends_with(name)).unwrap();
+        assert_eq!(k["kind"], "not a region file", "{k}");
+        assert!(k["reason"].as_str().unwrap().starts_with("not a region file"), "{k}");
+    }
     assert!(skipped.iter().any(|k| k["reason"].as_str().unwrap().starts_with("directory")));
 
     let text = ok(&["status", "--scan", s(dir.path())]);
-    assert!(text.contains("2 region(s), 2 skipped"), "{text}");
+    assert!(text.contains("2 region(s), 3 skipped"), "{text}");
     assert!(text.contains(&format!("region {}", s(&b))), "{text}");
-    assert!(text.contains("junk.txt: region file"), "{text}");
+    assert!(text.contains("skipped 3: 2 not a region file, 1 directory (--json lists each file and why)"), "{text}");
+    assert!(!text.contains("corrupt"), "{text}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod limiter;
 pub mod ptr_table;
 pub mod sched;
 pub mod size;
+pub mod throttle;
 pub mod view;
 
 /// HAMi-core's region describes at most 16 devices; so do we.

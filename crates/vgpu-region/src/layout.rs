@@ -102,8 +102,12 @@ pub struct Extension {
     /// Contexts being created right now, per device: a creation that overlaps others sees
     /// their memory in its NVML measurement too.
     pub contexts_creating: [AtomicU64; MAX_DEVICES],
+    /// Limits an operator set with `vgpu set`, which outlive the processes (bit `i`: device
+    /// `i`'s memory cap, bit `16 + i`: its SM limit). Others are the environment's: a process
+    /// that finds no live process in the region replaces them with its own (see `limits`).
+    pub operator_set: AtomicU64,
     /// Reserved; zero.
-    pub reserved: [AtomicU64; 352],
+    pub reserved: [AtomicU64; 351],
 }
 
 /// Bytes the file must have: HAMi's `sizeof + 1` plus our extension.

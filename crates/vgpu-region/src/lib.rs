@@ -6,11 +6,13 @@
 
 pub mod accounting;
 pub mod layout;
+pub mod limits;
 pub mod lock;
 pub mod map;
 pub mod node;
 pub mod slots;
 
 pub use accounting::RegionAccounting;
+pub use limits::{Limit, LimitChange};
 pub use map::{InitParams, Region, RegionError};
 pub use slots::SlotState;

@@ -94,7 +94,7 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 /// Byte whose lock serialises initialisation (held for microseconds; see `lock::lock`).
-const INIT_LOCK: u64 = 0;
+pub(crate) const INIT_LOCK: u64 = 0;
 
 impl Region {
     /// Opens the region at `path`, creating and initialising it if it does not exist.

@@ -5,13 +5,15 @@
 
 use std::ffi::{c_char, c_uint, c_ulonglong, c_void};
 
+// One `CUgraphExec` for the whole repository (cuda-types'), so that test modules which glob-import
+// both this module and cuda-types see one name, not two.
+pub use cuda_types::CUgraphExec;
 use cuda_types::{CUresult, CUstream};
 
 use super::{enqueue, guard, need_init, nn, thread_id, with_stream};
 use crate::state::{CAPTURE_MODE_GLOBAL, state};
 
 pub type CUgraph = *mut c_void;
-pub type CUgraphExec = *mut c_void;
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuGraphCreate(graph: *mut CUgraph, _flags: c_uint) -> CUresult {

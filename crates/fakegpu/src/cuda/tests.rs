@@ -55,9 +55,10 @@ fn c_abi_round_trip() {
         mem.version = NVML_MEMORY_V2;
         assert_eq!(nvmlDeviceGetMemoryInfo_v2(dev, &mut mem), nvmlReturn_t::SUCCESS);
         assert_eq!(mem.used, crate::state::state().cfg.context_overhead);
+        // Like drivers 560/570 in a container: no process listed (FAKEGPU_NVML_PROCESSES unset).
         let mut count = 0u32;
         let r = nvmlDeviceGetComputeRunningProcesses_v3(dev, &mut count, std::ptr::null_mut());
-        assert_eq!((r, count), (nvmlReturn_t::ERROR_INSUFFICIENT_SIZE, 1));
+        assert_eq!((r, count), (nvmlReturn_t::SUCCESS, 0));
         assert_eq!(nvmlShutdown(), nvmlReturn_t::SUCCESS);
         assert_eq!(nvmlShutdown(), nvmlReturn_t::ERROR_UNINITIALIZED);
         assert_eq!(cuDevicePrimaryCtxRelease_v2(0), CUresult::SUCCESS);
