@@ -12,5 +12,6 @@ mod intercept;
 mod limiter;
 mod log;
 mod node;
+mod reconcile;
 mod startup;
 mod state;

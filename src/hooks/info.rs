@@ -27,7 +27,7 @@ static CTX_GET_DEVICE: RealFn = RealFn::new(Lib::Cuda, c_name("cuCtxGetDevice\0"
 
 /// The current context's device from the real `cuCtxGetDevice` alone (`None`: no context, or no
 /// driver function).
-fn current_device() -> Option<usize> {
+pub(crate) fn current_device() -> Option<usize> {
     type Sig = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
     let mut dev: CUdevice = 0;
     // SAFETY: the real cuCtxGetDevice with a valid out-pointer.
@@ -38,7 +38,7 @@ fn current_device() -> Option<usize> {
     usize::try_from(dev).ok().filter(|&d| d < MAX_DEVICES)
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer; CLOCK_MONOTONIC_COARSE is a vDSO read.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
@@ -111,6 +111,8 @@ pub unsafe fn mem_get_info(real: Real<'_, CUresult>, free: *mut usize, total: *m
         return real.call();
     };
     let now = now_ns();
+    // Driver overhead (what the driver spent outside our hooks) joins `used` first.
+    crate::reconcile::on_view(dev, now);
     let used = ledger.used(dev);
     let slot = &PHYSICAL[dev];
     let (phys_total, phys_free) = match slot.read(now) {

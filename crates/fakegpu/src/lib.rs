@@ -43,6 +43,12 @@
 //!   file) are isolated. Unset: the process has the devices to itself.
 //! - `FAKEGPU_QUEUE_DEPTH`: launches a stream may have pending before the next launch blocks
 //!   until the oldest completes (a real driver's command queue); default 1024.
+//! - `FAKEGPU_HIDDEN_GROWTH`: device memory the driver takes behind an interposer's back on
+//!   every module/library load and graph instantiation (held by the current context, seen by
+//!   NVML, through no allocation entry point); default 0.
+//! - `FAKEGPU_NVML_PROCESSES`: `self` lists this process in
+//!   `nvmlDeviceGetComputeRunningProcesses*` with the device's used memory as its usage,
+//!   `none` lists nothing; unset keeps the default.
 //!
 //! Besides the CUDA and NVML symbols the library exports one of its own,
 //! `uint64_t fakegpu_call_count(const char *name)`: how often the exported function `name`

@@ -263,7 +263,14 @@ fn processes<T>(dev: nvmlDevice_t, count: *mut c_uint, infos: *mut T, make: impl
     guard(|| {
         let count = nn(count)?;
         let (_, used) = memory(dev)?;
-        let needed: u32 = u32::from(used > 0);
+        // `FAKEGPU_NVML_PROCESSES=none` lists no process, `self` lists this one (its usage is the
+        // device's: the simulated memory is per process); unset keeps the default.
+        let listed = match std::env::var("FAKEGPU_NVML_PROCESSES").as_deref() {
+            Ok("none") => false,
+            Ok("self") => true,
+            _ => true,
+        };
+        let needed: u32 = u32::from(listed && used > 0);
         let capacity = unsafe { *count };
         unsafe { count.write(needed) };
         if needed == 0 {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod devices;
 pub mod ledger;
 pub mod limiter;
+pub mod overhead;
 pub mod ptr_table;
 pub mod size;
 pub mod view;
