@@ -106,3 +106,19 @@ fn status_shows_the_driver_overhead_apart() {
     assert!(json.contains(&format!("\"used\": {}", CONTEXT + 2 * GROWTH)), "{json}");
     assert!(text.contains("DRIVER") && text.contains("driver 200 MiB"), "{text}");
 }
+
+/// A context that costs more than the container's kept figure (measured once, by another
+/// process): the difference is found and charged as driver overhead, so the view is still the
+/// cap minus the true footprint.
+#[test]
+fn a_context_dearer_than_the_kept_figure_is_corrected() {
+    let region = common::fresh_region_path();
+    let first = growing(&["init", "meminfo"]).env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region).ok();
+    assert_eq!(first.field("meminfo", "free"), CAP - CONTEXT);
+    let later = growing(&["init", "meminfo"])
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+        .env("FAKEGPU_CONTEXT_OVERHEAD", "500m")
+        .ok();
+    assert_eq!(later.field("meminfo", "free"), CAP - 500 * MIB);
+    let _ = std::fs::remove_file(&region);
+}
