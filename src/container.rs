@@ -229,6 +229,15 @@ impl Accounting for ContainerAccounting {
     fn record_denial(&self, dev: usize) {
         self.get().record_denial(self.index(dev))
     }
+    fn own(&self, dev: usize) -> u64 {
+        self.get().own(self.index(dev))
+    }
+    fn driver_overhead(&self, dev: usize) -> u64 {
+        self.get().driver_overhead(self.index(dev))
+    }
+    fn set_driver_overhead(&self, dev: usize, bytes: u64) {
+        self.get().set_driver_overhead(self.index(dev), bytes)
+    }
     fn record_driver_denial(&self, dev: usize) {
         self.get().record_driver_denial(self.index(dev))
     }

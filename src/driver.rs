@@ -1,7 +1,7 @@
 //! Thin calls into the real driver for functions we use but do not hook, returning `Result`
 //! (cudarc's `result` layer). Hooked functions' real slots live in `intercept::table::real`.
 
-use std::ffi::{c_char, c_int, c_uint};
+use std::ffi::{c_char, c_int, c_uint, c_void};
 
 use cuda_types::*;
 
@@ -48,6 +48,10 @@ mod raw {
         Nvml fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t;
         Nvml fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t;
         Nvml fn nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, len: c_uint) -> nvmlReturn_t;
+        Nvml fn nvmlDeviceGetComputeRunningProcesses_v3(device: nvmlDevice_t, count: *mut c_uint, infos: *mut nvmlProcessInfo_t) -> nvmlReturn_t;
+        Cuda fn cuDeviceGetGraphMemAttribute(dev: CUdevice, attr: c_uint, value: *mut c_void) -> CUresult;
+        Cuda fn cuDeviceGetMemPool(pool: *mut CUmemoryPool, dev: CUdevice) -> CUresult;
+        Cuda fn cuMemPoolGetAttribute(pool: CUmemoryPool, attr: c_uint, value: *mut c_void) -> CUresult;
     }
 }
 
@@ -271,4 +275,57 @@ pub fn stream_create() -> Result<CUstream, CUresult> {
     // SAFETY: valid out-pointer; flag 1 = CU_STREAM_NON_BLOCKING.
     check(unsafe { raw::cuStreamCreate(&mut s, 1) })?;
     Ok(s)
+}
+
+/// NVML's "value not available" for a process's `usedGpuMemory` (e.g. without the rights to see
+/// other processes' details).
+const NVML_VALUE_NOT_AVAILABLE: u64 = u64::MAX;
+
+/// The memory NVML counts for the processes `pids` on `device` (their rows summed; MIG may list
+/// one row per instance), through the real function, never our own view. `Ok(None)`: listed no
+/// such process, or could not say how much.
+pub fn nvml_process_used(device: nvmlDevice_t, pids: &[u32]) -> Result<Option<u64>, nvmlReturn_t> {
+    let mut rows = vec![nvmlProcessInfo_t::default(); 64];
+    for _ in 0..3 {
+        let mut n = rows.len() as c_uint;
+        // SAFETY: `rows` holds `n` entries; NVML writes at most that many and sets `n`.
+        let rc = unsafe { raw::nvmlDeviceGetComputeRunningProcesses_v3(device, &mut n, rows.as_mut_ptr()) };
+        if rc == nvmlReturn_t::ERROR_INSUFFICIENT_SIZE {
+            rows.resize(n as usize + 16, nvmlProcessInfo_t::default());
+            continue;
+        }
+        check_nvml(rc)?;
+        let mine = rows.iter().take(n as usize).filter(|r| pids.contains(&r.pid));
+        let mut total: Option<u64> = None;
+        for r in mine {
+            if r.usedGpuMemory == NVML_VALUE_NOT_AVAILABLE {
+                return Ok(None);
+            }
+            total = Some(total.unwrap_or(0).saturating_add(r.usedGpuMemory));
+        }
+        return Ok(total);
+    }
+    Err(nvmlReturn_t::ERROR_INSUFFICIENT_SIZE)
+}
+
+/// `CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT`: device memory reserved for graph memory nodes.
+pub fn graph_mem_reserved(dev: usize) -> Result<u64, CUresult> {
+    let mut v: u64 = 0;
+    // SAFETY: the attribute's value is a cuuint64_t; valid out-pointer.
+    check(unsafe { raw::cuDeviceGetGraphMemAttribute(dev as CUdevice, 2, (&mut v as *mut u64).cast()) })?;
+    Ok(v)
+}
+
+/// (reserved, used) bytes of the device's current stream-ordered pool.
+pub fn pool_reserved_used(dev: usize) -> Result<(u64, u64), CUresult> {
+    use cuda_types::mempool_attr::{RESERVED_MEM_CURRENT, USED_MEM_CURRENT};
+    let mut pool: CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: valid out-pointer.
+    check(unsafe { raw::cuDeviceGetMemPool(&mut pool, dev as CUdevice) })?;
+    let get = |attr: u32| {
+        let mut v: u64 = 0;
+        // SAFETY: both attributes take a cuuint64_t; `pool` is the driver's own.
+        check(unsafe { raw::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()) }).map(|_| v)
+    };
+    Ok((get(RESERVED_MEM_CURRENT)?, get(USED_MEM_CURRENT)?))
 }

@@ -13,6 +13,7 @@ mod intercept;
 mod limiter;
 mod log;
 mod node;
+mod reconcile;
 mod startup;
 mod state;
 

@@ -184,9 +184,13 @@ fn the_first_processes_context_measurement_serves_the_container() {
     let kept = Region::open_existing(&region).unwrap().extension().context_cost[0].load(SeqCst);
     assert_eq!(kept, CONTEXT);
 
-    // This driver's contexts cost 500 MiB, but the container's figure stands.
-    let later =
-        in_container(&region, "4g", &["init", "meminfo"]).env("FAKEGPU_CONTEXT_OVERHEAD", "500m").output().unwrap();
+    // This driver's contexts cost 500 MiB, but the container's figure stands (reconciliation,
+    // which would charge the other 200 MiB as driver overhead, is off here; tests/footprint.rs).
+    let later = in_container(&region, "4g", &["init", "meminfo"])
+        .env("FAKEGPU_CONTEXT_OVERHEAD", "500m")
+        .env("LIBVGPU_RECONCILE_MS", "off")
+        .output()
+        .unwrap();
     let later = String::from_utf8_lossy(&later.stdout);
     let line = later.lines().find(|l| l.starts_with("meminfo")).unwrap();
     assert_eq!(field(line, "free"), 4 * GIB - CONTEXT, "{later}");
@@ -224,6 +228,8 @@ fn the_node_shares_the_context_cost_between_containers() {
         let out = in_container(region, "4g", &["init", "meminfo"])
             .env("LIBVGPU_NODE_FILE", &node)
             .env("FAKEGPU_CONTEXT_OVERHEAD", overhead)
+            // The charged figure, not what reconciliation adds to it (tests/footprint.rs).
+            .env("LIBVGPU_RECONCILE_MS", "off")
             .output()
             .unwrap();
         let out = String::from_utf8_lossy(&out.stdout).into_owned();

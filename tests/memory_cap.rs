@@ -141,6 +141,9 @@ fn fixed_context_overhead_overrides_the_measurement() {
     let r = Run::new("alloc_linked")
         .env("CUDA_DEVICE_MEMORY_LIMIT", "4g")
         .env("LIBVGPU_CONTEXT_OVERHEAD", "100m")
+        // The fixed charge itself; reconciliation would add the driver's other 200 MiB as
+        // driver overhead (tests/footprint.rs).
+        .env("LIBVGPU_RECONCILE_MS", "off")
         .args(["init", "meminfo"])
         .ok();
     assert_eq!(r.field("meminfo", "free"), 4 * GIB - 100 * MIB);

@@ -134,10 +134,13 @@ unsafe fn create_common(
     }
     // SAFETY: the driver wrote the new context through the non-null `pctx`.
     let ctx = unsafe { *pctx };
+    // Not reconciled at a refusal: the driver's count already holds the new context, which the
+    // ledger does not yet, so a reconciliation now would charge it twice.
     match state().ledger.reserve(d, cost) {
         Ok(r) => {
             tracing::debug!("context {ctx:?} on device {d} costs {} MiB", cost >> 20);
             r.commit_as(Key::Context(ctx as u64), 0, Kind::Context);
+            crate::reconcile::context_created(d);
         }
         Err(denied) => {
             tracing::warn!(

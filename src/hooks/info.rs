@@ -28,7 +28,7 @@ static CTX_GET_DEVICE: RealFn = RealFn::new(Lib::Cuda, c_name("cuCtxGetDevice\0"
 
 /// The current context's device from the real `cuCtxGetDevice` alone (`None`: no context, or no
 /// driver function).
-fn current_device() -> Option<usize> {
+pub(crate) fn current_device() -> Option<usize> {
     type Sig = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
     let mut dev: CUdevice = 0;
     // SAFETY: the real cuCtxGetDevice with a valid out-pointer.
@@ -105,6 +105,8 @@ pub unsafe fn mem_get_info(real: Real<'_, CUresult>, free: *mut usize, total: *m
         return real.call();
     };
     let now = now_ns();
+    // Driver overhead (what the driver spent outside our hooks) joins `used` first.
+    crate::reconcile::on_view(dev, now);
     let used = ledger.used(dev);
     let slot = &PHYSICAL[dev];
     let (phys_total, phys_free) = match slot.read(now) {

@@ -89,13 +89,20 @@ fn current_context() -> Result<(CUcontext, usize), CUresult> {
     Ok((ctx, dev))
 }
 
+/// Reserves against the cap; a refusal first reconciles the driver overhead (it may have
+/// shrunk since it was last measured) and tries once more, so the cap never refuses what the
+/// true footprint has room for.
+pub(crate) fn reserve(dev: usize, bytes: u64) -> Result<Res, Denied> {
+    state().ledger.reserve_or_reconsider(dev, bytes, || crate::reconcile::at_refusal(dev))
+}
+
 /// Reserve on the current context's device; `Err` carries what to return without the driver.
 /// No current context (or anything else odd) is the driver's error to report, so we let it.
 fn reserve_current(bytes: u64) -> Result<Option<(Res, u64)>, CUresult> {
     let Ok((ctx, dev)) = current_context() else {
         return Ok(None);
     };
-    match state().ledger.reserve(dev, bytes) {
+    match reserve(dev, bytes) {
         Ok(r) => Ok(Some((r, ctx as u64))),
         Err(d) => Err(deny(d)),
     }
@@ -214,7 +221,7 @@ pub unsafe fn create(
     let Ok(dev) = usize::try_from(prop.location.id) else {
         return real.call();
     };
-    let r = match state().ledger.reserve(dev, size as u64) {
+    let r = match reserve(dev, size as u64) {
         Ok(r) => r,
         Err(d) => return deny(d),
     };
@@ -251,7 +258,7 @@ unsafe fn array_common(
     let Ok((ctx, dev)) = current_context() else {
         return real.call();
     };
-    let mut r = match state().ledger.reserve(dev, estimate) {
+    let mut r = match reserve(dev, estimate) {
         Ok(r) => r,
         Err(d) => return deny(d),
     };

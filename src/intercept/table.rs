@@ -10,7 +10,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 
 use cuda_types::*;
 
-use crate::hooks::{context, info, launch, memory, nvml, procaddr, sync};
+use crate::hooks::{context, footprint, info, launch, memory, nvml, procaddr, sync};
 use crate::intercept::{Hook, Lib, RealFn, c_name, guard};
 use crate::limiter;
 
@@ -101,6 +101,15 @@ hooks! {
     Cuda fn cuCtxCreate_v3(pctx: *mut CUcontext, params: *mut c_void, count: c_int, flags: c_uint, dev: CUdevice) -> CUresult => context::create_v3;
     Cuda fn cuCtxCreate_v4(pctx: *mut CUcontext, params: *mut c_void, flags: c_uint, dev: CUdevice) -> CUresult => context::create_v4;
     Cuda fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult | cuCtxDestroy => context::destroy;
+
+    // The driver's footprint grows outside any allocation here: reconcile afterwards.
+    Cuda fn cuModuleLoad(module: *mut *mut c_void, fname: *const c_char) -> CUresult => footprint::module_load;
+    Cuda fn cuModuleLoadData(module: *mut *mut c_void, image: *const c_void) -> CUresult | cuModuleLoadFatBinary => footprint::module_load_data;
+    Cuda fn cuModuleLoadDataEx(module: *mut *mut c_void, image: *const c_void, count: c_uint, options: *mut c_uint, values: *mut *mut c_void) -> CUresult => footprint::module_load_data_ex;
+    Cuda fn cuLibraryLoadData(library: *mut *mut c_void, code: *const c_void, jit_options: *mut c_uint, jit_values: *mut *mut c_void, jit_count: c_uint, lib_options: *mut c_uint, lib_values: *mut *mut c_void, lib_count: c_uint) -> CUresult | cuLibraryLoadFromFile => footprint::library_load;
+    Cuda fn cuGraphInstantiateWithFlags(exec: *mut CUgraphExec, graph: *mut c_void, flags: u64) -> CUresult => footprint::graph_instantiate_with_flags;
+    Cuda fn cuGraphInstantiate_v2(exec: *mut CUgraphExec, graph: *mut c_void, error_node: *mut *mut c_void, log: *mut c_char, log_size: usize) -> CUresult | cuGraphInstantiate => footprint::graph_instantiate;
+    Cuda fn cuGraphInstantiateWithParams(exec: *mut CUgraphExec, graph: *mut c_void, params: *mut c_void) -> CUresult | cuGraphInstantiateWithParams_ptsz => footprint::graph_instantiate_with_params;
 
     // Every launch path passes the compute limiter's gate.
     Cuda straight_if(limiter::launch_passes) fn cuLaunchKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, stream: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) -> CUresult => launch::launch_kernel;

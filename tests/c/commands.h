@@ -27,6 +27,16 @@
 
 #include "vgpu_cuda.h"
 
+/* Not in vgpu_cuda.h (kernels.c names these handle types itself): calls after which the
+ * driver's footprint grows outside any allocation (module code, graph-exec state). */
+struct vgpu_opaque_module;
+struct vgpu_opaque_graph;
+struct vgpu_opaque_graph_exec;
+CUresult cuModuleLoadData(struct vgpu_opaque_module **module, const void *image);
+CUresult cuGraphCreate(struct vgpu_opaque_graph **graph, unsigned int flags);
+CUresult cuGraphInstantiateWithFlags(struct vgpu_opaque_graph_exec **exec, struct vgpu_opaque_graph *graph,
+                                     unsigned long long flags);
+
 /* X(symbol, base name for cuGetProcAddress, version (0: the program's), flags (-1: the
  * program's)). The fixed versions pin a slot to the variant whose signature it has. */
 #define CU_API(X)                                                 \
@@ -71,6 +81,9 @@
     X(cuArrayDestroy, "cuArrayDestroy", 0, -1)                    \
     X(cuMipmappedArrayCreate, "cuMipmappedArrayCreate", 0, -1)    \
     X(cuMipmappedArrayDestroy, "cuMipmappedArrayDestroy", 0, -1)  \
+    X(cuModuleLoadData, "cuModuleLoadData", 0, -1)                \
+    X(cuGraphCreate, "cuGraphCreate", 0, -1)                      \
+    X(cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags", 0, -1) \
     X(cuGetProcAddress_v2, "cuGetProcAddress", 12000, -1)
 
 struct cu_api {
@@ -752,6 +765,24 @@ static int run_commands(const struct cu_api *api, int argc, char **argv, int i)
                 continue;
             r = api->cuDeviceTotalMem_v2(&bytes, dev);
             printf(" %u bytes=%zu\n", r, bytes);
+        } else if (strcmp(cmd, "module-load") == 0) {
+            static const char image[] = "fake cubin";
+            struct vgpu_opaque_module *m = NULL;
+            printf("module-load");
+            if (!HAVE(api, cuModuleLoadData))
+                continue;
+            r = api->cuModuleLoadData(&m, image);
+            printf(" %u\n", r);
+        } else if (strcmp(cmd, "graph-instantiate") == 0) {
+            struct vgpu_opaque_graph *g = NULL;
+            struct vgpu_opaque_graph_exec *e = NULL;
+            printf("graph-instantiate");
+            if (!HAVE(api, cuGraphCreate) || !HAVE(api, cuGraphInstantiateWithFlags))
+                continue;
+            r = api->cuGraphCreate(&g, 0);
+            if (r == 0)
+                r = api->cuGraphInstantiateWithFlags(&e, g, 0);
+            printf(" %u\n", r);
         } else if (strcmp(cmd, "count") == 0) {
             int n = 0;
             printf("count");

@@ -46,6 +46,9 @@
 //! - `FAKEGPU_NVML_PROCESSES`: what NVML's running-process lists show. Unset: none, as drivers
 //!   560/570 inside a container; `self`: this process with the device's memory, as driver 580
 //!   in a PID namespace; `host`: a PID no container can see, as a driver giving host PIDs.
+//! - `FAKEGPU_HIDDEN_GROWTH`: device memory the driver takes behind an interposer's back on
+//!   every module/library load and graph instantiation (held by the current context, seen by
+//!   NVML, through no allocation entry point); default 0.
 //!
 //! Besides the CUDA and NVML symbols the library exports one of its own,
 //! `uint64_t fakegpu_call_count(const char *name)`: how often the exported function `name`

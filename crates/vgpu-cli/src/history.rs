@@ -176,6 +176,7 @@ mod tests {
                     sm_limit: Some(30),
                     used,
                     context: 300 << 20,
+                    driver_overhead: 0,
                     dead_used: 0,
                     cap_denials: 0,
                     driver_denials: 0,

@@ -162,6 +162,11 @@ pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
         "gauge",
         "Of the used memory, what loaded modules take, bytes; HAMi vGPUmonitor compatible.",
     );
+    let mut driver = Family::new(
+        "libvgpu_memory_driver_overhead_bytes",
+        "gauge",
+        "Of the used memory, what the driver spends outside the hooked allocations (lazily loaded modules, graph memory, pool caches, library workspaces), found by reconciling with its per-process count, bytes.",
+    );
     let mut buffer = Family::new(
         "hami_vgpu_memory_buffer_bytes",
         "gauge",
@@ -224,6 +229,7 @@ pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
             context.add(l.clone(), d.context);
             module.add(l.clone(), live_sum(&s.processes, d.index, |u| u.module));
             buffer.add(l.clone(), live_sum(&s.processes, d.index, |u| u.data));
+            driver.add(l.clone(), d.driver_overhead);
             dead.add(l.clone(), d.dead_used);
             denials.add(with(l.clone(), "reason", "cap"), d.cap_denials);
             denials.add(with(l.clone(), "reason", "driver"), d.driver_denials);
@@ -257,6 +263,7 @@ pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
         context,
         module,
         buffer,
+        driver,
         last_kernel,
         dead,
         denials,
@@ -335,6 +342,7 @@ mod tests {
                 sm_limit: Some(30),
                 used: 0,
                 context: 0,
+                driver_overhead: 0,
                 dead_used: 0,
                 cap_denials: 0,
                 driver_denials: 0,

@@ -69,7 +69,8 @@ pub fn status(s: &Status) -> String {
     if s.devices.is_empty() {
         out += "no devices recorded yet (no process has initialised CUDA)\n";
     } else {
-        let mut rows = vec![strings(["DEV", "UUID", "MEMORY CAP", "USED", "CONTEXTS", "SM LIMIT", "CAP DENIALS"])];
+        let mut rows =
+            vec![strings(["DEV", "UUID", "MEMORY CAP", "USED", "CONTEXTS", "DRIVER", "SM LIMIT", "CAP DENIALS"])];
         for d in &s.devices {
             rows.push(vec![
                 d.index.to_string(),
@@ -77,6 +78,7 @@ pub fn status(s: &Status) -> String {
                 cap(d.memory_limit),
                 size(d.used),
                 size(d.context),
+                size(d.driver_overhead),
                 percent(d.sm_limit),
                 d.cap_denials.to_string(),
             ]);
@@ -122,8 +124,15 @@ pub fn status(s: &Status) -> String {
             .usage
             .iter()
             .map(|u| {
-                let ctx = if u.context > 0 { format!(" (contexts {})", size(u.context)) } else { String::new() };
-                format!("dev {}: {}{ctx}", u.device, size(u.total))
+                let mut parts = Vec::new();
+                if u.context > 0 {
+                    parts.push(format!("contexts {}", size(u.context)));
+                }
+                if u.driver_overhead > 0 {
+                    parts.push(format!("driver {}", size(u.driver_overhead)));
+                }
+                let apart = if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) };
+                format!("dev {}: {}{apart}", u.device, size(u.total))
             })
             .collect();
         rows.push(vec![

@@ -49,6 +49,9 @@ pub struct Device {
     pub used: u64,
     /// Of which contexts (sum of live slots' `context_size`).
     pub context: u64,
+    /// Of which driver overhead: what the driver spends for the processes outside the hooked
+    /// allocations, found by reconciling with its per-process count (sum of live slots).
+    pub driver_overhead: u64,
     /// Held by dead slots: still counted against the cap until reaped.
     pub dead_used: u64,
     pub cap_denials: u64,
@@ -79,6 +82,8 @@ pub struct Usage {
     pub context: u64,
     pub module: u64,
     pub data: u64,
+    /// Of `total`, the driver overhead (our extension).
+    pub driver_overhead: u64,
 }
 
 /// Which device rows to show: those the region describes (`device_num`), extended to any higher
@@ -122,9 +127,10 @@ pub fn take(r: &Region, path: &str) -> Status {
                     context: u.context_size.load(SeqCst),
                     module: u.module_size.load(SeqCst),
                     data: u.data_size.load(SeqCst),
+                    driver_overhead: x.driver_overhead[i][d].load(SeqCst),
                 }
             })
-            .filter(|u| u.total | u.context | u.module | u.data != 0)
+            .filter(|u| u.total | u.context | u.module | u.data | u.driver_overhead != 0)
             .collect();
         let hostpid = slot.hostpid.load(SeqCst);
         processes.push(Process {
@@ -151,6 +157,7 @@ pub fn take(r: &Region, path: &str) -> Status {
                 sm_limit: (sm != 0 && sm < 100).then_some(sm),
                 used: sum("alive", d, |u| u.total),
                 context: sum("alive", d, |u| u.context),
+                driver_overhead: sum("alive", d, |u| u.driver_overhead),
                 dead_used: sum("dead", d, |u| u.total),
                 cap_denials: x.cap_denials[d].load(SeqCst),
                 driver_denials: x.driver_denials[d].load(SeqCst),

@@ -48,7 +48,7 @@ fn status_shows_caps_usage_and_processes() {
     assert_eq!(procs[0]["state"], "alive");
     assert_eq!(
         procs[0]["usage"],
-        serde_json::json!([{"device": 0, "total": GIB + 512 * MIB, "context": 512 * MIB, "module": 0, "data": GIB}])
+        serde_json::json!([{"device": 0, "total": GIB + 512 * MIB, "context": 512 * MIB, "module": 0, "data": GIB, "driver_overhead": 0}])
     );
     assert_eq!((procs[1]["slot"].as_u64(), procs[1]["hostpid"].is_null()), (Some(1), true));
     assert_eq!(procs[1]["usage"][0]["device"], 1);
@@ -71,10 +71,10 @@ fn status_shows_caps_usage_and_processes() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
-    // Device row 0: cap, used, contexts, SM, denials in that order.
+    // Device row 0: cap, used, contexts, driver overhead, SM, denials in that order.
     let row = text.lines().find(|l| l.starts_with("0 ") && l.contains("GPU-aaaa")).unwrap();
     let cells: Vec<&str> = row.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
-    assert_eq!(cells, ["0", "GPU-aaaa", "2 GiB", "1.5 GiB", "512 MiB", "unlimited", "2"]);
+    assert_eq!(cells, ["0", "GPU-aaaa", "2 GiB", "1.5 GiB", "512 MiB", "0 B", "unlimited", "2"]);
     assert!(!text.contains("device 0: 0 s of GPU time"), "no limiter line for a device it never ran on:\n{text}");
 }
 

@@ -15,6 +15,10 @@ pub const LOG_LEVEL: &str = "LIBCUDA_LOG_LEVEL";
 pub const VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 /// Our own: bytes charged per CUDA context when its cost cannot be measured through NVML.
 pub const CONTEXT_OVERHEAD: &str = "LIBVGPU_CONTEXT_OVERHEAD";
+/// Least interval between two reconciliations of the ledger with the driver's per-process
+/// count, in ms (`off`: never; `0`: at every trigger).
+pub const RECONCILE_MS: &str = "LIBVGPU_RECONCILE_MS";
+pub const DEFAULT_RECONCILE_MS: u64 = 100;
 /// Our own: permissions of a region file we create (octal), for containers whose processes run
 /// as several users.
 pub const REGION_MODE: &str = "LIBVGPU_REGION_MODE";
@@ -67,6 +71,8 @@ pub struct Config {
     pub node_file: Option<String>,
     /// The SM limit is a guaranteed share, and idle GPU time beyond it is taken too.
     pub sm_burst: bool,
+    /// Least interval between driver-overhead reconciliations, ms; `None` = never reconcile.
+    pub reconcile_ms: Option<u64>,
 }
 
 impl Default for Config {
@@ -83,6 +89,7 @@ impl Default for Config {
             core_policy: CorePolicy::Default,
             node_file: Some(DEFAULT_NODE_FILE.to_string()),
             sm_burst: false,
+            reconcile_ms: Some(DEFAULT_RECONCILE_MS),
         }
     }
 }
@@ -212,6 +219,20 @@ impl Config {
             } else if name == NODE_FILE {
                 let v = value.trim();
                 config.node_file = (!v.is_empty() && !v.eq_ignore_ascii_case("off")).then(|| v.to_string());
+            } else if name == RECONCILE_MS {
+                let v = value.trim();
+                if v.eq_ignore_ascii_case("off") {
+                    config.reconcile_ms = None;
+                } else {
+                    match v.parse::<u64>() {
+                        Ok(ms) => config.reconcile_ms = Some(ms),
+                        Err(_) => errors.push(error(
+                            "not a whole number of milliseconds".into(),
+                            "a whole number of milliseconds, or off",
+                            "using 100 ms",
+                        )),
+                    }
+                }
             } else if name == CONTEXT_OVERHEAD {
                 match parse_size(value) {
                     Ok(bytes) => config.context_overhead = Some(bytes),
@@ -379,6 +400,11 @@ mod tests {
         assert_eq!(parse(&[]).0.node_file.as_deref(), Some(DEFAULT_NODE_FILE));
         assert_eq!(parse(&[("LIBVGPU_NODE_FILE", "/run/vgpu/node")]).0.node_file.as_deref(), Some("/run/vgpu/node"));
         assert_eq!(parse(&[("LIBVGPU_NODE_FILE", "off")]).0.node_file, None);
+        assert_eq!(parse(&[]).0.reconcile_ms, Some(100));
+        assert_eq!(parse(&[("LIBVGPU_RECONCILE_MS", "0")]).0.reconcile_ms, Some(0));
+        assert_eq!(parse(&[("LIBVGPU_RECONCILE_MS", "OFF")]).0.reconcile_ms, None);
+        let (c, e) = parse(&[("LIBVGPU_RECONCILE_MS", "1s")]);
+        assert_eq!((c.reconcile_ms, e.len()), (Some(100), 1));
         assert_eq!(parse(&[("LIBVGPU_NODE_FILE", "")]).0.node_file, None);
     }
 

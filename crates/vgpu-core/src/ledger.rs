@@ -44,6 +44,17 @@ pub trait Accounting: Send + Sync {
     fn any_limit(&self) -> bool {
         (0..MAX_DEVICES).any(|d| self.limit(d).is_some())
     }
+    /// What this process alone holds on `dev`, driver overhead included.
+    fn own(&self, dev: usize) -> u64 {
+        self.used(dev)
+    }
+    /// Of [`own`](Self::own), the driver overhead (see `overhead`).
+    fn driver_overhead(&self, _dev: usize) -> u64 {
+        0
+    }
+    /// Sets this process's driver overhead on `dev`, charging or releasing the difference
+    /// unconditionally: the driver has spent (or given back) that memory already.
+    fn set_driver_overhead(&self, _dev: usize, _bytes: u64) {}
 }
 
 /// A tiny multiply-fold hasher for the ledger's keys (pointers and handles): SipHash's DoS
@@ -218,8 +229,22 @@ impl<A: Accounting> MemoryLedger<A> {
 
     /// Takes `bytes` on `dev` out of the cap, or says why not.
     pub fn reserve(&self, dev: usize, bytes: u64) -> Result<Reservation<'_, A>, Denied> {
+        self.reserve_or_reconsider(dev, bytes, || false)
+    }
+
+    /// As [`reserve`](Self::reserve); when the cap says no, `reconsider` may correct the
+    /// counters (a reconciliation that finds the driver overhead smaller than charged) and say
+    /// whether to try once more. Only then is the refusal final and counted.
+    pub fn reserve_or_reconsider(
+        &self,
+        dev: usize,
+        bytes: u64,
+        reconsider: impl FnOnce() -> bool,
+    ) -> Result<Reservation<'_, A>, Denied> {
         let limit = self.accounting.limit(dev);
-        if self.accounting.try_charge(dev, bytes, limit) {
+        if self.accounting.try_charge(dev, bytes, limit)
+            || (reconsider() && self.accounting.try_charge(dev, bytes, self.accounting.limit(dev)))
+        {
             Ok(Reservation { ledger: self, dev, bytes, settled: false })
         } else {
             self.accounting.record_denial(dev);
@@ -297,6 +322,12 @@ impl<A: Accounting> MemoryLedger<A> {
             }
         }
         self.lock().get(&key).copied()
+    }
+
+    /// What the ledger charges this process on `dev` for what passed through our hooks
+    /// (allocations and contexts, in flight included), driver overhead excluded.
+    pub fn charged_by_process(&self, dev: usize) -> u64 {
+        self.accounting.own(dev).saturating_sub(self.accounting.driver_overhead(dev))
     }
 
     /// Bytes this process holds on `dev`, by our own records.
@@ -484,6 +515,30 @@ mod tests {
         assert_eq!(l.release(Key::DevicePtr(1)).unwrap().bytes, 60 * MIB);
         assert_eq!(l.release(Key::DevicePtr(1)), None);
         assert_eq!(l.used(0), 40 * MIB);
+    }
+
+    /// A refusal may be reconsidered once (a reconciliation lowered the driver overhead).
+    #[test]
+    fn a_refusal_is_reconsidered_once() {
+        let l = ledger(100 * MIB);
+        l.reserve(0, 90 * MIB).unwrap().commit(Key::DevicePtr(1), 0);
+        let mut asked = 0;
+        assert!(
+            l.reserve_or_reconsider(0, 20 * MIB, || {
+                asked += 1;
+                false
+            })
+            .is_err()
+        );
+        assert_eq!(asked, 1);
+        let r = l.reserve_or_reconsider(0, 20 * MIB, || {
+            l.release(Key::DevicePtr(1));
+            true
+        });
+        assert_eq!(r.as_ref().map(|r| r.bytes()).ok(), Some(20 * MIB));
+        assert_eq!(l.charged_by_process(0), 20 * MIB);
+        drop(r);
+        assert_eq!(l.charged_by_process(0), 0);
     }
 
     #[test]

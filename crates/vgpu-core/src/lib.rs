@@ -8,6 +8,7 @@ pub mod config;
 pub mod devices;
 pub mod ledger;
 pub mod limiter;
+pub mod overhead;
 pub mod ptr_table;
 pub mod sched;
 pub mod size;

@@ -35,8 +35,12 @@ impl RegionAccounting {
         self.slot
     }
 
-    fn own(&self, dev: usize) -> Option<&DeviceUsage> {
+    fn own_usage(&self, dev: usize) -> Option<&DeviceUsage> {
         self.region.shared().procs[self.slot].used.get(dev)
+    }
+
+    fn overhead_counter(&self, dev: usize) -> Option<&AtomicU64> {
+        self.region.extension().driver_overhead.get(self.slot)?.get(dev)
     }
 
     fn sum(&self, dev: usize) -> u64 {
@@ -46,7 +50,7 @@ impl RegionAccounting {
     }
 
     fn attempt(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
-        let Some(own) = self.own(dev) else { return limit.is_none() };
+        let Some(own) = self.own_usage(dev) else { return limit.is_none() };
         own.total.fetch_add(bytes, SeqCst);
         if limit.is_none_or(|cap| self.sum(dev) <= cap) {
             own.data_size.fetch_add(bytes, SeqCst);
@@ -82,7 +86,7 @@ impl Accounting for RegionAccounting {
     }
 
     fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
-        let Some(own) = self.own(dev) else { return };
+        let Some(own) = self.own_usage(dev) else { return };
         own.total.fetch_add(bytes, SeqCst);
         match kind {
             Kind::Data => own.data_size.fetch_add(bytes, SeqCst),
@@ -91,7 +95,7 @@ impl Accounting for RegionAccounting {
     }
 
     fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
-        let Some(own) = self.own(dev) else { return };
+        let Some(own) = self.own_usage(dev) else { return };
         sub(&own.total, bytes);
         match kind {
             Kind::Data => sub(&own.data_size, bytes),
@@ -104,6 +108,26 @@ impl Accounting for RegionAccounting {
             return 0;
         }
         self.sum(dev)
+    }
+
+    fn own(&self, dev: usize) -> u64 {
+        self.own_usage(dev).map_or(0, |u| u.total.load(SeqCst))
+    }
+
+    fn driver_overhead(&self, dev: usize) -> u64 {
+        self.overhead_counter(dev).map_or(0, |o| o.load(SeqCst))
+    }
+
+    /// The overhead is part of the slot's `total` (what HAMi's monitor and every cap check sum)
+    /// and kept apart in the extension; `total` moves by the difference.
+    fn set_driver_overhead(&self, dev: usize, bytes: u64) {
+        let (Some(own), Some(o)) = (self.own_usage(dev), self.overhead_counter(dev)) else { return };
+        let old = o.swap(bytes, SeqCst);
+        if bytes >= old {
+            own.total.fetch_add(bytes - old, SeqCst);
+        } else {
+            sub(&own.total, old - bytes);
+        }
     }
 
     fn record_denial(&self, dev: usize) {

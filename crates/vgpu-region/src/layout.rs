@@ -108,10 +108,18 @@ pub struct Extension {
     pub operator_set: AtomicU64,
     /// Reserved; zero.
     pub reserved: [AtomicU64; 351],
+    /// Per slot and device: the part of the slot's `used[dev].total` that is driver overhead,
+    /// the memory the driver spends for the process outside our hooks (lazily loaded modules,
+    /// graph memory, pool caches, library workspaces), found by reconciling the ledger with the
+    /// driver's per-process count. Already included in `total`, so HAMi's monitor and the cap
+    /// see it; kept here (not in the v1 slot) so the v1.2 bytes stay HAMi's. Zeroed with the slot.
+    pub driver_overhead: [[AtomicU64; MAX_DEVICES]; MAX_PROCS],
 }
 
 /// Bytes the file must have: HAMi's `sizeof + 1` plus our extension.
 pub const FILE_SIZE: usize = EXTENSION_OFFSET + size_of::<Extension>();
+/// The file size before `driver_overhead` was appended; such a file is grown in place.
+pub const PREVIOUS_FILE_SIZE: usize = FILE_SIZE - size_of::<[[AtomicU64; MAX_DEVICES]; MAX_PROCS]>();
 
 /// HAMi sizes the file to `sizeof(region) + 1`; the monitor recognises the older v0 layout by
 /// this file size, so we must never produce it.
@@ -147,7 +155,7 @@ const _: () = {
     // bench/gpu/sm_share.py reads device 0's bucket at this offset.
     assert!(EXTENSION_OFFSET + offset_of!(Extension, buckets) == 2_017_416);
     assert!(FILE_SIZE as u64 != HAMI_V0_FILE_SIZE);
-    assert!(size_of::<Extension>() == 16 + 16 * 8 * 2 + MAX_PROCS * 8 + 512 * 8);
+    assert!(size_of::<Extension>() == 16 + 16 * 8 * 2 + MAX_PROCS * 8 + 512 * 8 + MAX_PROCS * MAX_DEVICES * 8);
 };
 
 /// Byte offset of slot `i` in the file (its first byte is the slot's liveness lock).

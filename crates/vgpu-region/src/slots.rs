@@ -44,6 +44,7 @@ impl Region {
     fn take(&self, i: usize, pid: i32, hostpid: i32) {
         let slot = &self.shared().procs[i];
         zero(slot);
+        self.zero_overhead(i);
         self.extension().slot_generation[i].fetch_add(1, SeqCst);
         slot.hostpid.store(hostpid, Relaxed);
         slot.status.store(RUNNING, Relaxed);
@@ -55,6 +56,7 @@ impl Region {
     pub fn release_slot(&self, i: usize) {
         let slot = &self.shared().procs[i];
         zero(slot);
+        self.zero_overhead(i);
         slot.status.store(0, Relaxed);
         slot.pid.store(0, SeqCst);
         if let Some(file) = self.file() {
@@ -97,12 +99,22 @@ impl Region {
                 let bytes = slot.used.iter().map(|u| u.total.load(SeqCst)).fold(0, u64::saturating_add);
                 reaped.push((i, slot.pid.load(SeqCst), bytes));
                 zero(slot);
+                self.zero_overhead(i);
                 slot.status.store(0, Relaxed);
                 slot.pid.store(0, SeqCst);
                 let _ = lock::unlock(file, slot_offset(i));
             }
         }
         reaped
+    }
+}
+
+impl Region {
+    /// The slot's driver-overhead breakdown (part of its `total`, which `zero` clears).
+    fn zero_overhead(&self, i: usize) {
+        for o in &self.extension().driver_overhead[i] {
+            o.store(0, SeqCst);
+        }
     }
 }
 

@@ -42,6 +42,7 @@ fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> CUresult {
         need_init()?;
         let h = state().graph_instantiate(graph as u64)?;
         unsafe { out.write(h as usize as CUgraphExec) };
+        super::grow_behind_the_ledger();
         Ok(())
     })
 }

@@ -132,6 +132,7 @@ fn load(out: *mut *mut c_void, image: *const c_void, library: bool) -> CUresult 
         }
         let h = state().module_load(library);
         unsafe { out.write(h as usize as *mut c_void) };
+        super::grow_behind_the_ledger();
         Ok(())
     })
 }
