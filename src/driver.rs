@@ -261,12 +261,12 @@ pub fn event_done(event: CUevent) -> Result<bool, CUresult> {
     }
 }
 
-/// GPU time between two completed events, ns.
-pub fn event_elapsed_ns(start: CUevent, end: CUevent) -> Result<u64, CUresult> {
+/// GPU time from `start` to `end` (negative when `end` completed first), ns; both completed.
+pub fn event_elapsed_ns(start: CUevent, end: CUevent) -> Result<i64, CUresult> {
     let mut ms: f32 = 0.0;
     // SAFETY: valid out-pointer; both events are ours and completed.
     check(unsafe { raw::cuEventElapsedTime(&mut ms, start, end) })?;
-    Ok((ms.max(0.0) as f64 * 1e6) as u64)
+    Ok((ms as f64 * 1e6) as i64)
 }
 
 /// A private non-blocking stream (for the limiter's clock anchor).

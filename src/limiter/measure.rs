@@ -25,6 +25,12 @@ use crate::driver;
 
 /// Markers in flight per thread; when all are pending the GPU is that far behind and we wait.
 pub const RING: usize = 8;
+/// How often a new anchor is tried.
+const ANCHOR_EVERY_NS: u64 = 100_000_000;
+/// The drift allowed between the GPU's clock and the host's: 1 part in DRIFT_PER (20 ppm).
+const DRIFT_PER: i64 = 50_000;
+/// Queued-launch samples needed before their mean is trusted over the mean of all samples.
+const QUEUED_SAMPLES: u32 = 8;
 
 #[derive(Clone, Copy)]
 struct Marker {
@@ -67,8 +73,17 @@ pub struct Chain {
     anchor: usize,
     anchor_ns: u64,
     anchor_stream: usize,
+    /// A newer anchor being recorded (0 = none), and the host time it was recorded at.
+    candidate: usize,
+    candidate_ns: u64,
+    /// An event for the next candidate (the anchor it replaced).
+    free_anchor: usize,
     sample_event: usize,
     sample: Sample,
+    /// Mean GPU time of a launch that was queued behind earlier work (it started when that
+    /// work ended, so the event pair times its execution alone), and of any launch.
+    mean_queued_ns: Option<u64>,
+    queued_samples: u32,
     mean_launch_ns: Option<u64>,
 }
 
@@ -86,8 +101,13 @@ impl Chain {
         anchor: 0,
         anchor_ns: 0,
         anchor_stream: 0,
+        candidate: 0,
+        candidate_ns: 0,
+        free_anchor: 0,
         sample_event: 0,
         sample: Sample::None,
+        mean_queued_ns: None,
+        queued_samples: 0,
         mean_launch_ns: None,
     };
 
@@ -118,40 +138,82 @@ impl Chain {
         self.anchor != 0 && (self.len > 0 || self.prev != 0)
     }
 
-    /// Re-anchors the clock every 10 s (elapsed times are f32 milliseconds). `false` when no
+    /// Keeps the anchor fresh and as early as it can be. An anchor event completes when the
+    /// GPU gets to it: at once on an idle GPU, later while another process's context has its
+    /// time slice. A late anchor maps every GPU time too early (and a window's queued part
+    /// short), so every [`ANCHOR_EVERY_NS`] a candidate is recorded and, once complete, taken
+    /// at the better of its own time and the current anchor's mapping carried forward (less a
+    /// drift allowance): the mapping only improves, and follows the host clock. `false` when no
     /// anchor can be made (then nothing is measured this time).
     pub fn anchored(&mut self) -> bool {
+        if self.anchor == 0 {
+            return self.first_anchor();
+        }
         let now = now_ns();
-        if self.anchor != 0 && now.saturating_sub(self.anchor_ns) < 10_000_000_000 {
+        if self.candidate == 0 {
+            if now.saturating_sub(self.anchor_ns) >= ANCHOR_EVERY_NS {
+                self.record_candidate();
+            }
             return true;
         }
+        if !driver::event_done(self.candidate as CUevent).unwrap_or(false) {
+            // A candidate that never completes (a broken context) is replaced after a while.
+            if now.saturating_sub(self.candidate_ns) > 10 * ANCHOR_EVERY_NS {
+                self.candidate = 0;
+            }
+            return true;
+        }
+        if let Ok(elapsed) = driver::event_elapsed_ns(self.anchor as CUevent, self.candidate as CUevent) {
+            let carried = (self.anchor_ns as i64).saturating_add(elapsed - elapsed / DRIFT_PER);
+            let at = self.candidate_ns.max(carried.max(0) as u64);
+            (self.anchor, self.candidate) = (self.candidate, self.anchor);
+            self.anchor_ns = at;
+            // The old anchor's event is the next candidate's.
+            let spare = std::mem::replace(&mut self.candidate, 0);
+            self.free_anchor = spare;
+        }
+        true
+    }
+
+    fn first_anchor(&mut self) -> bool {
         if self.anchor_stream == 0 {
             match driver::stream_create() {
                 Ok(s) => self.anchor_stream = s as usize,
                 Err(_) => return false,
             }
         }
-        let event = match self.anchor {
-            0 => match driver::event_create() {
-                Ok(e) => e as usize,
-                Err(_) => return false,
-            },
-            e => e,
-        };
-        // The private stream is idle: the event completes as soon as it is recorded.
+        let Ok(event) = driver::event_create() else { return false };
+        // The private stream is idle: the event completes as soon as the GPU takes it.
         let before = now_ns();
-        if driver::event_record(event as CUevent, self.anchor_stream as CUstream).is_err() {
+        if driver::event_record(event, self.anchor_stream as CUstream).is_err() {
             return false;
         }
-        self.anchor = event;
+        self.anchor = event as usize;
         self.anchor_ns = before / 2 + now_ns() / 2;
-        // Windows measured against the old anchor must not be joined to the new one.
         self.new_segment = true;
         true
     }
 
+    fn record_candidate(&mut self) {
+        let event = match std::mem::replace(&mut self.free_anchor, 0) {
+            0 => match driver::event_create() {
+                Ok(e) => e as usize,
+                Err(_) => return,
+            },
+            e => e,
+        };
+        let before = now_ns();
+        if driver::event_record(event as CUevent, self.anchor_stream as CUstream).is_err() {
+            self.free_anchor = event;
+            return;
+        }
+        self.candidate = event;
+        self.candidate_ns = before / 2 + now_ns() / 2;
+    }
+
     fn gpu_time(&self, event: usize) -> Option<u64> {
-        driver::event_elapsed_ns(self.anchor as CUevent, event as CUevent).ok().map(|ns| self.anchor_ns + ns)
+        let elapsed = driver::event_elapsed_ns(self.anchor as CUevent, event as CUevent).ok()?;
+        u64::try_from((self.anchor_ns as i64).saturating_add(elapsed)).ok()
     }
 
     /// Charges every completed window to `bucket` (`burst`: as burst time). A window still in
@@ -208,7 +270,8 @@ impl Chain {
     /// union of intervals charges a pending window once and its completion only the rest.
     fn charge_window(&self, bucket: &BucketState, burst: bool, m: Marker, end: u64) {
         let w = Window { prev_done: self.prev_ns, recorded: m.recorded_ns, done: end, launches: m.launches };
-        let busy = busy::busy_ns(&w, self.mean_launch_ns);
+        let mean = if self.queued_samples >= QUEUED_SAMPLES { self.mean_queued_ns } else { self.mean_launch_ns };
+        let busy = busy::busy_ns(&w, mean);
         let queued_from = m.recorded_ns.clamp(self.prev_ns, end);
         let start = queued_from.saturating_sub(busy.saturating_sub(end - queued_from));
         bucket.consume_interval(start, end, burst);
@@ -232,8 +295,16 @@ impl Chain {
         }
         self.sample = Sample::None;
         if let Some(after_done) = self.gpu_time(self.sample_event) {
-            let ns = busy::kernel_ns(&KernelSample { before_done: before_ns, submitted, after_done });
+            let sample = KernelSample { before_done: before_ns, submitted, after_done };
+            let ns = busy::kernel_ns(&sample);
             self.mean_launch_ns = Some(busy::update_mean(self.mean_launch_ns, ns));
+            // A launch that arrived at an idle GPU also took the GPU's start-up of the kernel
+            // (measured several µs on the H200 after a synchronisation), which the driver does
+            // not count as busy; a queued one is timed from the end of the work before it.
+            if busy::was_queued(&sample) {
+                self.mean_queued_ns = Some(busy::update_mean(self.mean_queued_ns, ns));
+                self.queued_samples = self.queued_samples.saturating_add(1);
+            }
         }
     }
 

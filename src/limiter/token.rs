@@ -5,7 +5,8 @@
 //! another container asks and the holder's slice ([`SLICE_NS`]) is over, the holder offers it:
 //! the best contender (the holder itself included) gets the next slice. A holder that passes
 //! the token on first drains its stream, so the next holder's measured time is its own. A
-//! waiter polls; a holder that stops renewing its lease (killed, stopped, `docker pause`d)
+//! waiter sleeps on the token's futex (woken by the pass, or after a millisecond to repeat its
+//! claim); a holder that stops renewing its lease (killed, stopped, `docker pause`d)
 //! loses the token when the lease runs out, so no container can stall the others.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -23,10 +24,12 @@ use crate::node::{self, Place};
 
 /// How long a holder keeps the GPU before it offers it to others that ask.
 pub const SLICE_NS: u64 = 5_000_000;
-/// How often a waiting thread looks at the token.
-const WAIT_NAP: Duration = Duration::from_micros(200);
+/// The longest a waiting thread sleeps before it repeats its claim (a pass wakes it at once).
+const WAIT_NAP: Duration = Duration::from_millis(1);
 /// A holder drains its queued work before passing the token on, for at most this long.
 const DRAIN_LIMIT: Duration = Duration::from_millis(200);
+/// The lease a holder keeps after a wait, until it launches again.
+const IDLE_LEASE_NS: u64 = 2_000_000;
 /// Someone asked for the token this recently: it is wanted.
 const WANTED_NS: u64 = 2_000_000;
 
@@ -83,6 +86,7 @@ pub fn take_turn(
             resume(place, table, now);
         }
         place.entry.set_claim(Some(want), now);
+        let changes = token.changes();
         let h = token.holder();
         if h.entry == Some(place.index) {
             token.renew(place.index, now);
@@ -109,14 +113,14 @@ pub fn take_turn(
             continue;
         }
         token.wanted_at.fetch_max(now, Relaxed);
-        if h.expired(now)
-            && best(table, place.gpu, now).is_none_or(|b| b == place.index)
-            && token.pass(h, Some(place.index), now)
-        {
+        // A free token (or one whose holder stopped renewing it) goes to whoever asks first:
+        // waiting for the best contender would leave the GPU idle while it works on the host,
+        // and the order is restored at the next slice's end.
+        if h.expired(now) && token.pass(h, Some(place.index), now) {
             open_slice(dev, want, now);
             return true;
         }
-        std::thread::sleep(WAIT_NAP);
+        token.wait_for_change(changes, WAIT_NAP);
         waited = true;
     }
 }
@@ -135,20 +139,32 @@ pub fn release(place: &Place, dev: usize, chain: &mut Chain, bucket: Option<&Buc
     pass_on(place, dev, token, table);
 }
 
-/// After a wait that drained the container's work: if another container asks, it gets the
-/// token now (nothing of ours is in flight, so no drain is needed).
+/// After a wait that drained the container's work: if another container asks and the slice
+/// is over, it gets the token now (nothing of ours is in flight, so no drain is needed). Within
+/// the slice the token stays, on a short lease: an application that launches again at once
+/// (a training loop that synchronises every few steps) keeps its turn, one that goes on
+/// working on the host (a server between requests) lets the others in after [`IDLE_LEASE_NS`].
 pub fn after_wait(place: &Place, dev: usize) {
     let (Some(token), Some(table)) = (place.token, node::opened()) else { return };
     let now = now_ns();
-    if token.holder().entry == Some(place.index) && token.wanted_since(now.saturating_sub(WANTED_NS)) {
+    if token.holder().entry != Some(place.index) || !token.wanted_since(now.saturating_sub(WANTED_NS)) {
+        return;
+    }
+    if sched::slice_over(now, token.slice_start.load(Acquire), SLICE_NS) {
         pass_on(place, dev, token, table);
+    } else {
+        token.shorten_lease(place.index, now + IDLE_LEASE_NS);
     }
 }
 
 fn pass_on(place: &Place, dev: usize, token: &GpuToken, table: &NodeTable) {
     let now = now_ns();
     close_slice(place, dev, token, now);
-    let next = best(table, place.gpu, now).filter(|&n| n != place.index);
+    let next = table
+        .contenders(place.gpu, now)
+        .filter(|(i, _)| *i != place.index)
+        .min_by_key(|(i, c)| (sched::rank(c), *i))
+        .map(|(i, _)| i);
     let h = token.holder();
     if h.entry == Some(place.index) {
         token.pass(h, next, now);

@@ -58,6 +58,12 @@ pub fn kernel_ns(s: &KernelSample) -> u64 {
     s.after_done.saturating_sub(s.before_done.max(s.submitted))
 }
 
+/// Whether the launch was queued behind earlier work (the work before it ended after it was
+/// submitted), so that it started as that work ended and its time is its execution alone.
+pub fn was_queued(s: &KernelSample) -> bool {
+    s.before_done > s.submitted
+}
+
 /// A running mean of one launch's GPU time over about the last eight samples.
 pub fn update_mean(mean: Option<u64>, sample: u64) -> u64 {
     match mean {
@@ -107,6 +113,8 @@ mod tests {
         let s = KernelSample { before_done: 500, submitted: 103, after_done: 520 };
         assert_eq!(kernel_ns(&s), 20);
         assert_eq!(kernel_ns(&KernelSample { before_done: 9, submitted: 9, after_done: 1 }), 0);
+        assert!(was_queued(&KernelSample { before_done: 500, submitted: 103, after_done: 520 }));
+        assert!(!was_queued(&KernelSample { before_done: 100, submitted: 103, after_done: 111 }));
         let mut m = None;
         for _ in 0..100 {
             m = Some(update_mean(m, 800));

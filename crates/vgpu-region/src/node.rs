@@ -96,7 +96,11 @@ pub struct GpuToken {
     pub wanted_at: AtomicU64,
     /// Times the token changed hands (metrics).
     pub handoffs: AtomicU64,
-    pub reserved: [AtomicU64; 3],
+    /// Bumped at every change of hands: waiters sleep on it (a futex shared by every process
+    /// mapping the file), so a passed token is taken within microseconds, not a polling period.
+    pub wake: AtomicU32,
+    pub pad: AtomicU32,
+    pub reserved: [AtomicU64; 2],
 }
 
 #[repr(C)]
@@ -167,8 +171,24 @@ impl GpuToken {
         let moved = self.word.compare_exchange(seen.raw, next, AcqRel, Acquire).is_ok();
         if moved {
             self.handoffs.fetch_add(1, Relaxed);
+            self.wake.fetch_add(1, Release);
+            futex(&self.wake, libc::FUTEX_WAKE, i32::MAX as u32, None);
         }
         moved
+    }
+
+    /// The change counter, to be read before looking at the holder and then waited on.
+    pub fn changes(&self) -> u32 {
+        self.wake.load(Acquire)
+    }
+
+    /// Sleeps until the token changes hands after `seen` (from [`changes`](Self::changes)), or
+    /// `timeout` passes, or a signal arrives: a bounded wait, whatever the other processes do.
+    pub fn wait_for_change(&self, seen: u32, timeout: Duration) {
+        if self.wake.load(Acquire) != seen {
+            return;
+        }
+        futex(&self.wake, libc::FUTEX_WAIT, seen, Some(timeout));
     }
 
     /// Extends the lease of `entry`, which holds the token; `false` when it no longer does.
@@ -190,9 +210,44 @@ impl GpuToken {
         }
     }
 
+    /// Cuts the lease of `entry`, which holds the token, to end by `until` (CLOCK_MONOTONIC ns):
+    /// a holder that may not launch again soon lets the others take the token then, unless it
+    /// renews. `false` when `entry` no longer holds it.
+    pub fn shorten_lease(&self, entry: usize, until: u64) -> bool {
+        let until = until.div_ceil(1_000_000);
+        let mut seen = self.word.load(Acquire);
+        loop {
+            let h = Holder::unpack(seen);
+            if h.entry != Some(entry) {
+                return false;
+            }
+            if h.lease_until_ms <= until {
+                return true;
+            }
+            match self.word.compare_exchange_weak(seen, Holder::pack(h.entry, h.generation, until), AcqRel, Acquire) {
+                Ok(_) => return true,
+                Err(now_seen) => seen = now_seen,
+            }
+        }
+    }
+
     /// Whether a container other than the holder asked for the token since `since`.
     pub fn wanted_since(&self, since: u64) -> bool {
         self.wanted_at.load(Relaxed) >= since
+    }
+}
+
+/// A futex operation on a word of the shared mapping (not `FUTEX_PRIVATE_FLAG`: the waiters
+/// are other processes). Errors (`EAGAIN`: the word changed; `ETIMEDOUT`; `EINTR`) all mean
+/// "look again", so none is reported.
+fn futex(word: &AtomicU32, op: libc::c_int, val: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as _ });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, 4-byte-aligned atomic (in the mapping or in memory we own) for
+    // the duration of the call; FUTEX_WAIT reads it and sleeps, FUTEX_WAKE only wakes sleepers;
+    // the timeout pointer is null or points at `ts`, which outlives the call.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), op, val, ts_ptr, std::ptr::null::<u32>(), 0u32);
     }
 }
 
@@ -549,6 +604,10 @@ mod tests {
         assert!(tok.renew(3, now + 40 * MS));
         assert!(!tok.holder().expired(now + LEASE_NS + 2 * MS), "renewed");
         assert!(!tok.renew(4, now), "only the holder renews");
+        assert!(tok.shorten_lease(3, now + 41 * MS));
+        assert!(tok.holder().expired(now + 43 * MS), "a shortened lease runs out early");
+        assert!(tok.renew(3, now + 42 * MS), "and the holder can still renew it");
+        assert!(!tok.shorten_lease(4, now), "only the holder's");
         let h = tok.holder();
         assert!(tok.pass(h, None, now + 41 * MS));
         assert_eq!(tok.holder().entry, None);
@@ -557,6 +616,31 @@ mod tests {
             assert!(t.token(1000 + i).is_some());
         }
         assert!(t.token(99_999).is_none(), "all tokens in use");
+    }
+
+    #[test]
+    fn a_waiter_wakes_when_the_token_moves_and_not_later_than_its_timeout() {
+        let (_d, t) = table();
+        let tok: &'static GpuToken = unsafe_leak(t).token(7).unwrap();
+        let seen = tok.changes();
+        let waiter = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            tok.wait_for_change(seen, Duration::from_secs(5));
+            start.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(tok.pass(tok.holder(), Some(1), 1_000 * MS));
+        let waited = waiter.join().unwrap();
+        assert!(waited < Duration::from_secs(2), "woken by the pass, not the timeout: {waited:?}");
+        let start = std::time::Instant::now();
+        tok.wait_for_change(tok.changes(), Duration::from_millis(20));
+        assert!(start.elapsed() >= Duration::from_millis(15), "slept until the timeout");
+        tok.wait_for_change(tok.changes().wrapping_sub(1), Duration::from_secs(5));
+    }
+
+    /// The table for the rest of the test process (a waiter thread borrows it).
+    fn unsafe_leak(t: NodeTable) -> &'static NodeTable {
+        Box::leak(Box::new(t))
     }
 
     #[test]

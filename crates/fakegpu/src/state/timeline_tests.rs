@@ -7,8 +7,12 @@ use crate::timeline::Span;
 
 const US: u64 = 1000;
 
+/// A state whose device starts work the moment it is submitted (no launch latency), so the
+/// expected times are exact; `launch_latency_is_added_to_submissions` covers the latency.
 fn setup() -> (State, u64) {
-    let mut st = State::new(Config::from_values(Some("2"), None, None, None, None, None));
+    let mut cfg = Config::from_values(Some("2"), None, None, None, None, None);
+    cfg.launch_latency_ns = 0;
+    let mut st = State::new(cfg);
     let ctx = st.primary_retain(0).unwrap();
     (st, ctx)
 }
@@ -228,4 +232,15 @@ fn a_context_takes_its_streams_along() {
     st.ctx_destroy(ctx).unwrap();
     assert!(!st.stream_valid(h));
     assert_eq!(st.event_destroy(e), Err(CUresult::ERROR_INVALID_HANDLE));
+}
+
+#[test]
+fn launch_latency_is_added_to_submissions() {
+    let (mut st, ctx) = setup();
+    st.cfg.launch_latency_ns = 4 * US;
+    let key = st.stream_key(0, ctx, 0, 1, false).unwrap();
+    let span = queued(st.submit(key, 1_000 * US, kernel(10)));
+    assert_eq!((span.start, span.end), (1_004 * US, 1_014 * US), "an idle device starts it after the latency");
+    let span = queued(st.submit(key, 1_001 * US, kernel(10)));
+    assert_eq!(span.start, 1_014 * US, "a busy one when the earlier work ends");
 }
