@@ -326,18 +326,27 @@ fn bookkeeping(stream: CUstream, idle: bool, window: u32) -> bool {
             waited |= yield_to_high_priority(place, bucket);
         }
         let burst = st.config.sm_burst && place.is_some_and(|p| p.token.is_some());
-        if let (Some(share), Some(b), false) = (share, bucket, burst) {
-            waited |= throttle(share, b, place, dev, &mut chain);
-        }
-        if let Some(p) = place {
-            let claim = || {
-                let within = match (share, bucket) {
-                    (Some(s), Some(b)) => b.wait_ns(now_ns(), s, burst_ns(s, PERIOD_NS), 0) == 0,
-                    _ => true,
-                };
-                sched::claim(share, burst, within)
+        let claim = || {
+            let within = match (share, bucket) {
+                (Some(s), Some(b)) => b.wait_ns(now_ns(), s, burst_ns(s, PERIOD_NS), 0) == 0,
+                _ => true,
             };
-            waited |= token::take_turn(p, dev, &claim, &mut chain, bucket);
+            sched::claim(share, burst, within)
+        };
+        // Budget first, then the turn; a turn's end can charge the slice's drained work and use
+        // the budget up again, and then it is budget again: never a launch without the turn.
+        for _ in 0..1_000 {
+            if let (Some(share), Some(b), false) = (share, bucket, burst) {
+                waited |= throttle(share, b, place, dev, &mut chain);
+            }
+            let Some(p) = place else { break };
+            match token::take_turn(p, dev, &claim, &mut chain, bucket) {
+                token::Turn::Go { waited: w } => {
+                    waited |= w;
+                    break;
+                }
+                token::Turn::OutOfBudget => waited = true,
+            }
         }
         if !waited {
             return chain.arm_sample();

@@ -65,21 +65,37 @@ fn open_slice(dev: usize, claim: Claim, now: u64) {
     }
 }
 
+/// How a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// The container holds the token (or takes no turns): launch. `waited`: the thread waited
+    /// for it, so the stream may have idled.
+    Go { waited: bool },
+    /// The container's budget ran out (its last slice's drained work was charged): it must
+    /// wait for budget, without the token, and then take its turn again.
+    OutOfBudget,
+}
+
 /// Waits until the container holds the GPU's token, offering it to others at the end of a
 /// slice. `claim` says what the container asks for now (re-read while waiting: a budget
-/// refills). Returns whether the thread waited (then the stream idled: a new segment).
+/// refills; `None`: out of budget).
 pub fn take_turn(
     place: &Place,
     dev: usize,
     claim: &dyn Fn() -> Option<Claim>,
     chain: &mut Chain,
     bucket: Option<&BucketState>,
-) -> bool {
-    let (Some(token), Some(table)) = (place.token, node::opened()) else { return false };
+) -> Turn {
+    let (Some(token), Some(table)) = (place.token, node::opened()) else { return Turn::Go { waited: false } };
     let mut waited = false;
     loop {
         let now = now_ns();
-        let Some(want) = claim() else { return waited };
+        let Some(want) = claim() else {
+            if token.holder().entry == Some(place.index) {
+                release(place, dev, chain, bucket);
+            }
+            return Turn::OutOfBudget;
+        };
         let was_contending =
             now.saturating_sub(place.entry.claimed_at.load(Relaxed)) <= CLAIM_FRESH_NS && place.entry.claim().is_some();
         if !was_contending {
@@ -95,7 +111,7 @@ pub fn take_turn(
             }
             let start = token.slice_start.load(Acquire);
             if !sched::slice_over(now, start, SLICE_NS) || !token.wanted_since(now.saturating_sub(WANTED_NS)) {
-                return waited;
+                return Turn::Go { waited };
             }
             // The slice is over and someone asks: the best contender gets the next one.
             let next = best(table, place.gpu, now);
@@ -103,7 +119,7 @@ pub fn take_turn(
             if next.is_none_or(|n| n == place.index) {
                 token.slice_start.store(now, Release);
                 open_slice(dev, want, now);
-                return waited;
+                return Turn::Go { waited };
             }
             let burst = burst_slice(dev);
             chain.drain(bucket, burst, DRAIN_LIMIT, || {
@@ -117,8 +133,9 @@ pub fn take_turn(
         // waiting for the best contender would leave the GPU idle while it works on the host,
         // and the order is restored at the next slice's end.
         if h.expired(now) && token.pass(h, Some(place.index), now) {
+            token.renew(place.index, now);
             open_slice(dev, want, now);
-            return true;
+            return Turn::Go { waited: true };
         }
         token.wait_for_change(changes, WAIT_NAP);
         waited = true;
@@ -151,7 +168,16 @@ pub fn after_wait(place: &Place, dev: usize) {
         return;
     }
     if sched::slice_over(now, token.slice_start.load(Acquire), SLICE_NS) {
-        pass_on(place, dev, token, table);
+        // Offered like any slice's end: the container keeps it if it is still the best claim.
+        if best(table, place.gpu, now).is_some_and(|b| b != place.index) {
+            pass_on(place, dev, token, table);
+        } else {
+            close_slice(place, dev, token, now);
+            token.slice_start.store(now, Release);
+            if let Some(claim) = place.entry.claim() {
+                open_slice(dev, claim, now);
+            }
+        }
     } else {
         token.shorten_lease(place.index, now + IDLE_LEASE_NS);
     }

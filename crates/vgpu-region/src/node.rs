@@ -49,6 +49,9 @@ pub const HIGH_PRIORITY_HOLD_NS: u64 = 100_000_000;
 pub const CLAIM_FRESH_NS: u64 = 20_000_000;
 /// How long the token stays with a holder that stops renewing it.
 pub const LEASE_NS: u64 = 50_000_000;
+/// The lease a pass gives, until the new holder renews it: a grantee that is not there to take
+/// it (it stopped asking just now) holds the GPU up only this long.
+pub const GRANT_NS: u64 = 5_000_000;
 /// How long the file's byte lock is waited for before the table is given up on.
 pub const LOCK_WAIT: Duration = Duration::from_millis(100);
 
@@ -161,9 +164,10 @@ impl GpuToken {
     }
 
     /// Moves the token from `seen` (as read by [`holder`](Self::holder)) to `to`, for a new
-    /// slice starting `now` with a fresh lease. `false` when someone else moved it first.
+    /// slice starting `now` with a lease of [`GRANT_NS`] (the new holder renews it). `false`
+    /// when someone else moved it first.
     pub fn pass(&self, seen: Holder, to: Option<usize>, now: u64) -> bool {
-        let next = Holder::pack(to, seen.generation.wrapping_add(1), (now + LEASE_NS) / 1_000_000);
+        let next = Holder::pack(to, seen.generation.wrapping_add(1), (now + GRANT_NS).div_ceil(1_000_000));
         // The slice's start is written first: whoever sees the new holder sees its start.
         if to.is_some() {
             self.slice_start.store(now, Release);
@@ -599,8 +603,11 @@ mod tests {
         let h = tok.holder();
         assert_eq!((h.entry, h.generation), (Some(3), free.generation + 1));
         assert_eq!(tok.slice_start.load(Relaxed), now);
-        assert!(!h.expired(now + LEASE_NS - MS));
-        assert!(h.expired(now + LEASE_NS + 2 * MS), "a holder that stops renewing loses it");
+        assert!(!h.expired(now + GRANT_NS - MS));
+        assert!(h.expired(now + GRANT_NS + 2 * MS), "a grantee that does not renew loses it");
+        assert!(tok.renew(3, now + MS));
+        assert!(!tok.holder().expired(now + LEASE_NS), "renewed for a lease");
+        assert!(tok.holder().expired(now + LEASE_NS + 2 * MS), "a holder that stops renewing loses it");
         assert!(tok.renew(3, now + 40 * MS));
         assert!(!tok.holder().expired(now + LEASE_NS + 2 * MS), "renewed");
         assert!(!tok.renew(4, now), "only the holder renews");
