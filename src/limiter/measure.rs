@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use cuda_types::*;
-use vgpu_core::busy::{self, KernelSample, Window};
+use vgpu_core::busy::{self, KernelSample, LaunchTimes, Window};
 use vgpu_core::limiter::BucketState;
 
 use crate::clock::now_ns;
@@ -29,8 +29,6 @@ pub const RING: usize = 8;
 const ANCHOR_EVERY_NS: u64 = 100_000_000;
 /// The drift allowed between the GPU's clock and the host's: 1 part in DRIFT_PER (20 ppm).
 const DRIFT_PER: i64 = 50_000;
-/// Queued-launch samples needed before their mean is trusted over the mean of all samples.
-const QUEUED_SAMPLES: u32 = 8;
 
 #[derive(Clone, Copy)]
 struct Marker {
@@ -46,10 +44,9 @@ const NO_MARKER: Marker = Marker { event: 0, starts: false, recorded_ns: 0, laun
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sample {
     None,
-    /// The marker before the launch is recorded; the launch was called after `at`.
+    /// The marker before the launch is recorded; the launch has not returned yet.
     Armed {
         before: usize,
-        at: u64,
     },
     /// The sample event follows the launch, submitted at `submitted`.
     InFlight {
@@ -80,11 +77,8 @@ pub struct Chain {
     free_anchor: usize,
     sample_event: usize,
     sample: Sample,
-    /// Mean GPU time of a launch that was queued behind earlier work (it started when that
-    /// work ended, so the event pair times its execution alone), and of any launch.
-    mean_queued_ns: Option<u64>,
-    queued_samples: u32,
-    mean_launch_ns: Option<u64>,
+    /// The last timed launches.
+    launch_times: LaunchTimes,
 }
 
 impl Chain {
@@ -106,9 +100,7 @@ impl Chain {
         free_anchor: 0,
         sample_event: 0,
         sample: Sample::None,
-        mean_queued_ns: None,
-        queued_samples: 0,
-        mean_launch_ns: None,
+        launch_times: LaunchTimes::EMPTY,
     };
 
     /// Measures `stream` of context `ctx` from now on: events belong to a context, and a new
@@ -270,8 +262,9 @@ impl Chain {
     /// union of intervals charges a pending window once and its completion only the rest.
     fn charge_window(&self, bucket: &BucketState, burst: bool, m: Marker, end: u64) {
         let w = Window { prev_done: self.prev_ns, recorded: m.recorded_ns, done: end, launches: m.launches };
-        let mean = if self.queued_samples >= QUEUED_SAMPLES { self.mean_queued_ns } else { self.mean_launch_ns };
+        let mean = self.launch_times.central_mean();
         let busy = busy::busy_ns(&w, mean);
+        trace::window(&w, mean, busy);
         let queued_from = m.recorded_ns.clamp(self.prev_ns, end);
         let start = queued_from.saturating_sub(busy.saturating_sub(end - queued_from));
         bucket.consume_interval(start, end, burst);
@@ -297,14 +290,8 @@ impl Chain {
         if let Some(after_done) = self.gpu_time(self.sample_event) {
             let sample = KernelSample { before_done: before_ns, submitted, after_done };
             let ns = busy::kernel_ns(&sample);
-            self.mean_launch_ns = Some(busy::update_mean(self.mean_launch_ns, ns));
-            // A launch that arrived at an idle GPU also took the GPU's start-up of the kernel
-            // (measured several µs on the H200 after a synchronisation), which the driver does
-            // not count as busy; a queued one is timed from the end of the work before it.
-            if busy::was_queued(&sample) {
-                self.mean_queued_ns = Some(busy::update_mean(self.mean_queued_ns, ns));
-                self.queued_samples = self.queued_samples.saturating_add(1);
-            }
+            trace::sample(&sample, ns);
+            self.launch_times.add(ns);
         }
     }
 
@@ -320,7 +307,7 @@ impl Chain {
         if self.sample_event == 0 {
             return false;
         }
-        self.sample = Sample::Armed { before: self.pending[self.len - 1].event, at: now_ns() };
+        self.sample = Sample::Armed { before: self.pending[self.len - 1].event };
         true
     }
 
@@ -354,10 +341,10 @@ impl Chain {
     }
 
     /// The launch after an armed marker returned: the sample event follows it. The launch
-    /// counts as submitted halfway through the call, as the anchor's event does.
+    /// counts as submitted when the call returns (`busy::KernelSample`).
     pub fn after_launch(&mut self, stream: CUstream) {
-        let Sample::Armed { before, at } = self.sample else { return };
-        let submitted = at / 2 + now_ns() / 2;
+        let Sample::Armed { before, .. } = self.sample else { return };
+        let submitted = now_ns();
         self.sample = if driver::event_record(self.sample_event as CUevent, stream).is_ok() {
             Sample::InFlight { before, before_ns: 0, submitted }
         } else {
@@ -394,6 +381,53 @@ impl Chain {
             }
             keep_alive();
             std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+/// `LIBVGPU_LIMITER_TRACE=<file>`: one line per completed window and per timed launch, appended
+/// to the file (never stdout), to see on a real GPU what the limiter measures. Off by default.
+mod trace {
+    use std::io::Write;
+    use std::sync::{Mutex, OnceLock};
+
+    use vgpu_core::busy::{KernelSample, Window};
+
+    fn file() -> Option<&'static Mutex<std::fs::File>> {
+        static FILE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
+        FILE.get_or_init(|| {
+            let path = std::env::var_os("LIBVGPU_LIMITER_TRACE")?;
+            std::fs::OpenOptions::new().create(true).append(true).open(path).ok().map(Mutex::new)
+        })
+        .as_ref()
+    }
+
+    pub fn window(w: &Window, mean: Option<u64>, busy: u64) {
+        if let Some(f) = file()
+            && let Ok(mut f) = f.lock()
+        {
+            let _ = writeln!(
+                f,
+                "window span={} submitting={} launches={} mean={} busy={}",
+                w.done.saturating_sub(w.prev_done),
+                w.recorded.clamp(w.prev_done, w.done.max(w.prev_done)) - w.prev_done,
+                w.launches,
+                mean.unwrap_or(0),
+                busy
+            );
+        }
+    }
+
+    pub fn sample(s: &KernelSample, ns: u64) {
+        if let Some(f) = file()
+            && let Ok(mut f) = f.lock()
+        {
+            let _ = writeln!(
+                f,
+                "sample ns={ns} queued={} before_minus_submitted={}",
+                vgpu_core::busy::was_queued(s),
+                s.before_done as i64 - s.submitted as i64
+            );
         }
     }
 }
