@@ -33,8 +33,8 @@ use vgpu_core::devices::format_uuid;
 use vgpu_core::ledger::Accounting;
 use vgpu_core::overhead::{Estimate, Measure, Throttle, overhead};
 
-use crate::driver;
 use crate::clock::coarse_ns as now_ns;
+use crate::driver;
 use crate::state::state;
 
 const REFUSAL_INTERVAL_NS: u64 = 10_000_000;

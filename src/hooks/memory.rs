@@ -134,7 +134,11 @@ unsafe fn alloc_ptr<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P,
 }
 
 /// The driver call of a reserved allocation, and the commit of its pointer if it succeeded.
-unsafe fn call_and_commit<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P, reservation: (Res, u64)) -> CUresult {
+unsafe fn call_and_commit<P: Copy + Into<u64>>(
+    real: Real<'_, CUresult>,
+    dptr: *mut P,
+    reservation: (Res, u64),
+) -> CUresult {
     let rc = real.call();
     reservation.0.driver_answered(rc == CUresult::ERROR_OUT_OF_MEMORY);
     if rc.is_success() {

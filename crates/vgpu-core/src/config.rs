@@ -36,8 +36,10 @@ pub const CORE_POLICY: &str = "GPU_CORE_UTILIZATION_POLICY";
 /// HAMi's switch (set by its device plugin when memory scaling is above 1): an allocation past
 /// the cap spills into host memory instead of failing.
 pub const OVERSUBSCRIBE: &str = "CUDA_OVERSUBSCRIBE";
-/// How much host memory a container may spill past the cap, per device (default: the cap).
+/// How much host memory a container may spill past the cap, per device.
 pub const SPILL_LIMIT: &str = "LIBVGPU_SPILL_LIMIT";
+/// Without `LIBVGPU_SPILL_LIMIT`, the spill limit is this many times the device's cap.
+pub const DEFAULT_SPILL_FACTOR: u64 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CorePolicy {
@@ -80,7 +82,7 @@ pub struct Config {
     pub reconcile_ms: Option<u64>,
     /// `CUDA_OVERSUBSCRIBE`: allocations past the cap spill into host memory.
     pub oversubscribe: bool,
-    /// `LIBVGPU_SPILL_LIMIT` in bytes; `None` = the device's cap (see [`Config::spill_limit`]).
+    /// `LIBVGPU_SPILL_LIMIT` in bytes; `None` = twice the device's cap (see [`Config::spill_limit`]).
     pub spill_limit: Option<u64>,
 }
 
@@ -247,7 +249,7 @@ impl Config {
                     Err(e) => errors.push(error(
                         e.to_string(),
                         ACCEPTED_SIZES,
-                        "the spill limit is the device's memory cap",
+                        "the spill limit is twice the device's memory cap",
                     )),
                 }
             } else if name == NODE_FILE {
@@ -298,14 +300,15 @@ impl Config {
     }
 
     /// Host memory the container may spill past a device's cap (`cap`), when oversubscription
-    /// is on and the device is capped: `LIBVGPU_SPILL_LIMIT`, else the cap
-    /// itself (a container then holds at most twice its cap, half of it in host memory).
+    /// is on and the device is capped: `LIBVGPU_SPILL_LIMIT`, else twice the cap (a container
+    /// then holds at most three times its cap, two thirds of it in host memory).
     /// `None`: no spilling (off, uncapped, or a limit of 0).
     pub fn spill_limit(&self, cap: Option<u64>) -> Option<u64> {
         if !self.oversubscribe {
             return None;
         }
-        self.spill_limit.or(cap).filter(|&b| b > 0)
+        let cap = cap?;
+        Some(self.spill_limit.unwrap_or(cap.saturating_mul(DEFAULT_SPILL_FACTOR))).filter(|&b| b > 0)
     }
 
     pub fn any_memory_limit(&self) -> bool {
@@ -459,14 +462,14 @@ mod tests {
         assert!(line.contains("CUDA_OVERSUBSCRIBE=\"yes please\"") && line.contains("OFF"), "{line}");
 
         let (c, _) = parse(&[("CUDA_OVERSUBSCRIBE", "true")]);
-        assert_eq!(c.spill_limit(Some(4 << 30)), Some(4 << 30), "default: the cap");
+        assert_eq!(c.spill_limit(Some(4 << 30)), Some(8 << 30), "default: twice the cap");
         assert_eq!(c.spill_limit(None), None, "an uncapped device never spills");
         let (c, _) = parse(&[("CUDA_OVERSUBSCRIBE", "1"), ("LIBVGPU_SPILL_LIMIT", "16g")]);
         assert_eq!(c.spill_limit(Some(4 << 30)), Some(16 << 30));
         let (c, _) = parse(&[("CUDA_OVERSUBSCRIBE", "1"), ("LIBVGPU_SPILL_LIMIT", "0")]);
         assert_eq!(c.spill_limit(Some(4 << 30)), None, "0: no spilling");
         let (c, e) = parse(&[("CUDA_OVERSUBSCRIBE", "1"), ("LIBVGPU_SPILL_LIMIT", "lots")]);
-        assert_eq!((c.spill_limit(Some(1 << 30)), e.len()), (Some(1 << 30), 1));
+        assert_eq!((c.spill_limit(Some(1 << 30)), e.len()), (Some(2 << 30), 1));
     }
 
     #[test]

@@ -135,7 +135,8 @@ impl Region {
         }
         let region = Self::map_file(file, path)?;
         let x = region.extension();
-        if PREVIOUS_FILE_SIZES.contains(&(len as usize)) && x.size.load(Acquire) as u64 == len - EXTENSION_OFFSET as u64 {
+        if PREVIOUS_FILE_SIZES.contains(&(len as usize)) && x.size.load(Acquire) as u64 == len - EXTENSION_OFFSET as u64
+        {
             x.size.store(size_of::<Extension>() as u32, Release);
         }
         let s = region.shared();

@@ -161,7 +161,12 @@ pub unsafe extern "C" fn cuMemAdvise(ptr: CUdeviceptr, count: usize, advice: c_u
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemAdvise_v2(ptr: CUdeviceptr, count: usize, advice: c_uint, loc: CUmemLocation) -> CUresult {
+pub unsafe extern "C" fn cuMemAdvise_v2(
+    ptr: CUdeviceptr,
+    count: usize,
+    advice: c_uint,
+    loc: CUmemLocation,
+) -> CUresult {
     crate::tally!("cuMemAdvise_v2");
     guard(|| advise(ptr, count, advice, loc))
 }
@@ -179,7 +184,12 @@ fn prefetch(ptr: u64, count: usize, loc: CUmemLocation, stream: CUstream) -> Res
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuMemPrefetchAsync(ptr: CUdeviceptr, count: usize, device: CUdevice, stream: CUstream) -> CUresult {
+pub unsafe extern "C" fn cuMemPrefetchAsync(
+    ptr: CUdeviceptr,
+    count: usize,
+    device: CUdevice,
+    stream: CUstream,
+) -> CUresult {
     crate::tally!("cuMemPrefetchAsync");
     guard(|| prefetch(ptr, count, legacy_location(device), stream))
 }
@@ -330,4 +340,19 @@ pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, _value: c_uchar, n: usi
 pub unsafe extern "C" fn cuMemsetD8(dst: c_uint, _value: c_uchar, n: c_uint) -> CUresult {
     crate::tally!("cuMemsetD8");
     guard(|| touch(dst as u64, n as u64, false))
+}
+
+/// Extra export: the device memory in use on the device behind CUDA ordinal `ordinal`, by every
+/// allocation and context of this process — what NVML reports from outside, with no
+/// interposer's view in between. Needs no cuInit.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fakegpu_device_used(ordinal: std::ffi::c_int, used: *mut u64) -> CUresult {
+    guard(|| {
+        let out = nn(used)?;
+        let st = crate::state::state();
+        let dev = st.device(ordinal)?;
+        // SAFETY: non-null, per the check above.
+        unsafe { out.write(st.devices[dev].used) };
+        Ok(())
+    })
 }
