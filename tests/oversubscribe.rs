@@ -161,6 +161,7 @@ fn the_spill_counter_is_in_the_region_and_shown_by_vgpu_status() {
     let json = status(true);
     assert!(json.contains(&format!("\"spilled\": {spilled}")), "{json}");
     assert!(json.contains(&format!("\"spill_limit\": {}", 2 * GIB)), "{json}");
+    assert!(json.contains("\"cap_denials\": 0"), "a spill is not a cap denial: {json}");
     let text = status(false);
     assert!(text.contains("spilled"), "{text}");
     p.release();

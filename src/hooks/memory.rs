@@ -161,12 +161,16 @@ unsafe fn alloc_spillable(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, byte
     let Ok((ctx, dev)) = current_context() else {
         return real.call();
     };
-    let reservation = match reserve(dev, bytes) {
-        Ok(r) => (r, ctx as u64),
+    let st = state();
+    let reserved =
+        st.ledger.reserve_or_spill(dev, bytes, || crate::reconcile::at_refusal(dev), |cap| st.config.spill_limit(cap));
+    match reserved {
         // SAFETY: `dptr` is non-null (checked above).
-        Err(d) => return unsafe { super::spill::alloc(dptr, bytes, dev, ctx as u64) }.unwrap_or_else(|| deny(d)),
-    };
-    unsafe { call_and_commit(real, dptr, reservation) }
+        Ok(r) if r.spilled() => unsafe { super::spill::alloc(dptr, r, dev, ctx as u64) },
+        Ok(r) => unsafe { call_and_commit(real, dptr, (r, ctx as u64)) },
+        Err(d) if d.spill => deny_spill(d),
+        Err(d) => deny(d),
+    }
 }
 
 pub unsafe fn alloc(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {

@@ -22,7 +22,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cuda_types::*;
-use vgpu_core::ledger::{Denied, Key};
+use vgpu_core::ledger::{Denied, Key, Reservation};
 
 use crate::driver;
 use crate::intercept::table::real;
@@ -36,33 +36,33 @@ const ADVISE_SET_ACCESSED_BY: u32 = 5;
 /// `CU_DEVICE_CPU` of the pre-12.2 `cuMemAdvise`.
 const DEVICE_CPU: CUdevice = -1;
 
+type Res = Reservation<'static, crate::container::ContainerAccounting>;
+
 /// Whether this process has said that it spills (one line per process, not per allocation).
 static SAID: AtomicBool = AtomicBool::new(false);
 
-/// Tries to satisfy a cap-refused allocation of `bytes` on CUDA ordinal `dev` in host memory.
-/// `None`: spilling is off for this device (the caller refuses as without the feature);
-/// `Some(rc)`: the answer to return, success with `*dptr` written and charged, or out of memory.
+/// Makes a cap-refused allocation on CUDA ordinal `dev` in host memory, with `r` reserved
+/// against the spill limit: success with `*dptr` written and `r` committed, or out of memory
+/// (`r` rolled back).
 ///
 /// # Safety
 /// `dptr` is the caller's non-null out-pointer.
-pub unsafe fn alloc(dptr: *mut CUdeviceptr, bytes: u64, dev: usize, ctx: u64) -> Option<CUresult> {
+pub unsafe fn alloc(dptr: *mut CUdeviceptr, r: Res, dev: usize, ctx: u64) -> CUresult {
     let st = state();
+    let bytes = r.bytes();
     let cap = st.ledger.limit(dev);
-    let limit = st.config.spill_limit(cap)?;
-    let r = match st.ledger.reserve_spill(dev, bytes, limit) {
-        Ok(r) => r,
-        Err(d) => return Some(super::memory::deny_spill(d)),
-    };
-    st.ledger.accounting().publish_spill_limit(dev, limit);
-    if !SAID.swap(true, Ordering::Relaxed) {
-        tracing::warn!(
-            "device {dev}: the {} MiB memory cap is full; this process now spills allocations to host memory \
-             (CUDA_OVERSUBSCRIBE, up to {} MiB per container): they work but run at host-link speed",
-            cap.unwrap_or(0) >> 20,
-            limit >> 20
-        );
+    if let Some(limit) = st.config.spill_limit(cap) {
+        st.ledger.accounting().publish_spill_limit(dev, limit);
+        if !SAID.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "device {dev}: the {} MiB memory cap is full; this process now spills allocations to host memory \
+                 (CUDA_OVERSUBSCRIBE, up to {} MiB per container): they work but run at host-link speed",
+                cap.unwrap_or(0) >> 20,
+                limit >> 20
+            );
+        }
     }
-    let Ok(size) = usize::try_from(bytes) else { return Some(CUresult::ERROR_OUT_OF_MEMORY) };
+    let Ok(size) = usize::try_from(bytes) else { return CUresult::ERROR_OUT_OF_MEMORY };
     let mut ptr: CUdeviceptr = 0;
     type AllocManaged = unsafe extern "C" fn(*mut CUdeviceptr, usize, u32) -> CUresult;
     // SAFETY: the real cuMemAllocManaged with a valid out-pointer.
@@ -72,20 +72,20 @@ pub unsafe fn alloc(dptr: *mut CUdeviceptr, bytes: u64, dev: usize, ctx: u64) ->
     };
     if !rc.is_success() {
         tracing::warn!("device {dev}: spilling {} MiB to host memory failed (cuMemAllocManaged: {rc:?})", bytes >> 20);
-        return Some(CUresult::ERROR_OUT_OF_MEMORY);
+        return CUresult::ERROR_OUT_OF_MEMORY;
     }
     if let Err(rc) = keep_on_host(ptr, size, dev) {
         tracing::warn!(
             "device {dev}: spilled memory could not be kept on the host (cuMemAdvise: {rc:?}); refusing the allocation"
         );
         driver::free_device_ptr(ptr);
-        return Some(CUresult::ERROR_OUT_OF_MEMORY);
+        return CUresult::ERROR_OUT_OF_MEMORY;
     }
     r.commit(Key::DevicePtr(ptr), ctx);
     // SAFETY: the caller's non-null out-pointer.
     unsafe { dptr.write(ptr) };
     crate::startup::allocated();
-    Some(CUresult::SUCCESS)
+    CUresult::SUCCESS
 }
 
 /// Host as the preferred location, mapped for `dev`: device accesses then go over the link to

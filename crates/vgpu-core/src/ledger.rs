@@ -223,6 +223,8 @@ pub struct Denied {
     pub requested: u64,
     pub used: u64,
     pub limit: u64,
+    /// The spill limit said no (`used` and `limit` are the spill's), not the cap.
+    pub spill: bool,
 }
 
 /// Live allocations: device pointers (the hot path) in a lock-free table, made on the first
@@ -278,15 +280,32 @@ impl<A: Accounting> MemoryLedger<A> {
         bytes: u64,
         reconsider: impl FnOnce() -> bool,
     ) -> Result<Reservation<'_, A>, Denied> {
+        self.reserve_or_spill(dev, bytes, reconsider, |_| None)
+    }
+
+    /// As [`reserve_or_reconsider`](Self::reserve_or_reconsider); when the cap's refusal is
+    /// final, `spill_limit` (given the cap) may name a spill limit, and the bytes are then
+    /// reserved against it ([`reserve_spill`](Self::reserve_spill)): the reservation says
+    /// [`spilled`](Reservation::spilled), and the cap's refusal is not counted as one. Both
+    /// closures run only on a refusal: the path of an allocation that fits is `reserve`'s.
+    pub fn reserve_or_spill(
+        &self,
+        dev: usize,
+        bytes: u64,
+        reconsider: impl FnOnce() -> bool,
+        spill_limit: impl FnOnce(Option<u64>) -> Option<u64>,
+    ) -> Result<Reservation<'_, A>, Denied> {
         let limit = self.accounting.limit(dev);
         if self.accounting.try_charge(dev, bytes, limit)
             || (reconsider() && self.accounting.try_charge(dev, bytes, self.accounting.limit(dev)))
         {
-            Ok(Reservation { ledger: self, dev, bytes, kind: Kind::Data, settled: false })
-        } else {
-            self.accounting.record_denial(dev);
-            Err(Denied { dev, requested: bytes, used: self.accounting.used(dev), limit: limit.unwrap_or(0) })
+            return Ok(Reservation { ledger: self, dev, bytes, kind: Kind::Data, settled: false });
         }
+        if let Some(spill) = spill_limit(limit) {
+            return self.reserve_spill(dev, bytes, spill);
+        }
+        self.accounting.record_denial(dev);
+        Err(Denied { dev, requested: bytes, used: self.accounting.used(dev), limit: limit.unwrap_or(0), spill: false })
     }
 
     /// Takes `bytes` on `dev` out of the spill limit (host memory past the cap), or says why
@@ -297,7 +316,7 @@ impl<A: Accounting> MemoryLedger<A> {
             Ok(Reservation { ledger: self, dev, bytes, kind: Kind::Spilled, settled: false })
         } else {
             self.accounting.record_spill_denial(dev);
-            Err(Denied { dev, requested: bytes, used: self.accounting.spilled(dev), limit })
+            Err(Denied { dev, requested: bytes, used: self.accounting.spilled(dev), limit, spill: true })
         }
     }
 
@@ -475,6 +494,7 @@ impl<A: Accounting> Reservation<'_, A> {
                     requested: bytes,
                     used: acc.used(self.dev),
                     limit: limit.unwrap_or(0),
+                    spill: false,
                 });
             }
         } else {
@@ -573,7 +593,7 @@ mod tests {
         l.reserve(0, 60 * MIB).unwrap().commit(Key::DevicePtr(1), 0);
         assert_eq!(l.used(0), 60 * MIB);
         let denied = l.reserve(0, 41 * MIB).err().unwrap();
-        assert_eq!(denied, Denied { dev: 0, requested: 41 * MIB, used: 60 * MIB, limit: 100 * MIB });
+        assert_eq!(denied, Denied { dev: 0, requested: 41 * MIB, used: 60 * MIB, limit: 100 * MIB, spill: false });
         l.reserve(0, 40 * MIB).unwrap().commit(Key::DevicePtr(2), 0);
         assert_eq!(l.used(0), 100 * MIB);
         assert_eq!(l.release(Key::DevicePtr(1)).unwrap().bytes, 60 * MIB);
@@ -618,7 +638,7 @@ mod tests {
         l.reserve_spill(0, 64 * MIB, 128 * MIB).unwrap().commit(Key::DevicePtr(3), 5);
         assert_eq!((l.used(0), l.spilled(0)), (100 * MIB, 128 * MIB));
         let past = l.reserve_spill(0, MIB, 128 * MIB).err().unwrap();
-        assert_eq!(past, Denied { dev: 0, requested: MIB, used: 128 * MIB, limit: 128 * MIB });
+        assert_eq!(past, Denied { dev: 0, requested: MIB, used: 128 * MIB, limit: 128 * MIB, spill: true });
         assert_eq!(l.held_by_process(0), 100 * MIB, "spilled bytes are not device bytes");
         assert_eq!(l.release(Key::DevicePtr(2)).map(|a| a.kind), Some(Kind::Spilled));
         assert_eq!((l.used(0), l.spilled(0)), (100 * MIB, 64 * MIB));
@@ -629,6 +649,42 @@ mod tests {
         assert_eq!(l.spilled(0), 64 * MIB, "an uncommitted spill rolls back");
         assert_eq!(l.release_context(5), 64 * MIB);
         assert_eq!((l.used(0), l.spilled(0)), (100 * MIB, 0));
+    }
+
+    /// With a spill limit, a cap refusal becomes a spill (not counted as a cap denial); without
+    /// one, or past it, the refusal is final. The spill limit is only asked on a refusal.
+    #[test]
+    fn reserve_or_spill_spills_only_what_the_cap_refuses() {
+        let l = ledger(100 * MIB);
+        let mut asked = 0;
+        let r = l.reserve_or_spill(
+            0,
+            60 * MIB,
+            || false,
+            |_| {
+                asked += 1;
+                Some(MIB)
+            },
+        );
+        assert!(!r.as_ref().unwrap().spilled());
+        assert_eq!(asked, 0, "fits under the cap: the spill limit is not read");
+        r.unwrap().commit(Key::DevicePtr(1), 0);
+        let r = l.reserve_or_spill(
+            0,
+            60 * MIB,
+            || false,
+            |cap| {
+                assert_eq!(cap, Some(100 * MIB));
+                Some(64 * MIB)
+            },
+        );
+        assert!(r.as_ref().unwrap().spilled());
+        r.unwrap().commit(Key::DevicePtr(2), 0);
+        assert_eq!((l.used(0), l.spilled(0)), (60 * MIB, 60 * MIB));
+        let past = l.reserve_or_spill(0, 60 * MIB, || false, |_| Some(64 * MIB)).err().unwrap();
+        assert!(past.spill && past.limit == 64 * MIB);
+        let capped = l.reserve_or_spill(0, 60 * MIB, || false, |_| None).err().unwrap();
+        assert!(!capped.spill && capped.limit == 100 * MIB);
     }
 
     #[test]
