@@ -171,3 +171,20 @@ fn the_spill_counter_is_in_the_region_and_shown_by_vgpu_status() {
     p.finish();
     let _ = std::fs::remove_file(&region);
 }
+
+/// Through the runtime's door (every entry point from `cuGetProcAddress_v2`, as PyTorch's
+/// cudart resolves `cuMemAlloc_v2`), the same spill.
+#[test]
+fn the_spill_works_through_cu_get_proc_address() {
+    let mut args = vec!["init"];
+    args.extend(std::iter::repeat_n(["alloc", "64m"], BLOCKS).flatten());
+    args.extend(["meminfo", "physical", "0", "free-all", "meminfo"]);
+    let r =
+        Run::new("cudart_like").env("CUDA_DEVICE_MEMORY_LIMIT", "1g").env("CUDA_OVERSUBSCRIBE", "true").args(args).ok();
+    assert!(r.lines("alloc ").iter().all(|l| code(l) == 0), "{}", r.stdout);
+    let (device_bytes, _) = expected_split();
+    assert_eq!(r.field("physical", "used"), CONTEXT + device_bytes);
+    let infos = r.lines("meminfo");
+    assert_eq!(field(infos[0], "total"), GIB);
+    assert_eq!(field(infos[1], "free"), GIB - CONTEXT, "{}", r.stdout);
+}
