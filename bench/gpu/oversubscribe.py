@@ -89,7 +89,6 @@ def expected_sum(n, i):
 def sums(gib):
     n = 64 * MIB  # int32 elements: 256 MiB per tensor
     count = gib * 4
-    total, info = torch.cuda.mem_get_info()
     ts = []
     t0 = time.time()
     try:
@@ -180,9 +179,15 @@ def generate(out):
     torch.manual_seed(0)
     t0 = time.time()
     with torch.device("cuda"):
-        torch.set_default_dtype(torch.float16)
-        model = LlamaForCausalLM(cfg)
-        torch.set_default_dtype(torch.float32)
+        try:  # transformers' own way to build in fp16 (it sets the default dtype meanwhile)
+            model = LlamaForCausalLM._from_config(cfg, torch_dtype=torch.float16)
+        except TypeError:
+            prev = torch.get_default_dtype()
+            torch.set_default_dtype(torch.float16)
+            try:
+                model = LlamaForCausalLM(cfg)
+            finally:
+                torch.set_default_dtype(prev)
     model.eval()
     torch.cuda.synchronize()
     build_s = time.time() - t0
@@ -195,9 +200,11 @@ def generate(out):
         model.generate(prompt, max_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
         torch.cuda.synchronize()
         t0 = time.time()
-        ids = model.generate(prompt, max_new_tokens=new, do_sample=False, pad_token_id=0)
+        # min_new_tokens: no early stop at a random EOS, so both runs time the same length.
+        ids = model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
         torch.cuda.synchronize()
         gen_s = time.time() - t0
+    new = ids.shape[1] - prompt.shape[1]
     fp, how = footprint_mib()
     rec = {"transformers": transformers.__version__, "layers": layers, "model_mib": params // MIB,
            "managed_mib": managed // MIB, "ids": ids[0].tolist(), "new_tokens": new,
