@@ -72,6 +72,14 @@ impl ContainerAccounting {
         self.get().limit(index)
     }
 
+    /// Publishes this process's spill limit for CUDA ordinal `dev` where `vgpu status` and the
+    /// metrics read it (each process enforces its own; see the extension's `spill_limit`).
+    pub fn publish_spill_limit(&self, dev: usize, bytes: u64) {
+        if let Some(l) = self.region().extension().spill_limit.get(self.index(dev)) {
+            l.store(bytes, SeqCst);
+        }
+    }
+
     /// The container's usage at a region index.
     pub fn used_at(&self, index: usize) -> u64 {
         self.get().used(index)
@@ -240,5 +248,14 @@ impl Accounting for ContainerAccounting {
     }
     fn record_driver_denial(&self, dev: usize) {
         self.get().record_driver_denial(self.index(dev))
+    }
+    fn try_charge_spill(&self, dev: usize, bytes: u64, limit: u64) -> bool {
+        self.get().try_charge_spill(self.index(dev), bytes, limit)
+    }
+    fn spilled(&self, dev: usize) -> u64 {
+        self.get().spilled(self.index(dev))
+    }
+    fn record_spill_denial(&self, dev: usize) {
+        self.get().record_spill_denial(self.index(dev))
     }
 }

@@ -52,7 +52,34 @@ mod raw {
         Cuda fn cuDeviceGetGraphMemAttribute(dev: CUdevice, attr: c_uint, value: *mut c_void) -> CUresult;
         Cuda fn cuDeviceGetMemPool(pool: *mut CUmemoryPool, dev: CUdevice) -> CUresult;
         Cuda fn cuMemPoolGetAttribute(pool: CUmemoryPool, attr: c_uint, value: *mut c_void) -> CUresult;
+        Cuda fn cuMemAdvise_v2(ptr: CUdeviceptr, count: usize, advice: c_uint, location: CUmemLocation) -> CUresult;
+        Cuda fn cuMemAdvise(ptr: CUdeviceptr, count: usize, advice: c_uint, device: CUdevice) -> CUresult;
+        Cuda fn cuStreamSynchronize(stream: CUstream) -> CUresult;
     }
+}
+
+/// `cuMemAdvise_v2` (CUDA ≥ 12.2); `Code::MISSING` where the driver lacks it.
+///
+/// # Safety
+/// `ptr..ptr+count` is managed memory of the calling context.
+pub unsafe fn mem_advise_v2(ptr: CUdeviceptr, count: usize, advice: c_uint, location: CUmemLocation) -> CUresult {
+    // SAFETY: under the caller's contract.
+    unsafe { raw::cuMemAdvise_v2(ptr, count, advice, location) }
+}
+
+/// The pre-12.2 `cuMemAdvise` (device ordinal; -1 = the host).
+///
+/// # Safety
+/// As [`mem_advise_v2`].
+pub unsafe fn mem_advise(ptr: CUdeviceptr, count: usize, advice: c_uint, device: CUdevice) -> CUresult {
+    // SAFETY: under the caller's contract.
+    unsafe { raw::cuMemAdvise(ptr, count, advice, device) }
+}
+
+/// Waits for the work queued on `stream` (the caller's own handle).
+pub fn stream_synchronize(stream: CUstream) -> CUresult {
+    // SAFETY: a stream handle the application passed us for this very purpose.
+    unsafe { raw::cuStreamSynchronize(stream) }
 }
 
 fn check(rc: CUresult) -> Result<(), CUresult> {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use cuda_types::*;
-use vgpu_core::ledger::{Denied, Key, Reservation};
+use vgpu_core::ledger::{Denied, Key, Kind, Reservation};
 use vgpu_core::throttle::{Say, Throttle};
 
 use crate::driver;
@@ -27,19 +27,30 @@ static REFUSALS: Throttle = Throttle::new(REFUSAL_LINE_INTERVAL.as_nanos() as u6
 const REFUSAL_LINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn deny(d: Denied) -> CUresult {
+    refuse(|| {
+        format!(
+            "device {}: allocation of {} MiB refused: {} MiB of the {} MiB cap in use",
+            d.dev,
+            d.requested.div_ceil(1 << 20),
+            d.used >> 20,
+            d.limit >> 20
+        )
+    })
+}
+
+/// A spill past the spill limit: refused like the cap's refusals, and said the same way.
+pub(crate) fn deny_spill(d: Denied) -> CUresult {
+    refuse(|| super::spill::describe(&d))
+}
+
+fn refuse(line: impl FnOnce() -> String) -> CUresult {
     static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
     if let Say::Line { unsaid } = REFUSALS.event(EPOCH.elapsed().as_nanos() as u64) {
         let more = match unsaid {
             0 => String::new(),
             n => format!(" ({n} more refused in the last {} s, not shown)", REFUSAL_LINE_INTERVAL.as_secs()),
         };
-        tracing::warn!(
-            "device {}: allocation of {} MiB refused: {} MiB of the {} MiB cap in use{more}",
-            d.dev,
-            d.requested.div_ceil(1 << 20),
-            d.used >> 20,
-            d.limit >> 20
-        );
+        tracing::warn!("{}{more}", line());
     }
     CUresult::ERROR_OUT_OF_MEMORY
 }
@@ -119,6 +130,15 @@ unsafe fn alloc_ptr<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P,
         Ok(None) => return real.call(),
         Err(rc) => return rc,
     };
+    unsafe { call_and_commit(real, dptr, reservation) }
+}
+
+/// The driver call of a reserved allocation, and the commit of its pointer if it succeeded.
+unsafe fn call_and_commit<P: Copy + Into<u64>>(
+    real: Real<'_, CUresult>,
+    dptr: *mut P,
+    reservation: (Res, u64),
+) -> CUresult {
     let rc = real.call();
     reservation.0.driver_answered(rc == CUresult::ERROR_OUT_OF_MEMORY);
     if rc.is_success() {
@@ -130,8 +150,31 @@ unsafe fn alloc_ptr<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P,
     rc
 }
 
+/// As `alloc_ptr`, for the paths that may spill past the cap into host memory
+/// (`CUDA_OVERSUBSCRIBE`, see `spill`): `cuMemAlloc_v2`, `cuMemAllocAsync`,
+/// `cuMemAllocFromPoolAsync`. Only a refusal by the cap looks at spilling: the path of an
+/// allocation that fits is `alloc_ptr`'s.
+unsafe fn alloc_spillable(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: u64) -> CUresult {
+    if dptr.is_null() || bytes == 0 {
+        return real.call();
+    }
+    let Ok((ctx, dev)) = current_context() else {
+        return real.call();
+    };
+    let st = state();
+    let reserved =
+        st.ledger.reserve_or_spill(dev, bytes, || crate::reconcile::at_refusal(dev), |cap| st.config.spill_limit(cap));
+    match reserved {
+        // SAFETY: `dptr` is non-null (checked above).
+        Ok(r) if r.spilled() => unsafe { super::spill::alloc(dptr, r, dev, ctx as u64) },
+        Ok(r) => unsafe { call_and_commit(real, dptr, (r, ctx as u64)) },
+        Err(d) if d.spill => deny_spill(d),
+        Err(d) => deny(d),
+    }
+}
+
 pub unsafe fn alloc(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
-    unsafe { alloc_ptr(real, dptr, bytes as u64) }
+    unsafe { alloc_spillable(real, dptr, bytes as u64) }
 }
 
 pub unsafe fn alloc_v1(real: Real<'_, CUresult>, dptr: *mut c_uint, bytes: c_uint) -> CUresult {
@@ -155,7 +198,7 @@ pub unsafe fn alloc_async(
     bytes: usize,
     _stream: CUstream,
 ) -> CUresult {
-    unsafe { alloc_ptr(real, dptr, bytes as u64) }
+    unsafe { alloc_spillable(real, dptr, bytes as u64) }
 }
 
 pub unsafe fn alloc_from_pool_async(
@@ -165,7 +208,7 @@ pub unsafe fn alloc_from_pool_async(
     _pool: CUmemoryPool,
     _stream: CUstream,
 ) -> CUresult {
-    unsafe { alloc_ptr(real, dptr, bytes as u64) }
+    unsafe { alloc_spillable(real, dptr, bytes as u64) }
 }
 
 /// Pitched rows are padded by the driver; reserve our estimate, then settle on the real
@@ -355,8 +398,21 @@ pub unsafe fn free_v1(real: Real<'_, CUresult>, dptr: c_uint) -> CUresult {
     take_then_free(real, Key::DevicePtr(dptr.into()))
 }
 
-pub unsafe fn free_async(real: Real<'_, CUresult>, dptr: CUdeviceptr, _stream: CUstream) -> CUresult {
-    take_then_free(real, Key::DevicePtr(dptr))
+/// A spilled pointer is managed memory, not pool memory: `spill::free_async` frees it.
+pub unsafe fn free_async(real: Real<'_, CUresult>, dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+    let ledger = &state().ledger;
+    let key = Key::DevicePtr(dptr);
+    let taken = ledger.take(key);
+    let rc = match taken {
+        Some(a) if a.kind == Kind::Spilled => super::spill::free_async(real, dptr, stream),
+        _ => real.call(),
+    };
+    match taken {
+        Some(a) if rc.is_success() => ledger.uncharge(&a),
+        Some(a) => ledger.restore(key, a),
+        None => {}
+    }
+    rc
 }
 
 pub unsafe fn release(real: Real<'_, CUresult>, handle: CUmemGenericAllocationHandle) -> CUresult {

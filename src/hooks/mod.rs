@@ -7,4 +7,5 @@ pub mod launch;
 pub mod memory;
 pub mod nvml;
 pub mod procaddr;
+pub mod spill;
 pub mod sync;

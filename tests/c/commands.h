@@ -319,6 +319,25 @@ static void calls_command(const char *name)
         dlclose(lib);
 }
 
+/* The fake driver's own count of the device memory in use (fakegpu_device_used): what NVML
+ * shows from outside, not an interposer's view. */
+static void physical_command(int ordinal)
+{
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    CUresult (*used)(int, unsigned long long *) = NULL;
+    unsigned long long bytes = 0;
+    if (lib != NULL)
+        used = (CUresult(*)(int, unsigned long long *))dlsym(lib, "fakegpu_device_used");
+    if (used == NULL)
+        printf(" -1 missing=fakegpu_device_used\n");
+    else {
+        CUresult r = used(ordinal, &bytes);
+        printf(" %u used=%llu\n", r, bytes);
+    }
+    if (lib != NULL)
+        dlclose(lib);
+}
+
 /* The handle as 128 lowercase hex digits, and back (0 on a malformed string). */
 static void ipc_to_hex(const CUipcMemHandle *h, char out[2 * CU_IPC_HANDLE_SIZE + 1])
 {
@@ -783,6 +802,10 @@ static int run_commands(const struct cu_api *api, int argc, char **argv, int i)
             if (r == 0)
                 r = api->cuGraphInstantiateWithFlags(&e, g, 0);
             printf(" %u\n", r);
+        } else if (strcmp(cmd, "physical") == 0 && need_args(argc, i, 1, cmd)) {
+            int dev = atoi(argv[++i]);
+            printf("physical %d", dev);
+            physical_command(dev);
         } else if (strcmp(cmd, "count") == 0) {
             int n = 0;
             printf("count");

@@ -180,6 +180,9 @@ mod tests {
                     dead_used: 0,
                     cap_denials: 0,
                     driver_denials: 0,
+                    spilled: 0,
+                    spill_limit: None,
+                    spill_denials: 0,
                     gpu_time_ns,
                     throttled_ns,
                 })

@@ -185,7 +185,17 @@ pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
     let mut denials = Family::new(
         "libvgpu_allocation_denials_total",
         "counter",
-        "Allocations refused: reason=cap by the container's cap, reason=driver by the driver while within the cap.",
+        "Allocations refused: reason=cap by the container's cap, reason=driver by the driver while within the cap, reason=spill_limit past the spill limit while oversubscribing.",
+    );
+    let mut spilled = Family::new(
+        "libvgpu_memory_spilled_bytes",
+        "gauge",
+        "Host memory the container spilled past its cap (CUDA_OVERSUBSCRIBE), bytes; not part of the used device memory.",
+    );
+    let mut spill_limit = Family::new(
+        "libvgpu_memory_spill_limit_bytes",
+        "gauge",
+        "The container's spill limit (LIBVGPU_SPILL_LIMIT, default twice the cap) as its spilling processes published it, bytes; 0 = none has spilled.",
     );
     let mut gpu_time = Family::new(
         "libvgpu_gpu_time_seconds_total",
@@ -233,6 +243,9 @@ pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
             dead.add(l.clone(), d.dead_used);
             denials.add(with(l.clone(), "reason", "cap"), d.cap_denials);
             denials.add(with(l.clone(), "reason", "driver"), d.driver_denials);
+            denials.add(with(l.clone(), "reason", "spill_limit"), d.spill_denials);
+            spilled.add(l.clone(), d.spilled);
+            spill_limit.add(l.clone(), d.spill_limit.unwrap_or(0));
             gpu_time.add_nanos(l.clone(), d.gpu_time_ns);
             throttled.add_nanos(l, d.throttled_ns);
         }
@@ -266,6 +279,8 @@ pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
         driver,
         last_kernel,
         dead,
+        spilled,
+        spill_limit,
         denials,
         gpu_time,
         throttled,
@@ -346,6 +361,9 @@ mod tests {
                 dead_used: 0,
                 cap_denials: 0,
                 driver_denials: 0,
+                spilled: 0,
+                spill_limit: None,
+                spill_denials: 0,
                 gpu_time_ns,
                 throttled_ns,
             }],

@@ -95,6 +95,17 @@ pub fn status(s: &Status) -> String {
             duration(d.throttled_ns)
         );
     }
+    // Only where oversubscription (CUDA_OVERSUBSCRIBE) was used: spilled bytes are host memory,
+    // not part of USED.
+    for d in s.devices.iter().filter(|d| d.spilled > 0 || d.spill_limit.is_some() || d.spill_denials > 0) {
+        out += &format!(
+            "device {}: {} spilled to host memory past the cap (spill limit {}, {} refused at it)\n",
+            d.index,
+            size(d.spilled),
+            d.spill_limit.map_or("-".into(), size),
+            d.spill_denials
+        );
+    }
     for d in s.devices.iter().filter(|d| d.dead_used > 0) {
         out += &format!(
             "note: device {}: {} held by dead processes still counts against the cap (run `vgpu reap`)\n",
@@ -130,6 +141,9 @@ pub fn status(s: &Status) -> String {
                 }
                 if u.driver_overhead > 0 {
                     parts.push(format!("driver {}", size(u.driver_overhead)));
+                }
+                if u.spilled > 0 {
+                    parts.push(format!("spilled to host {}", size(u.spilled)));
                 }
                 let apart = if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) };
                 format!("dev {}: {}{apart}", u.device, size(u.total))

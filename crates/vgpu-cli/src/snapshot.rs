@@ -56,6 +56,13 @@ pub struct Device {
     pub dead_used: u64,
     pub cap_denials: u64,
     pub driver_denials: u64,
+    /// Host memory spilled past the cap (`CUDA_OVERSUBSCRIBE`), bytes, sum of live slots: not
+    /// part of `used`, which is device memory only.
+    pub spilled: u64,
+    /// The spill limit the container's processes published; `None` = none has spilled yet.
+    pub spill_limit: Option<u64>,
+    /// Spills refused at the spill limit.
+    pub spill_denials: u64,
     /// GPU time the compute limiter charged to the container since the region was created, ns
     /// (the bucket's `consumed_ns`). Measured only while an SM limit applies.
     pub gpu_time_ns: u64,
@@ -84,6 +91,8 @@ pub struct Usage {
     pub data: u64,
     /// Of `total`, the driver overhead (our extension).
     pub driver_overhead: u64,
+    /// Host memory spilled past the cap (our extension; not part of `total`).
+    pub spilled: u64,
 }
 
 /// Which device rows to show: those the region describes (`device_num`), extended to any higher
@@ -98,6 +107,7 @@ fn device_count(r: &Region, processes: &[Process]) -> usize {
         (described == 0 && (s.limit[d].load(SeqCst) != 0 || s.sm_limit[d].load(SeqCst) != 0))
             || x.cap_denials[d].load(SeqCst) != 0
             || x.driver_denials[d].load(SeqCst) != 0
+            || x.spill_denials[d].load(SeqCst) != 0
             || x.buckets[d].consumed_ns.load(SeqCst) != 0
             || processes.iter().any(|p| p.usage.iter().any(|u| u.device == d))
     };
@@ -128,9 +138,10 @@ pub fn take(r: &Region, path: &str) -> Status {
                     module: u.module_size.load(SeqCst),
                     data: u.data_size.load(SeqCst),
                     driver_overhead: x.driver_overhead[i][d].load(SeqCst),
+                    spilled: x.spilled[i][d].load(SeqCst),
                 }
             })
-            .filter(|u| u.total | u.context | u.module | u.data | u.driver_overhead != 0)
+            .filter(|u| u.total | u.context | u.module | u.data | u.driver_overhead | u.spilled != 0)
             .collect();
         let hostpid = slot.hostpid.load(SeqCst);
         processes.push(Process {
@@ -161,6 +172,9 @@ pub fn take(r: &Region, path: &str) -> Status {
                 dead_used: sum("dead", d, |u| u.total),
                 cap_denials: x.cap_denials[d].load(SeqCst),
                 driver_denials: x.driver_denials[d].load(SeqCst),
+                spilled: sum("alive", d, |u| u.spilled),
+                spill_limit: Some(x.spill_limit[d].load(SeqCst)).filter(|&l| l != 0),
+                spill_denials: x.spill_denials[d].load(SeqCst),
                 gpu_time_ns: x.buckets[d].consumed_ns.load(SeqCst),
                 throttled_ns: x.buckets[d].throttled_ns.load(SeqCst),
             }

@@ -48,7 +48,7 @@ fn status_shows_caps_usage_and_processes() {
     assert_eq!(procs[0]["state"], "alive");
     assert_eq!(
         procs[0]["usage"],
-        serde_json::json!([{"device": 0, "total": GIB + 512 * MIB, "context": 512 * MIB, "module": 0, "data": GIB, "driver_overhead": 0}])
+        serde_json::json!([{"device": 0, "total": GIB + 512 * MIB, "context": 512 * MIB, "module": 0, "data": GIB, "driver_overhead": 0, "spilled": 0}])
     );
     assert_eq!((procs[1]["slot"].as_u64(), procs[1]["hostpid"].is_null()), (Some(1), true));
     assert_eq!(procs[1]["usage"][0]["device"], 1);

@@ -33,6 +33,13 @@ pub const TASK_PRIORITY: &str = "CUDA_TASK_PRIORITY";
 /// HAMi: FORCE always limits SM, DISABLE never, anything else follows the region's
 /// `utilization_switch`.
 pub const CORE_POLICY: &str = "GPU_CORE_UTILIZATION_POLICY";
+/// HAMi's switch (set by its device plugin when memory scaling is above 1): an allocation past
+/// the cap spills into host memory instead of failing.
+pub const OVERSUBSCRIBE: &str = "CUDA_OVERSUBSCRIBE";
+/// How much host memory a container may spill past the cap, per device.
+pub const SPILL_LIMIT: &str = "LIBVGPU_SPILL_LIMIT";
+/// Without `LIBVGPU_SPILL_LIMIT`, the spill limit is this many times the device's cap.
+pub const DEFAULT_SPILL_FACTOR: u64 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CorePolicy {
@@ -73,6 +80,10 @@ pub struct Config {
     pub sm_burst: bool,
     /// Least interval between driver-overhead reconciliations, ms; `None` = never reconcile.
     pub reconcile_ms: Option<u64>,
+    /// `CUDA_OVERSUBSCRIBE`: allocations past the cap spill into host memory.
+    pub oversubscribe: bool,
+    /// `LIBVGPU_SPILL_LIMIT` in bytes; `None` = twice the device's cap (see [`Config::spill_limit`]).
+    pub spill_limit: Option<u64>,
 }
 
 impl Default for Config {
@@ -90,6 +101,8 @@ impl Default for Config {
             node_file: Some(DEFAULT_NODE_FILE.to_string()),
             sm_burst: false,
             reconcile_ms: Some(DEFAULT_RECONCILE_MS),
+            oversubscribe: false,
+            spill_limit: None,
         }
     }
 }
@@ -121,6 +134,7 @@ const NOT_APPLIED: &str = "this limit is NOT applied";
 const ACCEPTED_MODE: &str = "octal permission bits, e.g. 0600 (owner only) or 0666 (every user)";
 const ACCEPTED_PRIORITY: &str = "0 (high) or 1 (low)";
 const ACCEPTED_SWITCH: &str = "1, true, yes or on; 0, false, no or off";
+const ACCEPTED_BOOL: &str = "true or 1; false or 0";
 
 /// Which device(s) a limit variable names.
 #[derive(Clone, Copy)]
@@ -216,6 +230,28 @@ impl Config {
                     "" | "0" | "false" | "no" | "off" => config.sm_burst = false,
                     _ => errors.push(error("not a switch".into(), ACCEPTED_SWITCH, "not bursting")),
                 }
+            } else if name == OVERSUBSCRIBE {
+                match value.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" => config.oversubscribe = true,
+                    "" | "0" | "false" => config.oversubscribe = false,
+                    _ => errors.push(error(
+                        "not true or false".into(),
+                        ACCEPTED_BOOL,
+                        "oversubscription is OFF: allocations stop at the cap",
+                    )),
+                }
+            } else if name == SPILL_LIMIT {
+                if value.trim().is_empty() {
+                    continue;
+                }
+                match parse_size(value) {
+                    Ok(bytes) => config.spill_limit = Some(bytes),
+                    Err(e) => errors.push(error(
+                        e.to_string(),
+                        ACCEPTED_SIZES,
+                        "the spill limit is twice the device's memory cap",
+                    )),
+                }
             } else if name == NODE_FILE {
                 let v = value.trim();
                 config.node_file = (!v.is_empty() && !v.eq_ignore_ascii_case("off")).then(|| v.to_string());
@@ -261,6 +297,18 @@ impl Config {
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
         Config::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// Host memory the container may spill past a device's cap (`cap`), when oversubscription
+    /// is on and the device is capped: `LIBVGPU_SPILL_LIMIT`, else twice the cap (a container
+    /// then holds at most three times its cap, two thirds of it in host memory).
+    /// `None`: no spilling (off, uncapped, or a limit of 0).
+    pub fn spill_limit(&self, cap: Option<u64>) -> Option<u64> {
+        if !self.oversubscribe {
+            return None;
+        }
+        let cap = cap?;
+        Some(self.spill_limit.unwrap_or(cap.saturating_mul(DEFAULT_SPILL_FACTOR))).filter(|&b| b > 0)
     }
 
     pub fn any_memory_limit(&self) -> bool {
@@ -393,6 +441,35 @@ mod tests {
         assert!(!c.sm_burst);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].to_string().contains("LIBVGPU_SM_BURST=\"maybe\""), "{}", errors[0]);
+    }
+
+    #[test]
+    fn oversubscribe_switch_and_spill_limit() {
+        let (c, e) = parse(&[]);
+        assert!(!c.oversubscribe && e.is_empty());
+        assert_eq!(c.spill_limit(Some(1 << 30)), None, "off by default");
+        for on in ["true", "1", "TRUE", " True "] {
+            assert!(parse(&[("CUDA_OVERSUBSCRIBE", on)]).0.oversubscribe, "{on}");
+        }
+        for off in ["false", "0", "False", ""] {
+            let (c, e) = parse(&[("CUDA_OVERSUBSCRIBE", off)]);
+            assert!(!c.oversubscribe && e.is_empty(), "{off}");
+        }
+        let (c, e) = parse(&[("CUDA_OVERSUBSCRIBE", "yes please")]);
+        assert!(!c.oversubscribe);
+        assert_eq!(e.len(), 1);
+        let line = e[0].to_string();
+        assert!(line.contains("CUDA_OVERSUBSCRIBE=\"yes please\"") && line.contains("OFF"), "{line}");
+
+        let (c, _) = parse(&[("CUDA_OVERSUBSCRIBE", "true")]);
+        assert_eq!(c.spill_limit(Some(4 << 30)), Some(8 << 30), "default: twice the cap");
+        assert_eq!(c.spill_limit(None), None, "an uncapped device never spills");
+        let (c, _) = parse(&[("CUDA_OVERSUBSCRIBE", "1"), ("LIBVGPU_SPILL_LIMIT", "16g")]);
+        assert_eq!(c.spill_limit(Some(4 << 30)), Some(16 << 30));
+        let (c, _) = parse(&[("CUDA_OVERSUBSCRIBE", "1"), ("LIBVGPU_SPILL_LIMIT", "0")]);
+        assert_eq!(c.spill_limit(Some(4 << 30)), None, "0: no spilling");
+        let (c, e) = parse(&[("CUDA_OVERSUBSCRIBE", "1"), ("LIBVGPU_SPILL_LIMIT", "lots")]);
+        assert_eq!((c.spill_limit(Some(1 << 30)), e.len()), (Some(2 << 30), 1));
     }
 
     #[test]

@@ -18,11 +18,14 @@ use std::sync::{Mutex, OnceLock};
 use crate::MAX_DEVICES;
 use crate::ptr_table::PtrTable;
 
-/// What a charge is for (HAMi's region keeps context and data sizes apart; both count).
+/// What a charge is for (HAMi's region keeps context and data sizes apart; both count against
+/// the cap). `Spilled` is host memory handed out past the cap (`CUDA_OVERSUBSCRIBE`): it is
+/// charged to the spill counter, never to the device's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Data,
     Context,
+    Spilled,
 }
 
 /// Where usage is counted and limits are read.
@@ -55,6 +58,18 @@ pub trait Accounting: Send + Sync {
     /// Sets this process's driver overhead on `dev`, charging or releasing the difference
     /// unconditionally: the driver has spent (or given back) that memory already.
     fn set_driver_overhead(&self, _dev: usize, _bytes: u64) {}
+    /// Adds `bytes` to the spill counter of `dev` if the container's spill then stays within
+    /// `limit`; all or nothing, racing processes as for [`try_charge`](Self::try_charge).
+    /// `charge`/`uncharge` with [`Kind::Spilled`] move the same counter unconditionally.
+    fn try_charge_spill(&self, _dev: usize, _bytes: u64, _limit: u64) -> bool {
+        false
+    }
+    /// Bytes the container has spilled past the cap on `dev`.
+    fn spilled(&self, _dev: usize) -> u64 {
+        0
+    }
+    /// The spill limit refused an allocation (counted for operators).
+    fn record_spill_denial(&self, _dev: usize) {}
 }
 
 /// A tiny multiply-fold hasher for the ledger's keys (pointers and handles): SipHash's DoS
@@ -117,12 +132,31 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 pub struct ProcessAccounting {
     limits: [Option<u64>; MAX_DEVICES],
     used: [AtomicU64; MAX_DEVICES],
+    spilled: [AtomicU64; MAX_DEVICES],
 }
 
 impl ProcessAccounting {
     pub fn new(limits: [Option<u64>; MAX_DEVICES]) -> Self {
-        ProcessAccounting { limits, used: std::array::from_fn(|_| AtomicU64::new(0)) }
+        ProcessAccounting {
+            limits,
+            used: std::array::from_fn(|_| AtomicU64::new(0)),
+            spilled: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
+
+    fn counter(&self, dev: usize, kind: Kind) -> Option<&AtomicU64> {
+        if kind == Kind::Spilled { self.spilled.get(dev) } else { self.used.get(dev) }
+    }
+}
+
+/// Adds `bytes` to `counter` if the sum stays within `limit`; all or nothing, never wrapping.
+fn add_within(counter: &AtomicU64, bytes: u64, limit: Option<u64>) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+            let next = used.checked_add(bytes)?;
+            limit.is_none_or(|cap| next <= cap).then_some(next)
+        })
+        .is_ok()
 }
 
 impl Accounting for ProcessAccounting {
@@ -134,22 +168,25 @@ impl Accounting for ProcessAccounting {
         let Some(counter) = self.used.get(dev) else {
             return limit.is_none();
         };
-        counter
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                let next = used.checked_add(bytes)?;
-                limit.is_none_or(|cap| next <= cap).then_some(next)
-            })
-            .is_ok()
+        add_within(counter, bytes, limit)
     }
 
-    fn charge(&self, dev: usize, bytes: u64, _kind: Kind) {
-        if let Some(counter) = self.used.get(dev) {
+    fn try_charge_spill(&self, dev: usize, bytes: u64, limit: u64) -> bool {
+        self.spilled.get(dev).is_some_and(|c| add_within(c, bytes, Some(limit)))
+    }
+
+    fn spilled(&self, dev: usize) -> u64 {
+        self.spilled.get(dev).map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+
+    fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
+        if let Some(counter) = self.counter(dev, kind) {
             counter.fetch_add(bytes, Ordering::SeqCst);
         }
     }
 
-    fn uncharge(&self, dev: usize, bytes: u64, _kind: Kind) {
-        if let Some(counter) = self.used.get(dev) {
+    fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
+        if let Some(counter) = self.counter(dev, kind) {
             // Saturating: an accounting bug must never show 2^64 bytes in use.
             let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| Some(u.saturating_sub(bytes)));
         }
@@ -179,13 +216,15 @@ pub struct Allocation {
     pub context: u64,
 }
 
-/// The cap said no.
+/// The cap (or, for a spill, the spill limit) said no.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denied {
     pub dev: usize,
     pub requested: u64,
     pub used: u64,
     pub limit: u64,
+    /// The spill limit said no (`used` and `limit` are the spill's), not the cap.
+    pub spill: bool,
 }
 
 /// Live allocations: device pointers (the hot path) in a lock-free table, made on the first
@@ -241,15 +280,49 @@ impl<A: Accounting> MemoryLedger<A> {
         bytes: u64,
         reconsider: impl FnOnce() -> bool,
     ) -> Result<Reservation<'_, A>, Denied> {
+        self.reserve_or_spill(dev, bytes, reconsider, |_| None)
+    }
+
+    /// As [`reserve_or_reconsider`](Self::reserve_or_reconsider); when the cap's refusal is
+    /// final, `spill_limit` (given the cap) may name a spill limit, and the bytes are then
+    /// reserved against it ([`reserve_spill`](Self::reserve_spill)): the reservation says
+    /// [`spilled`](Reservation::spilled), and the cap's refusal is not counted as one. Both
+    /// closures run only on a refusal: the path of an allocation that fits is `reserve`'s.
+    pub fn reserve_or_spill(
+        &self,
+        dev: usize,
+        bytes: u64,
+        reconsider: impl FnOnce() -> bool,
+        spill_limit: impl FnOnce(Option<u64>) -> Option<u64>,
+    ) -> Result<Reservation<'_, A>, Denied> {
         let limit = self.accounting.limit(dev);
         if self.accounting.try_charge(dev, bytes, limit)
             || (reconsider() && self.accounting.try_charge(dev, bytes, self.accounting.limit(dev)))
         {
-            Ok(Reservation { ledger: self, dev, bytes, settled: false })
-        } else {
-            self.accounting.record_denial(dev);
-            Err(Denied { dev, requested: bytes, used: self.accounting.used(dev), limit: limit.unwrap_or(0) })
+            return Ok(Reservation { ledger: self, dev, bytes, kind: Kind::Data, settled: false });
         }
+        if let Some(spill) = spill_limit(limit) {
+            return self.reserve_spill(dev, bytes, spill);
+        }
+        self.accounting.record_denial(dev);
+        Err(Denied { dev, requested: bytes, used: self.accounting.used(dev), limit: limit.unwrap_or(0), spill: false })
+    }
+
+    /// Takes `bytes` on `dev` out of the spill limit (host memory past the cap), or says why
+    /// not (`used` and `limit` then name the spill, not the cap). Committed, the allocation is
+    /// recorded as [`Kind::Spilled`], so its free gives the bytes back to the spill counter.
+    pub fn reserve_spill(&self, dev: usize, bytes: u64, limit: u64) -> Result<Reservation<'_, A>, Denied> {
+        if self.accounting.try_charge_spill(dev, bytes, limit) {
+            Ok(Reservation { ledger: self, dev, bytes, kind: Kind::Spilled, settled: false })
+        } else {
+            self.accounting.record_spill_denial(dev);
+            Err(Denied { dev, requested: bytes, used: self.accounting.spilled(dev), limit, spill: true })
+        }
+    }
+
+    /// Bytes the container has spilled past the cap on `dev`.
+    pub fn spilled(&self, dev: usize) -> u64 {
+        self.accounting.spilled(dev)
     }
 
     /// Records memory that exists already and cannot be refused (a context's own cost).
@@ -330,13 +403,14 @@ impl<A: Accounting> MemoryLedger<A> {
         self.accounting.own(dev).saturating_sub(self.accounting.driver_overhead(dev))
     }
 
-    /// Bytes this process holds on `dev`, by our own records.
+    /// Device bytes this process holds on `dev`, by our own records (spilled ones excluded).
     pub fn held_by_process(&self, dev: usize) -> u64 {
+        let on_device = |a: &Allocation| a.dev == dev && a.kind != Kind::Spilled;
         let mut held = 0;
         if let Some(t) = self.pointers.get() {
-            t.for_each(|a| held += if a.dev == dev { a.bytes } else { 0 });
+            t.for_each(|a| held += if on_device(a) { a.bytes } else { 0 });
         }
-        held + self.lock().values().filter(|a| a.dev == dev).map(|a| a.bytes).sum::<u64>()
+        held + self.lock().values().filter(|a| on_device(a)).map(|a| a.bytes).sum::<u64>()
     }
 
     fn insert(&self, key: Key, alloc: Allocation) {
@@ -382,12 +456,19 @@ pub struct Reservation<'a, A: Accounting> {
     ledger: &'a MemoryLedger<A>,
     dev: usize,
     bytes: u64,
+    /// `Data` out of the cap, or `Spilled` out of the spill limit.
+    kind: Kind,
     settled: bool,
 }
 
 impl<A: Accounting> Reservation<'_, A> {
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Whether this reserves host memory past the cap rather than room under it.
+    pub fn spilled(&self) -> bool {
+        self.kind == Kind::Spilled
     }
 
     /// The driver's answer to the allocation this reserved: counts an out-of-memory refusal
@@ -401,6 +482,7 @@ impl<A: Accounting> Reservation<'_, A> {
     /// Changes the reserved amount to what the driver really allocated (pitch, array layout).
     /// Growing is checked against the cap like a new reservation.
     pub fn resize(&mut self, bytes: u64) -> Result<(), Denied> {
+        debug_assert_eq!(self.kind, Kind::Data, "only device reservations are resized");
         let acc = &self.ledger.accounting;
         if bytes > self.bytes {
             let extra = bytes - self.bytes;
@@ -412,6 +494,7 @@ impl<A: Accounting> Reservation<'_, A> {
                     requested: bytes,
                     used: acc.used(self.dev),
                     limit: limit.unwrap_or(0),
+                    spill: false,
                 });
             }
         } else {
@@ -423,14 +506,15 @@ impl<A: Accounting> Reservation<'_, A> {
 
     /// The driver allocated: keep the charge until `key` is freed.
     pub fn commit(self, key: Key, context: u64) {
-        self.commit_as(key, context, Kind::Data)
+        let kind = self.kind;
+        self.commit_as(key, context, kind)
     }
 
     /// As `commit`, for memory of another kind (a context's own cost).
     pub fn commit_as(mut self, key: Key, context: u64, kind: Kind) {
-        if kind != Kind::Data {
+        if kind != self.kind {
             let acc = &self.ledger.accounting;
-            acc.uncharge(self.dev, self.bytes, Kind::Data);
+            acc.uncharge(self.dev, self.bytes, self.kind);
             acc.charge(self.dev, self.bytes, kind);
         }
         self.settled = true;
@@ -441,7 +525,7 @@ impl<A: Accounting> Reservation<'_, A> {
 impl<A: Accounting> Drop for Reservation<'_, A> {
     fn drop(&mut self) {
         if !self.settled {
-            self.ledger.accounting.uncharge(self.dev, self.bytes, Kind::Data);
+            self.ledger.accounting.uncharge(self.dev, self.bytes, self.kind);
         }
     }
 }
@@ -469,11 +553,11 @@ mod tests {
             true
         }
         fn charge(&self, _dev: usize, bytes: u64, kind: Kind) {
-            let c = if kind == Kind::Data { &self.data } else { &self.context };
+            let c = if kind == Kind::Context { &self.context } else { &self.data };
             c.fetch_add(bytes, Ordering::SeqCst);
         }
         fn uncharge(&self, _dev: usize, bytes: u64, kind: Kind) {
-            let c = if kind == Kind::Data { &self.data } else { &self.context };
+            let c = if kind == Kind::Context { &self.context } else { &self.data };
             c.fetch_sub(bytes, Ordering::SeqCst);
         }
         fn used(&self, _dev: usize) -> u64 {
@@ -509,7 +593,7 @@ mod tests {
         l.reserve(0, 60 * MIB).unwrap().commit(Key::DevicePtr(1), 0);
         assert_eq!(l.used(0), 60 * MIB);
         let denied = l.reserve(0, 41 * MIB).err().unwrap();
-        assert_eq!(denied, Denied { dev: 0, requested: 41 * MIB, used: 60 * MIB, limit: 100 * MIB });
+        assert_eq!(denied, Denied { dev: 0, requested: 41 * MIB, used: 60 * MIB, limit: 100 * MIB, spill: false });
         l.reserve(0, 40 * MIB).unwrap().commit(Key::DevicePtr(2), 0);
         assert_eq!(l.used(0), 100 * MIB);
         assert_eq!(l.release(Key::DevicePtr(1)).unwrap().bytes, 60 * MIB);
@@ -539,6 +623,68 @@ mod tests {
         assert_eq!(l.charged_by_process(0), 20 * MIB);
         drop(r);
         assert_eq!(l.charged_by_process(0), 0);
+    }
+
+    /// A spill is charged to the spill counter, bounded by the spill limit, and its free gives
+    /// it back there; the device's count never moves.
+    #[test]
+    fn a_spill_is_charged_apart_and_returned_by_its_free() {
+        let l = ledger(100 * MIB);
+        l.reserve(0, 100 * MIB).unwrap().commit(Key::DevicePtr(1), 0);
+        assert!(l.reserve(0, 64 * MIB).is_err());
+        let r = l.reserve_spill(0, 64 * MIB, 128 * MIB).unwrap();
+        assert!(r.spilled());
+        r.commit(Key::DevicePtr(2), 5);
+        l.reserve_spill(0, 64 * MIB, 128 * MIB).unwrap().commit(Key::DevicePtr(3), 5);
+        assert_eq!((l.used(0), l.spilled(0)), (100 * MIB, 128 * MIB));
+        let past = l.reserve_spill(0, MIB, 128 * MIB).err().unwrap();
+        assert_eq!(past, Denied { dev: 0, requested: MIB, used: 128 * MIB, limit: 128 * MIB, spill: true });
+        assert_eq!(l.held_by_process(0), 100 * MIB, "spilled bytes are not device bytes");
+        assert_eq!(l.release(Key::DevicePtr(2)).map(|a| a.kind), Some(Kind::Spilled));
+        assert_eq!((l.used(0), l.spilled(0)), (100 * MIB, 64 * MIB));
+        {
+            let _rolled_back = l.reserve_spill(0, 64 * MIB, 128 * MIB).unwrap();
+            assert_eq!(l.spilled(0), 128 * MIB);
+        }
+        assert_eq!(l.spilled(0), 64 * MIB, "an uncommitted spill rolls back");
+        assert_eq!(l.release_context(5), 64 * MIB);
+        assert_eq!((l.used(0), l.spilled(0)), (100 * MIB, 0));
+    }
+
+    /// With a spill limit, a cap refusal becomes a spill (not counted as a cap denial); without
+    /// one, or past it, the refusal is final. The spill limit is only asked on a refusal.
+    #[test]
+    fn reserve_or_spill_spills_only_what_the_cap_refuses() {
+        let l = ledger(100 * MIB);
+        let mut asked = 0;
+        let r = l.reserve_or_spill(
+            0,
+            60 * MIB,
+            || false,
+            |_| {
+                asked += 1;
+                Some(MIB)
+            },
+        );
+        assert!(!r.as_ref().unwrap().spilled());
+        assert_eq!(asked, 0, "fits under the cap: the spill limit is not read");
+        r.unwrap().commit(Key::DevicePtr(1), 0);
+        let r = l.reserve_or_spill(
+            0,
+            60 * MIB,
+            || false,
+            |cap| {
+                assert_eq!(cap, Some(100 * MIB));
+                Some(64 * MIB)
+            },
+        );
+        assert!(r.as_ref().unwrap().spilled());
+        r.unwrap().commit(Key::DevicePtr(2), 0);
+        assert_eq!((l.used(0), l.spilled(0)), (60 * MIB, 60 * MIB));
+        let past = l.reserve_or_spill(0, 60 * MIB, || false, |_| Some(64 * MIB)).err().unwrap();
+        assert!(past.spill && past.limit == 64 * MIB);
+        let capped = l.reserve_or_spill(0, 60 * MIB, || false, |_| None).err().unwrap();
+        assert!(!capped.spill && capped.limit == 100 * MIB);
     }
 
     #[test]

@@ -26,7 +26,7 @@ const BYTES_MASK: u64 = (1 << 56) - 1;
 
 struct Slot {
     key: AtomicU64,
-    /// bytes (56 bits) | device (4 bits) << 56 | context kind << 60
+    /// bytes (56 bits) | device (4 bits) << 56 | context kind << 60 | spilled kind << 61
     meta: AtomicU64,
     context: AtomicU64,
 }
@@ -46,11 +46,20 @@ pub enum NotStored {
 
 fn pack(a: &Allocation) -> Option<u64> {
     let dev = u64::try_from(a.dev).ok().filter(|&d| d < 16)?;
-    (a.bytes <= BYTES_MASK).then_some(a.bytes | dev << 56 | u64::from(a.kind == Kind::Context) << 60)
+    let kind = match a.kind {
+        Kind::Data => 0,
+        Kind::Context => 1,
+        Kind::Spilled => 2,
+    };
+    (a.bytes <= BYTES_MASK).then_some(a.bytes | dev << 56 | kind << 60)
 }
 
 fn unpack(meta: u64, context: u64) -> Allocation {
-    let kind = if meta >> 60 & 1 == 1 { Kind::Context } else { Kind::Data };
+    let kind = match meta >> 60 & 3 {
+        1 => Kind::Context,
+        2 => Kind::Spilled,
+        _ => Kind::Data,
+    };
     Allocation { dev: (meta >> 56 & 0xf) as usize, bytes: meta & BYTES_MASK, kind, context }
 }
 
@@ -208,6 +217,9 @@ mod tests {
         assert_eq!(t.insert(0x7f00_0020_0000, ctx), Ok(None));
         assert_eq!(t.remove(0x7f00_0020_0000), Some(ctx));
         assert_eq!(t.remove(0x7f00_0020_0000), None);
+        let spilled = Allocation { dev: 15, bytes: BYTES_MASK, kind: Kind::Spilled, context: 7 };
+        assert_eq!(t.insert(0x7f00_0040_0000, spilled), Ok(None));
+        assert_eq!(t.remove(0x7f00_0040_0000), Some(spilled));
         assert_eq!(t.insert(0x7f00_0000_0000, data(1, 5, 0)), Ok(Some(data(3, 1 << 20, 9))), "stale entry");
         assert_eq!(t.remove(0x7f00_0000_0000), Some(data(1, 5, 0)));
         assert_eq!(t.insert(0, data(0, 1, 0)), Err(NotStored::Reserved));

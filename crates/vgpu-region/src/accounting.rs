@@ -43,6 +43,28 @@ impl RegionAccounting {
         self.region.extension().driver_overhead.get(self.slot)?.get(dev)
     }
 
+    fn spill_counter(&self, dev: usize) -> Option<&AtomicU64> {
+        self.region.extension().spilled.get(self.slot)?.get(dev)
+    }
+
+    /// The container's spill on `dev`: every slot's, as `sum` for device usage.
+    fn spill_sum(&self, dev: usize) -> u64 {
+        let n = self.region.shared().proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
+        let x = self.region.extension();
+        x.spilled[..n].iter().map(|s| s.get(dev).map_or(0, |c| c.load(SeqCst))).fold(0, u64::saturating_add)
+    }
+
+    /// The spill counterpart of `attempt`: add to our own counter, then check the sum.
+    fn attempt_spill(&self, dev: usize, bytes: u64, limit: u64) -> bool {
+        let Some(own) = self.spill_counter(dev) else { return false };
+        own.fetch_add(bytes, SeqCst);
+        if self.spill_sum(dev) <= limit {
+            return true;
+        }
+        sub(own, bytes);
+        false
+    }
+
     fn sum(&self, dev: usize) -> u64 {
         let s = self.region.shared();
         let n = s.proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
@@ -86,20 +108,54 @@ impl Accounting for RegionAccounting {
     }
 
     fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
+        if kind == Kind::Spilled {
+            if let Some(c) = self.spill_counter(dev) {
+                c.fetch_add(bytes, SeqCst);
+            }
+            return;
+        }
         let Some(own) = self.own_usage(dev) else { return };
         own.total.fetch_add(bytes, SeqCst);
         match kind {
-            Kind::Data => own.data_size.fetch_add(bytes, SeqCst),
             Kind::Context => own.context_size.fetch_add(bytes, SeqCst),
+            _ => own.data_size.fetch_add(bytes, SeqCst),
         };
     }
 
     fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
+        if kind == Kind::Spilled {
+            if let Some(c) = self.spill_counter(dev) {
+                sub(c, bytes);
+            }
+            return;
+        }
         let Some(own) = self.own_usage(dev) else { return };
         sub(&own.total, bytes);
         match kind {
-            Kind::Data => sub(&own.data_size, bytes),
             Kind::Context => sub(&own.context_size, bytes),
+            _ => sub(&own.data_size, bytes),
+        }
+    }
+
+    /// As `try_charge`, against the spill limit; dead slots' spill is reaped before a refusal.
+    fn try_charge_spill(&self, dev: usize, bytes: u64, limit: u64) -> bool {
+        if self.attempt_spill(dev, bytes, limit) {
+            return true;
+        }
+        self.region.reap(Some(self.slot));
+        self.attempt_spill(dev, bytes, limit)
+    }
+
+    fn spilled(&self, dev: usize) -> u64 {
+        if dev >= MAX_DEVICES {
+            return 0;
+        }
+        self.spill_sum(dev)
+    }
+
+    fn record_spill_denial(&self, dev: usize) {
+        if let Some(c) = self.region.extension().spill_denials.get(dev) {
+            c.fetch_add(1, SeqCst);
         }
     }
 

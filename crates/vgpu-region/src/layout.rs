@@ -106,20 +106,36 @@ pub struct Extension {
     /// `i`'s memory cap, bit `16 + i`: its SM limit). Others are the environment's: a process
     /// that finds no live process in the region replaces them with its own (see `limits`).
     pub operator_set: AtomicU64,
+    /// Host memory a container may spill to past its cap (`CUDA_OVERSUBSCRIBE`), bytes per
+    /// device, as the last process that enabled spilling published it (0 = none published).
+    /// Each process enforces its own environment's limit against the container's sum; this copy
+    /// is for `vgpu status` and the metrics.
+    pub spill_limit: [AtomicU64; MAX_DEVICES],
+    /// Spills refused because the spill limit was reached, per device.
+    pub spill_denials: [AtomicU64; MAX_DEVICES],
     /// Reserved; zero.
-    pub reserved: [AtomicU64; 351],
+    pub reserved: [AtomicU64; 319],
     /// Per slot and device: the part of the slot's `used[dev].total` that is driver overhead,
     /// the memory the driver spends for the process outside our hooks (lazily loaded modules,
     /// graph memory, pool caches, library workspaces), found by reconciling the ledger with the
     /// driver's per-process count. Already included in `total`, so HAMi's monitor and the cap
     /// see it; kept here (not in the v1 slot) so the v1.2 bytes stay HAMi's. Zeroed with the slot.
     pub driver_overhead: [[AtomicU64; MAX_DEVICES]; MAX_PROCS],
+    /// Per slot and device: bytes this process spilled to host memory past the cap
+    /// (`CUDA_OVERSUBSCRIBE`). Never part of `used[dev].total`: the cap and HAMi's monitor count
+    /// device memory only. The container's spill is the sum over live slots; zeroed with the
+    /// slot, so a killed process's spill is reaped with its usage.
+    pub spilled: [[AtomicU64; MAX_DEVICES]; MAX_PROCS],
 }
 
 /// Bytes the file must have: HAMi's `sizeof + 1` plus our extension.
 pub const FILE_SIZE: usize = EXTENSION_OFFSET + size_of::<Extension>();
-/// The file size before `driver_overhead` was appended; such a file is grown in place.
-pub const PREVIOUS_FILE_SIZE: usize = FILE_SIZE - size_of::<[[AtomicU64; MAX_DEVICES]; MAX_PROCS]>();
+/// Size of one per-slot, per-device table of the extension (`driver_overhead`, `spilled`).
+const SLOT_TABLE: usize = size_of::<[[AtomicU64; MAX_DEVICES]; MAX_PROCS]>();
+/// File sizes of earlier releases, whose extension ended before a table was appended: such a
+/// file is grown in place to [`FILE_SIZE`] (the new tail reads as zeros, which is right).
+/// Before `driver_overhead`, and before `spilled`.
+pub const PREVIOUS_FILE_SIZES: [usize; 2] = [FILE_SIZE - 2 * SLOT_TABLE, FILE_SIZE - SLOT_TABLE];
 
 /// HAMi sizes the file to `sizeof(region) + 1`; the monitor recognises the older v0 layout by
 /// this file size, so we must never produce it.
@@ -155,7 +171,10 @@ const _: () = {
     // bench/gpu/sm_share.py reads device 0's bucket at this offset.
     assert!(EXTENSION_OFFSET + offset_of!(Extension, buckets) == 2_017_416);
     assert!(FILE_SIZE as u64 != HAMI_V0_FILE_SIZE);
-    assert!(size_of::<Extension>() == 16 + 16 * 8 * 2 + MAX_PROCS * 8 + 512 * 8 + MAX_PROCS * MAX_DEVICES * 8);
+    assert!(size_of::<Extension>() == 16 + 16 * 8 * 2 + MAX_PROCS * 8 + 512 * 8 + 2 * MAX_PROCS * MAX_DEVICES * 8);
+    // Fields are only appended: those of earlier releases keep their offsets.
+    assert!(offset_of!(Extension, operator_set) == 16 + 16 * 8 * 2 + MAX_PROCS * 8 + 512 * 8 - 352 * 8);
+    assert!(offset_of!(Extension, driver_overhead) == 16 + 16 * 8 * 2 + MAX_PROCS * 8 + 512 * 8);
 };
 
 /// Byte offset of slot `i` in the file (its first byte is the slot's liveness lock).

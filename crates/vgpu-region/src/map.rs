@@ -127,15 +127,16 @@ impl Region {
         if len == 0 {
             file.set_len(FILE_SIZE as u64).map_err(io)?;
             prefill(&file).map_err(io)?;
-        } else if len == PREVIOUS_FILE_SIZE as u64 {
-            // A region of the release before `driver_overhead` was appended: its new tail reads
-            // as zeros, which is right (no overhead known yet); processes of the older release
-            // keep mapping their shorter view.
+        } else if PREVIOUS_FILE_SIZES.contains(&(len as usize)) {
+            // A region of a release before `driver_overhead` or `spilled` was appended: its new
+            // tail reads as zeros, which is right (no overhead known yet, nothing spilled);
+            // processes of the older release keep mapping their shorter view.
             file.set_len(FILE_SIZE as u64).map_err(io)?;
         }
         let region = Self::map_file(file, path)?;
         let x = region.extension();
-        if len == PREVIOUS_FILE_SIZE as u64 && x.size.load(Acquire) as usize == PREVIOUS_FILE_SIZE - EXTENSION_OFFSET {
+        if PREVIOUS_FILE_SIZES.contains(&(len as usize)) && x.size.load(Acquire) as u64 == len - EXTENSION_OFFSET as u64
+        {
             x.size.store(size_of::<Extension>() as u32, Release);
         }
         let s = region.shared();

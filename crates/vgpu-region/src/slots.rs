@@ -110,9 +110,11 @@ impl Region {
 }
 
 impl Region {
-    /// The slot's driver-overhead breakdown (part of its `total`, which `zero` clears).
+    /// The slot's driver-overhead breakdown (part of its `total`, which `zero` clears) and its
+    /// spilled bytes (kept apart from `total`).
     fn zero_overhead(&self, i: usize) {
-        for o in &self.extension().driver_overhead[i] {
+        let x = self.extension();
+        for o in x.driver_overhead[i].iter().chain(&x.spilled[i]) {
             o.store(0, SeqCst);
         }
     }

@@ -10,6 +10,7 @@ use vgpu_region::layout::{FILE_SIZE, MAGIC, SharedRegion};
 use vgpu_region::{InitParams, Region, RegionAccounting, RegionError, SlotState};
 
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
 
 fn params(cap_mib: u64) -> InitParams {
     let mut p = InitParams::default();
@@ -251,4 +252,48 @@ fn devices_are_placed_by_uuid() {
     assert_eq!(placed.iter().filter(|p| p.is_some()).count(), 12, "16 indices, 4 taken");
     // The first four find their ordinals taken and fill 4.., in order; the last eight find none.
     assert_eq!(placed[..12].iter().map(|p| p.unwrap()).collect::<Vec<_>>(), (4..16).collect::<Vec<_>>());
+}
+
+/// Spilled bytes (`CUDA_OVERSUBSCRIBE`) are counted per slot in the extension, summed for the
+/// container against the spill limit, never part of the device usage, and a dead process's
+/// spill is reaped like its usage.
+#[test]
+fn spill_is_container_wide_bounded_and_reaped_with_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    let a = open(&path, 1024);
+    let slot = a.claim_slot(1, 0).unwrap();
+    let a = RegionAccounting::new(a, slot);
+    let b = open(&path, 1024);
+    let slot = b.claim_slot(2, 0).unwrap();
+    let b = RegionAccounting::new(b, slot);
+    assert!(a.try_charge_spill(0, 600 * MIB, GIB));
+    assert!(!b.try_charge_spill(0, 600 * MIB, GIB), "the limit is the container's");
+    assert!(b.try_charge_spill(0, 424 * MIB, GIB));
+    assert_eq!((a.spilled(0), b.spilled(0), a.used(0)), (GIB, GIB, 0));
+    b.uncharge(0, 100 * MIB, Kind::Spilled);
+    assert_eq!(a.spilled(0), 924 * MIB);
+    drop(b);
+    assert!(a.try_charge_spill(0, 400 * MIB, GIB), "a refusal reaps the dead slot's spill and retries");
+    assert_eq!(a.spilled(0), 1000 * MIB);
+}
+
+/// A region file of the release before `spilled` was appended is grown in place and keeps its
+/// contents; the new tail reads as nothing spilled.
+#[test]
+fn a_region_of_the_previous_release_is_grown_in_place() {
+    use vgpu_region::layout::{EXTENSION_OFFSET, PREVIOUS_FILE_SIZES};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    let older = PREVIOUS_FILE_SIZES[1];
+    {
+        let r = open(&path, 777);
+        r.extension().size.store((older - EXTENSION_OFFSET) as u32, SeqCst);
+    }
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(older as u64).unwrap();
+    let r = open(&path, 1024);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), FILE_SIZE as u64);
+    assert_eq!(r.shared().limit[0].load(SeqCst), 777 * MIB, "contents kept");
+    assert_eq!(r.extension().size.load(SeqCst) as usize, FILE_SIZE - EXTENSION_OFFSET);
+    assert!(r.extension().spilled.iter().flatten().all(|c| c.load(SeqCst) == 0));
 }

@@ -4,7 +4,10 @@ use std::collections::HashSet;
 use std::ffi::{c_uchar, c_uint, c_void};
 use std::sync::Mutex;
 
-use cuda_types::{CUdeviceptr, CUresult};
+use cuda_types::{
+    CU_MEM_LOCATION_TYPE_DEVICE, CU_MEM_LOCATION_TYPE_HOST, CU_MEM_LOCATION_TYPE_HOST_NUMA,
+    CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT, CUdevice, CUdeviceptr, CUmemLocation, CUresult, CUstream,
+};
 
 use super::{guard, nn, with_ctx};
 use crate::state::{AllocKind, Res, round_up};
@@ -94,7 +97,7 @@ pub unsafe extern "C" fn cuMemAllocPitch(
 }
 
 /// Managed memory is charged in full to the current device, the worst case a limiter has to
-/// assume.
+/// assume, until advised or prefetched to the host (`State::place_managed`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: c_uint) -> CUresult {
     crate::tally!("cuMemAllocManaged");
@@ -108,6 +111,99 @@ pub unsafe extern "C" fn cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usi
         unsafe { out.write(p) };
         Ok(())
     })
+}
+
+/// `CUmem_advise`: 1/2 read-mostly, 3/4 preferred location, 5/6 accessed-by (set/unset).
+const ADVISE_SET_PREFERRED_LOCATION: u32 = 3;
+const ADVISE_UNSET_ACCESSED_BY: u32 = 6;
+
+/// Where a location names: `Some(physical device)` or `None` for the host.
+fn location(st: &crate::state::State, loc: CUmemLocation) -> Res<Option<usize>> {
+    match loc.type_ {
+        CU_MEM_LOCATION_TYPE_DEVICE => st.device(loc.id).map(Some).map_err(|_| CUresult::ERROR_INVALID_DEVICE),
+        CU_MEM_LOCATION_TYPE_HOST | CU_MEM_LOCATION_TYPE_HOST_NUMA | CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT => Ok(None),
+        _ => Err(CUresult::ERROR_INVALID_VALUE),
+    }
+}
+
+/// The pre-12.2 form names the host as device -1 (`CU_DEVICE_CPU`).
+fn legacy_location(device: CUdevice) -> CUmemLocation {
+    if device == -1 {
+        CUmemLocation { type_: CU_MEM_LOCATION_TYPE_HOST, id: 0 }
+    } else {
+        CUmemLocation { type_: CU_MEM_LOCATION_TYPE_DEVICE, id: device }
+    }
+}
+
+/// Advice on managed memory only (anything else is `CUDA_ERROR_INVALID_VALUE`, as the driver
+/// answers for device memory). A preferred location moves the whole allocation there (see
+/// `State::place_managed`); the other advice is accepted and changes nothing here.
+fn advise(ptr: u64, count: usize, advice: u32, loc: CUmemLocation) -> Res<()> {
+    if !(1..=ADVISE_UNSET_ACCESSED_BY).contains(&advice) {
+        return Err(CUresult::ERROR_INVALID_VALUE);
+    }
+    with_ctx(|st, _, _| {
+        let target = location(st, loc)?;
+        if advice == ADVISE_SET_PREFERRED_LOCATION {
+            st.place_managed(ptr, count as u64, target, false)
+        } else {
+            // Validates the range all the same.
+            let here = st.allocs.range(..=ptr).next_back().map(|(_, a)| a.dev);
+            st.place_managed(ptr, count as u64, here.flatten(), false).map(|_| ())
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAdvise(ptr: CUdeviceptr, count: usize, advice: c_uint, device: CUdevice) -> CUresult {
+    crate::tally!("cuMemAdvise");
+    guard(|| advise(ptr, count, advice, legacy_location(device)))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemAdvise_v2(
+    ptr: CUdeviceptr,
+    count: usize,
+    advice: c_uint,
+    loc: CUmemLocation,
+) -> CUresult {
+    crate::tally!("cuMemAdvise_v2");
+    guard(|| advise(ptr, count, advice, loc))
+}
+
+/// Migrates managed memory at once (the fake's copies take no time): to a device without room
+/// it fails with `CUDA_ERROR_OUT_OF_MEMORY` (a real driver would evict other managed pages).
+fn prefetch(ptr: u64, count: usize, loc: CUmemLocation, stream: CUstream) -> Res<()> {
+    with_ctx(|st, _, _| {
+        if !st.stream_valid(stream as u64) {
+            return Err(CUresult::ERROR_INVALID_HANDLE);
+        }
+        let target = location(st, loc)?;
+        st.place_managed(ptr, count as u64, target, true)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemPrefetchAsync(
+    ptr: CUdeviceptr,
+    count: usize,
+    device: CUdevice,
+    stream: CUstream,
+) -> CUresult {
+    crate::tally!("cuMemPrefetchAsync");
+    guard(|| prefetch(ptr, count, legacy_location(device), stream))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuMemPrefetchAsync_v2(
+    ptr: CUdeviceptr,
+    count: usize,
+    loc: CUmemLocation,
+    _flags: c_uint,
+    stream: CUstream,
+) -> CUresult {
+    crate::tally!("cuMemPrefetchAsync_v2");
+    guard(|| prefetch(ptr, count, loc, stream))
 }
 
 /// Freeing 0 succeeds and does nothing, as `free(NULL)` does.
@@ -244,4 +340,19 @@ pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, _value: c_uchar, n: usi
 pub unsafe extern "C" fn cuMemsetD8(dst: c_uint, _value: c_uchar, n: c_uint) -> CUresult {
     crate::tally!("cuMemsetD8");
     guard(|| touch(dst as u64, n as u64, false))
+}
+
+/// Extra export: the device memory in use on the device behind CUDA ordinal `ordinal`, by every
+/// allocation and context of this process — what NVML reports from outside, with no
+/// interposer's view in between. Needs no cuInit.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fakegpu_device_used(ordinal: std::ffi::c_int, used: *mut u64) -> CUresult {
+    guard(|| {
+        let out = nn(used)?;
+        let st = crate::state::state();
+        let dev = st.device(ordinal)?;
+        // SAFETY: non-null, per the check above.
+        unsafe { out.write(st.devices[dev].used) };
+        Ok(())
+    })
 }

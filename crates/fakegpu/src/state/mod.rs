@@ -304,6 +304,40 @@ impl State {
         }
     }
 
+    /// Moves managed memory to `target` (a physical device, or `None` for host memory), as
+    /// `cuMemAdvise(SET_PREFERRED_LOCATION)` and `cuMemPrefetchAsync` do. The model: a managed
+    /// allocation is resident where it was last placed as a whole, charged to that device (at
+    /// allocation: its context's, the worst case) or to none while on the host. A range that
+    /// covers only part of an allocation changes nothing (the fake does not track pages).
+    /// `strict`: a device without room is an error (prefetch); otherwise the memory stays
+    /// where it is (advice only guides the driver).
+    pub fn place_managed(&mut self, ptr: u64, len: u64, target: Option<usize>, strict: bool) -> Res<()> {
+        let Some((&start, a)) = self.allocs.range(..=ptr).next_back() else {
+            return Err(CUresult::ERROR_INVALID_VALUE);
+        };
+        let (a, end) = (*a, ptr.saturating_add(len));
+        if a.kind != AllocKind::Managed || len == 0 || end > start + a.size {
+            return Err(CUresult::ERROR_INVALID_VALUE);
+        }
+        if ptr != start || end != start + a.size || a.dev == target {
+            return Ok(());
+        }
+        if let Some(dev) = target {
+            match self.charge(dev, a.size) {
+                Ok(()) => {}
+                Err(e) if strict => return Err(e),
+                Err(_) => return Ok(()),
+            }
+        }
+        if let Some(old) = a.dev {
+            self.uncharge(old, a.size);
+        }
+        if let Some(entry) = self.allocs.get_mut(&start) {
+            entry.dev = target;
+        }
+        Ok(())
+    }
+
     /// Whether [ptr, ptr+len) lies inside one live allocation or in mapped VMM memory; the copy
     /// and set entry points accept nothing else.
     pub fn valid_range(&self, ptr: u64, len: u64) -> bool {

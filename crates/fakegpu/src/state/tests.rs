@@ -206,3 +206,30 @@ fn peer_access_is_enabled_once_per_pair() {
     assert!(st.peers.is_empty(), "a context going away takes its peer access");
     assert_eq!((st.devices[0].used, st.devices[1].used), (0, 0));
 }
+
+/// Managed memory lives where it was last placed as a whole: on its device at allocation, on
+/// the host (charged to no device) once advised or prefetched there, and back on a device only
+/// by a prefetch that has room.
+#[test]
+fn managed_memory_moves_between_device_and_host() {
+    let mut st = state("1g", "100m");
+    let ctx = st.primary_retain(0).unwrap();
+    let p = st.alloc(ctx, 0, 512 * MIB, AllocKind::Managed).unwrap();
+    assert_eq!(st.devices[0].used, 612 * MIB);
+    st.place_managed(p, 256 * MIB, None, false).unwrap();
+    assert_eq!(st.devices[0].used, 612 * MIB, "part of an allocation: no change");
+    st.place_managed(p, 512 * MIB, None, false).unwrap();
+    assert_eq!(st.devices[0].used, 100 * MIB, "on the host");
+    let q = st.alloc(ctx, 0, 800 * MIB, AllocKind::Linear).unwrap();
+    st.place_managed(p, 512 * MIB, Some(0), false).unwrap();
+    assert_eq!(st.devices[0].used, 900 * MIB, "advice without room leaves it on the host");
+    assert_eq!(st.place_managed(p, 512 * MIB, Some(0), true), Err(CUresult::ERROR_OUT_OF_MEMORY));
+    st.free(q).unwrap();
+    st.place_managed(p, 512 * MIB, Some(0), true).unwrap();
+    assert_eq!(st.devices[0].used, 612 * MIB, "prefetched back");
+    let linear = st.alloc(ctx, 0, MIB, AllocKind::Linear).unwrap();
+    assert_eq!(st.place_managed(linear, MIB, None, false), Err(CUresult::ERROR_INVALID_VALUE));
+    st.place_managed(p, 512 * MIB, None, true).unwrap();
+    st.free(p).unwrap();
+    assert_eq!(st.devices[0].used, 101 * MIB, "a freed host-resident allocation uncharges nothing");
+}
