@@ -37,9 +37,11 @@ struct Marker {
     starts: bool,
     recorded_ns: u64,
     launches: u32,
+    /// The window's work was launched in a burst slice (charged as burst time).
+    burst: bool,
 }
 
-const NO_MARKER: Marker = Marker { event: 0, starts: false, recorded_ns: 0, launches: 0 };
+const NO_MARKER: Marker = Marker { event: 0, starts: false, recorded_ns: 0, launches: 0, burst: false };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sample {
@@ -67,6 +69,8 @@ pub struct Chain {
     free: [usize; RING + 2],
     nfree: usize,
     pub new_segment: bool,
+    /// The slice the thread launches in now is a burst slice: the markers it records say so.
+    pub burst: bool,
     anchor: usize,
     anchor_ns: u64,
     anchor_stream: usize,
@@ -92,6 +96,7 @@ impl Chain {
         free: [0; RING + 2],
         nfree: 0,
         new_segment: true,
+        burst: false,
         anchor: 0,
         anchor_ns: 0,
         anchor_stream: 0,
@@ -208,11 +213,14 @@ impl Chain {
         u64::try_from((self.anchor_ns as i64).saturating_add(elapsed)).ok()
     }
 
-    /// Charges every completed window to `bucket` (`burst`: as burst time). A window still in
+    /// Charges every completed window to `bucket` (as burst time when its marker says so:
+    /// work queued in a guaranteed slice and completing in a burst one is still guaranteed
+    /// time, or a container that keeps the GPU across the change would escape its budget). A
+    /// window still in
     /// flight is charged up to now for the part known busy (its work was all queued), so a
     /// thread cannot run a deep queue of long kernels ahead of its budget; its completion
     /// charges the rest (the bucket charges the union of intervals).
-    pub fn charge_completed(&mut self, bucket: Option<&BucketState>, burst: bool) {
+    pub fn charge_completed(&mut self, bucket: Option<&BucketState>) {
         self.take_sample();
         while self.len > 0 {
             let m = self.pending[0];
@@ -223,7 +231,7 @@ impl Chain {
                     if let (false, true, Some(b)) = (m.starts, self.prev != 0 && self.prev_ns != 0, bucket)
                         && now > m.recorded_ns.max(self.prev_ns)
                     {
-                        self.charge_window(b, burst, m, now);
+                        self.charge_window(b, m, now);
                     }
                     return;
                 }
@@ -242,7 +250,7 @@ impl Chain {
                 self.sample_marker_done(at);
             }
             if let (Some(done), false, true, Some(b)) = (at, m.starts, self.prev != 0, bucket) {
-                self.charge_window(b, burst, m, done);
+                self.charge_window(b, m, done);
             }
             if self.prev != 0 {
                 self.free[self.nfree] = self.prev;
@@ -260,14 +268,14 @@ impl Chain {
     /// pending) as one interval that ends there and starts early enough to hold the busy time
     /// of the part the host was still submitting: the same start each time, so the bucket's
     /// union of intervals charges a pending window once and its completion only the rest.
-    fn charge_window(&self, bucket: &BucketState, burst: bool, m: Marker, end: u64) {
+    fn charge_window(&self, bucket: &BucketState, m: Marker, end: u64) {
         let w = Window { prev_done: self.prev_ns, recorded: m.recorded_ns, done: end, launches: m.launches };
         let mean = self.launch_times.central_mean();
         let busy = busy::busy_ns(&w, mean);
         trace::window(&w, mean, busy);
         let queued_from = m.recorded_ns.clamp(self.prev_ns, end);
         let start = queued_from.saturating_sub(busy.saturating_sub(end - queued_from));
-        bucket.consume_interval(start, end, burst);
+        bucket.consume_interval(start, end, m.burst);
     }
 
     fn sample_marker_done(&mut self, at: Option<u64>) {
@@ -332,7 +340,7 @@ impl Chain {
             self.nfree += 1;
             return false;
         }
-        self.pending[self.len] = Marker { event, starts, recorded_ns, launches };
+        self.pending[self.len] = Marker { event, starts, recorded_ns, launches, burst: self.burst };
         self.len += 1;
         if sample {
             return self.arm_sample();
@@ -362,7 +370,7 @@ impl Chain {
     /// Waits (polling, at most `limit`) until everything this thread queued on its stream has
     /// completed, charging it; `keep_alive` runs between polls. `false` if it did not drain
     /// in time or could not be asked.
-    pub fn drain(&mut self, bucket: Option<&BucketState>, burst: bool, limit: Duration, keep_alive: impl Fn()) -> bool {
+    pub fn drain(&mut self, bucket: Option<&BucketState>, limit: Duration, keep_alive: impl Fn()) -> bool {
         if self.stream == 0 && self.ctx == 0 {
             return true;
         }
@@ -372,7 +380,7 @@ impl Chain {
         }
         let start = now_ns();
         loop {
-            self.charge_completed(bucket, burst);
+            self.charge_completed(bucket);
             if self.len == 0 {
                 return true;
             }

@@ -298,8 +298,7 @@ fn bookkeeping(stream: CUstream, idle: bool, window: u32) -> bool {
         if !chain.anchored() {
             return false;
         }
-        let burst_slice = token::burst_slice(dev);
-        chain.charge_completed(bucket, burst_slice);
+        chain.charge_completed(bucket);
         // A thread away for a while may have left its stream idle, and that gap is not GPU time;
         // but if our last marker is still pending the stream has been busy all along.
         chain.new_segment |= idle && chain.idle();
@@ -313,7 +312,7 @@ fn bookkeeping(stream: CUstream, idle: bool, window: u32) -> bool {
             {
                 t.renew(p.index, now_ns());
             }
-            chain.charge_completed(bucket, token::burst_slice(dev));
+            chain.charge_completed(bucket);
         }
         // The window of launches so far is closed now: whatever waiting follows is not in it.
         let segment = std::mem::replace(&mut chain.new_segment, false);
@@ -348,6 +347,8 @@ fn bookkeeping(stream: CUstream, idle: bool, window: u32) -> bool {
                 token::Turn::OutOfBudget => waited = true,
             }
         }
+        // What is launched from here on is charged as this slice is (burst or not).
+        chain.burst = token::burst_slice(dev);
         if !waited {
             return chain.arm_sample();
         }
@@ -388,7 +389,7 @@ fn throttle(share: u64, bucket: &BucketState, place: Option<&Place>, dev: usize,
         let nap = wait.min(nap_max);
         std::thread::sleep(Duration::from_nanos(nap));
         bucket.record_throttle(nap);
-        chain.charge_completed(Some(bucket), false);
+        chain.charge_completed(Some(bucket));
         if let (Some(p), false) = (place, chain.idle()) {
             p.entry.mark_busy(now_ns());
         }

@@ -115,17 +115,19 @@ pub fn take_turn(
             }
             // The slice is over and someone asks: the best contender gets the next one.
             let next = best(table, place.gpu, now);
-            close_slice(place, dev, token, now);
             if next.is_none_or(|n| n == place.index) {
+                close_slice(place, dev, token, now);
                 token.slice_start.store(now, Release);
                 open_slice(dev, want, now);
                 return Turn::Go { waited };
             }
-            let burst = burst_slice(dev);
-            chain.drain(bucket, burst, DRAIN_LIMIT, || {
+            chain.drain(bucket, DRAIN_LIMIT, || {
                 token.renew(place.index, now_ns());
             });
-            token.pass(token.holder(), next, now_ns());
+            // The drain is the holder's time too: its work ran until then.
+            let end = now_ns();
+            close_slice(place, dev, token, end);
+            token.pass(token.holder(), next, end);
             continue;
         }
         token.wanted_at.fetch_max(now, Relaxed);
@@ -150,7 +152,7 @@ pub fn release(place: &Place, dev: usize, chain: &mut Chain, bucket: Option<&Buc
     if token.holder().entry != Some(place.index) {
         return;
     }
-    chain.drain(bucket, burst_slice(dev), DRAIN_LIMIT, || {
+    chain.drain(bucket, DRAIN_LIMIT, || {
         token.renew(place.index, now_ns());
     });
     pass_on(place, dev, token, table);
