@@ -5,7 +5,8 @@ bench/gpu/share_job.py.
 
 Usage: python3 bench/gpu/share_acceptance.py LIB.so [SECTIONS...]
   SECTIONS (default all): single multi burst priority latency
-Environment: SECS (measured seconds per run, default 6).
+Environment: SECS (measured seconds per run, default 6); WORKLOADS (of the single section,
+default "matmul graph small"; matmul always runs alone as the others' reference).
 
 Prints markdown tables: per tenant its limit, the GPU time it got (the whole GPU's utilisation
 for a tenant alone; for tenants together, that utilisation split in proportion to their
@@ -170,11 +171,12 @@ print(f"measured {SECS:.0f} s per run; utilisation: nvidia-smi without the prelo
 if "single" in SECTIONS or "multi" in SECTIONS or "burst" in SECTIONS:
     print("## One container alone\n")
     print(HEAD)
-    for work in (["matmul", "graph", "small"] if "single" in SECTIONS else ["matmul"]):
+    works = os.environ.get("WORKLOADS", "matmul graph small").split() if "single" in SECTIONS else []
+    for work in ["matmul"] + [w for w in works if w != "matmul"]:
         [(n, ips, _, util)] = run_together([(work, work, dict(preload=False))])
         alone[work] = (ips, util)
         row("reference", f"{work}, no preload", "-", None, ips, ips, util)
-        if "single" not in SECTIONS:
+        if work not in works:
             continue
         [(n, ips, _, u)] = run_together([(work, work, dict(limit=None))])
         row("single", f"{work}, preload, unlimited", "-", util, ips, alone[work][0], u)

@@ -25,6 +25,8 @@ use crate::driver;
 
 /// Markers in flight per thread; when all are pending the GPU is that far behind and we wait.
 pub const RING: usize = 8;
+/// Markers over which the idle start lag is the least.
+const LAGS: usize = 64;
 /// How often a new anchor is tried.
 const ANCHOR_EVERY_NS: u64 = 100_000_000;
 /// The drift allowed between the GPU's clock and the host's: 1 part in DRIFT_PER (20 ppm).
@@ -36,12 +38,15 @@ struct Marker {
     /// The window before it is not charged (the stream may have idled).
     starts: bool,
     recorded_ns: u64,
+    /// When the record call returned: the driver submits the event at the end of the call.
+    submitted_ns: u64,
     launches: u32,
     /// The window's work was launched in a burst slice (charged as burst time).
     burst: bool,
 }
 
-const NO_MARKER: Marker = Marker { event: 0, starts: false, recorded_ns: 0, launches: 0, burst: false };
+const NO_MARKER: Marker =
+    Marker { event: 0, starts: false, recorded_ns: 0, submitted_ns: 0, launches: 0, burst: false };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sample {
@@ -83,6 +88,10 @@ pub struct Chain {
     sample: Sample,
     /// The last timed launches.
     launch_times: LaunchTimes,
+    /// The least lag from a marker's submission to its completion among the last markers: how
+    /// long the GPU takes to start what reaches it idle, on the anchor's time scale.
+    lags: [i64; LAGS],
+    lag_next: usize,
 }
 
 impl Chain {
@@ -106,6 +115,8 @@ impl Chain {
         sample_event: 0,
         sample: Sample::None,
         launch_times: LaunchTimes::EMPTY,
+        lags: [i64::MAX; LAGS],
+        lag_next: 0,
     };
 
     /// Measures `stream` of context `ctx` from now on: events belong to a context, and a new
@@ -244,6 +255,10 @@ impl Chain {
                 }
             }
             let at = self.gpu_time(m.event);
+            if let Some(t) = at {
+                self.lags[self.lag_next] = t as i64 - m.submitted_ns as i64;
+                self.lag_next = (self.lag_next + 1) % LAGS;
+            }
             if let Sample::Armed { before, .. } | Sample::InFlight { before, .. } = self.sample
                 && before == m.event
             {
@@ -296,11 +311,29 @@ impl Chain {
         }
         self.sample = Sample::None;
         if let Some(after_done) = self.gpu_time(self.sample_event) {
+            // The kernel reached the GPU when its call returned, and an idle GPU starts it as
+            // late after that as it completes an idle marker after its call: the same lag,
+            // measured here on the anchor's time scale (so the anchor's own error cancels).
+            let lag = self.idle_lag();
+            let submitted = (submitted as i64).saturating_add(lag).max(0) as u64;
             let sample = KernelSample { before_done: before_ns, submitted, after_done };
             let ns = busy::kernel_ns(&sample);
             trace::sample(&sample, ns);
             self.launch_times.add(ns);
         }
+    }
+
+    /// The lag of a marker that reached an idle GPU: a low quantile (the tenth percentile) of
+    /// the last markers' lags, since queued markers lag more and a thread preempted right
+    /// after submitting makes a lag look shorter than it was.
+    fn idle_lag(&self) -> i64 {
+        let mut v = self.lags;
+        let known = v.iter().filter(|&&l| l != i64::MAX).count();
+        if known == 0 {
+            return 0;
+        }
+        v.sort_unstable();
+        v[known / 10]
     }
 
     /// Times the next launch ([`Self::after_launch`]) against the last marker, which must be
@@ -340,7 +373,8 @@ impl Chain {
             self.nfree += 1;
             return false;
         }
-        self.pending[self.len] = Marker { event, starts, recorded_ns, launches, burst: self.burst };
+        let submitted_ns = now_ns();
+        self.pending[self.len] = Marker { event, starts, recorded_ns, submitted_ns, launches, burst: self.burst };
         self.len += 1;
         if sample {
             return self.arm_sample();

@@ -46,10 +46,11 @@ pub fn busy_ns(w: &Window, mean_kernel_ns: Option<u64>) -> u64 {
 pub struct KernelSample {
     /// When the event recorded before the launch completed.
     pub before_done: u64,
-    /// When the launch call returned. A driver submits the work at the end of the call, and the
-    /// GPU starts a kernel on an idle queue a little later than an event: measured on the H200
-    /// for a 4 MiB elementwise kernel, timing from the call's midpoint gave 4.5 µs, from its
-    /// end 2.8 µs, against 2.7 µs of the GPU's own busy time.
+    /// The earliest the GPU could start the launch: when its call returned (a driver submits
+    /// the work at the end of the call) plus the time an idle GPU takes to start what it is
+    /// given. On the H200, timing a 4 MiB elementwise kernel from the call's midpoint instead
+    /// gave 4.5 µs, and from its end without the start lag about 1.5 µs, against 3.3 µs of
+    /// the GPU's own busy time.
     pub submitted: u64,
     /// When the event recorded after the launch completed.
     pub after_done: u64,
