@@ -79,22 +79,46 @@ fn tiny_kernels_hold_their_limit() {
     within(&[("25 % with 20 µs kernels".into(), got, 25.0)]);
 }
 
-/// A host-bound job (each 50 µs kernel followed by 80 µs of host work) uses well under its
-/// limit and is not slowed: it keeps its natural share, measured side by side without a limit.
-/// Charging in-flight time charged it the host gaps too and throttled it.
+/// A host-bound job (each 50 µs kernel followed by 120 µs of host work) uses well under its
+/// limit and is not slowed by it: its launching thread never waits for budget. (Charging
+/// in-flight time charged it the host gaps too and throttled it.) Its throughput is not the
+/// measure here: beside the debug build's own cost per launch, two host-bound jobs on a loaded
+/// two-core machine vary by more than the 3 % the H200 run holds it to.
 #[test]
 fn a_host_bound_job_under_its_limit_is_not_slowed() {
     let _serial = serial();
-    let job = |pct: u32| std::thread::spawn(move || run_share(pct, &time_args(50, "2500", &["--host-us", "80"])));
-    let (free, limited) = (job(0), job(75));
-    let (free, limited) = (free.join().unwrap(), limited.join().unwrap());
-    assert!(free < 60.0, "the job is host-bound: {free:.1} %");
-    // Not slowed: at least its natural share (two host-bound jobs side by side on a loaded
-    // machine vary either way; only a shortfall is the limiter's).
-    within(&[("host-bound job at a 75 % limit".into(), limited.min(free), free)]);
+    let region = fresh_region_path();
+    let r = Run::new("kernels")
+        .env("CUDA_DEVICE_SM_LIMIT", "75")
+        .env("FAKEGPU_QUEUE_DEPTH", "16")
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+        .args(time_args(50, "2500", &["--host-us", "120"]))
+        .ok();
+    let share = share(r.line("launches=")) * 100.0;
+    let status =
+        Command::new(&common::artifacts().vgpu).args(["status", "--json", "--cache"]).arg(&region).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("vgpu status --json");
+    let (charged, throttled) = (find_u64(&json, "gpu_time_ns"), find_u64(&json, "throttled_ns"));
+    eprintln!("host-bound job at 75 %: {share:.1} % of the GPU, charged {charged} ns, throttled {throttled} ns");
+    assert!(share < 60.0, "the job is host-bound: {share:.1} %");
+    assert!(charged > 0, "its work was measured");
+    assert!(throttled < 2_500_000_000 / 100, "it waited {throttled} ns for budget it did not need");
     // At a limit below what it uses, it gets its limit.
-    let got = run_share(25, &time_args(50, "2500", &["--host-us", "80"]));
-    within(&[("host-bound job at a 25 % limit".into(), got, 25.0f64.min(free))]);
+    let got = run_share(20, &time_args(50, "2500", &["--host-us", "120"]));
+    within(&[("host-bound job at a 20 % limit".into(), got, 20.0)]);
+}
+
+/// The first number under `key` anywhere in `v`.
+fn find_u64(v: &serde_json::Value, key: &str) -> u64 {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .or_else(|| m.values().map(|x| find_u64(x, key)).find(|&n| n > 0))
+            .unwrap_or(0),
+        serde_json::Value::Array(a) => a.iter().map(|x| find_u64(x, key)).find(|&n| n > 0).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// `kernels` arguments for `us` µs kernels launched for `ms` milliseconds.
