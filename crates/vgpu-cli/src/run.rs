@@ -378,6 +378,7 @@ mod tests {
             (&["--frob", "--", "x"], r#"unknown option "--frob" for `vgpu run`"#),
             (&["--lib", "", "--memory", "1g", "--", "x"], "--lib needs a path"),
             (&["--memory"], "--memory needs a value"),
+            (&["--memory", "2048", "--", "x"], r#"--memory "2048" is invalid (2048 bytes is below the smallest cap"#),
         ] {
             match p(args) {
                 Err(CliError::Usage { msg, cmd }) => {
