@@ -14,3 +14,4 @@ mod log;
 mod node;
 mod startup;
 mod state;
+mod watch;

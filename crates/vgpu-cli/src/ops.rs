@@ -13,8 +13,10 @@ use crate::render::{self, cap, percent, size};
 use crate::snapshot::{self, SCHEMA_VERSION, Scan, Skipped};
 
 /// Never `open_or_create`: a region is the container's to create, with its environment's limits.
+/// A copy read with `pread`, never a mapping: a tenant truncating its file under a mapping would
+/// kill the command (SIGBUS); writes go through `Region::set_limit` and `reap` (`pwrite`).
 fn open(path: &Path) -> Result<Region, CliError> {
-    Region::open_existing(path).map_err(|e| CliError::Runtime(e.to_string()))
+    Region::open_copy(path).map_err(|e| CliError::Runtime(e.to_string()))
 }
 
 pub fn json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
@@ -56,13 +58,14 @@ pub fn collect_scan(dir: &Path) -> Result<Scan, CliError> {
     }
     let mut regions = Vec::new();
     for path in candidates {
-        // `metadata` follows symlinks, like the library opening the path would.
-        match fs::metadata(&path) {
+        // `symlink_metadata`: the library never follows a link at a region's path, nor do we.
+        match fs::symlink_metadata(&path) {
             Err(e) => skipped.push(skip(&path, e.to_string())),
             Ok(m) if m.is_dir() => skipped.push(skip(&path, "directory (only one level below DIR is scanned)".into())),
             // A FIFO or device would block or misbehave on open: never touch non-regular files.
+            Ok(m) if m.file_type().is_symlink() => skipped.push(skip(&path, "a symbolic link (never followed)".into())),
             Ok(m) if !m.is_file() => skipped.push(skip(&path, "not a regular file".into())),
-            Ok(_) => match Region::open_existing(&path) {
+            Ok(_) => match Region::open_copy(&path) {
                 Ok(r) => regions.push(snapshot::take(&r, &path.display().to_string())),
                 Err(e) => skipped.push(skip(&path, e.to_string())),
             },
@@ -119,7 +122,7 @@ pub fn set(path: &Path, devices: &[usize], memory: Option<u64>, sm: Option<u64>)
     let mut out = String::new();
     for &d in &targets {
         if let Some(new) = memory {
-            let old = s.limit[d].swap(new, SeqCst);
+            let old = region.set_limit(d, new).map_err(|e| write_error(path, e))?;
             out += &change(d, "memory cap", cap((old != 0).then_some(old)), cap((new != 0).then_some(new)));
             let used = charged(&region, d);
             if new != 0 && used > new {
@@ -132,11 +135,15 @@ pub fn set(path: &Path, devices: &[usize], memory: Option<u64>, sm: Option<u64>)
             }
         }
         if let Some(new) = sm {
-            let old = s.sm_limit[d].swap(new, SeqCst);
+            let old = region.set_sm_limit(d, new).map_err(|e| write_error(path, e))?;
             out += &change(d, "SM limit", percent(sm_of(old)), percent(sm_of(new)));
         }
     }
     Ok(out)
+}
+
+fn write_error(path: &Path, e: std::io::Error) -> CliError {
+    CliError::Runtime(format!("cannot write region file {}: {e}", path.display()))
 }
 
 fn change(dev: usize, what: &str, old: String, new: String) -> String {

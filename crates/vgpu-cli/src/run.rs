@@ -198,7 +198,7 @@ fn private_dir() -> Result<PathBuf, CliError> {
 /// A region given with `--cache` that already exists keeps its own limits (the library reads
 /// them live from the file): say so if they differ from the command line.
 fn warn_if_region_differs(path: &Path, o: &RunOpts) {
-    let Ok(region) = Region::open_existing(path) else { return };
+    let Ok(region) = Region::open_copy(path) else { return };
     let s = region.shared();
     let devices: Vec<usize> = if o.devices.is_empty() {
         let n = (s.device_num.load(SeqCst) as usize).clamp(1, MAX_DEVICES);

@@ -9,6 +9,7 @@ pub mod layout;
 pub mod lock;
 pub mod map;
 pub mod node;
+pub mod open;
 pub mod slots;
 
 pub use accounting::RegionAccounting;
