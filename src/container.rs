@@ -296,15 +296,15 @@ impl ContainerAccounting {
 fn attach(path: &str, mode: u32, init: &InitParams, trust: &TrustedOwners) -> Attachment {
     let generation = FORK_GENERATION.load(Relaxed);
     let pid = std::process::id() as i32;
-    let shared = Region::open_or_create_trusting(Path::new(path), mode, init, trust).map_err(|e| e.to_string()).and_then(|r| {
-        match r.claim_slot(pid, 0) {
+    let shared = Region::open_or_create_trusting(Path::new(path), mode, init, trust)
+        .map_err(|e| e.to_string())
+        .and_then(|r| match r.claim_slot(pid, 0) {
             Ok(slot) => {
                 crate::watch::ensure();
                 Ok(RegionAccounting::new(r, slot))
             }
             Err(e) => Err(format!("region file {path}: {e}")),
-        }
-    });
+        });
     let accounting = shared.unwrap_or_else(|why| {
         tracing::error!("{why}; enforcing the limits of this process's environment for this process only");
         private(init)

@@ -174,12 +174,10 @@ impl Config {
                 }
                 match parse_cap(value) {
                     // HAMi: 0 means no cap.
-                    Ok(cap) => {
-                        match target {
-                            Target::All => memory_all = Some(cap),
-                            Target::Device(i) => memory_dev[i] = Some(cap),
-                        }
-                    }
+                    Ok(cap) => match target {
+                        Target::All => memory_all = Some(cap),
+                        Target::Device(i) => memory_dev[i] = Some(cap),
+                    },
                     Err(e) => errors.push(error(e.to_string(), ACCEPTED_SIZES, NOT_APPLIED)),
                 }
             } else if let Some(target) = limit_target(name, SM_LIMIT, &mut errors, value) {

@@ -28,7 +28,11 @@ pub enum OpenError {
     /// A symbolic link, FIFO, device, directory or a file with several hard links.
     Unsafe(PathBuf, String),
     /// Owned by a uid we do not trust.
-    Untrusted { path: PathBuf, owner: u32, me: u32 },
+    Untrusted {
+        path: PathBuf,
+        owner: u32,
+        me: u32,
+    },
 }
 
 impl std::fmt::Display for OpenError {
@@ -101,7 +105,8 @@ pub fn open_shared(
     }
     clear_nonblock(&file);
     if created {
-        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| OpenError::Io(path.to_path_buf(), e))?;
     }
     Ok((file, created))
 }
