@@ -31,6 +31,9 @@ use vgpu_region::{InitParams, Region, RegionAccounting};
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// How often a memory query may reap dead slots (see `ContainerAccounting::reap_now_and_then`).
+const REAP_EVERY_NS: u64 = 100_000_000;
+
 /// The attachment in use, for the `atexit` handler (the same pointer as `current`).
 static EXIT_TARGET: AtomicPtr<Attachment> = AtomicPtr::new(std::ptr::null_mut());
 
@@ -143,7 +146,23 @@ impl ContainerAccounting {
 
     /// The container's usage at a region index.
     pub fn used_at(&self, index: usize) -> u64 {
+        self.reap_now_and_then();
         self.get().used(index)
+    }
+
+    /// Usage shown to the application (memory views, NVML) must not include the memory of
+    /// processes that died without giving their slot back (the driver freed it with them): reap
+    /// dead slots before answering, at most every [`REAP_EVERY_NS`] (one `fcntl` per slot in
+    /// use, so a query costs nothing more most of the time).
+    fn reap_now_and_then(&self) {
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let now = crate::limiter::now_ns();
+        let last = LAST.load(Relaxed);
+        if now.saturating_sub(last) < REAP_EVERY_NS || LAST.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+            return;
+        }
+        let acc = self.get();
+        acc.region().reap(Some(acc.slot()));
     }
 
     /// Places this process's devices (UUIDs by ordinal) in the region; returns the indices.
@@ -340,6 +359,7 @@ impl Accounting for ContainerAccounting {
         self.get().uncharge(self.index(dev), bytes, kind)
     }
     fn used(&self, dev: usize) -> u64 {
+        self.reap_now_and_then();
         self.get().used(self.index(dev))
     }
     fn record_denial(&self, dev: usize) {

@@ -215,5 +215,22 @@ fn d13_a_forked_child_does_not_free_its_parents_charges() {
     assert_eq!(code(&r, "alloc ", 1), "0", "{}", r.stdout);
     assert_eq!(code(&r, "alloc ", 2), OOM, "the child passed the cap:\n{}", r.stdout);
     let _ = std::fs::remove_file(&region);
-    let _ = GIB;
+}
+
+/// 10 (second half): the memory of a process that died without giving its slot back is not
+/// shown as used: a memory query reaps dead slots first.
+#[test]
+fn d10_a_dead_slots_memory_is_not_shown_as_used() {
+    let region = fresh_region_path();
+    let mut holder = in_region(&region, "1g", &["init", "alloc", "600m", "wait"]).spawn();
+    holder.until("wait");
+    let killed = Command::new("kill").args(["-9", &holder.pid().to_string()]).status().unwrap();
+    assert!(killed.success());
+    drop(holder);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = in_region(&region, "1g", &["init", "meminfo"]).ok();
+    let line = r.line("meminfo ");
+    // Only this process's own 32 MiB context is in use.
+    assert_eq!(common::field(line, "free"), GIB - 32 * MIB, "{line}");
+    let _ = std::fs::remove_file(&region);
 }
