@@ -255,6 +255,10 @@ impl ContainerAccounting {
                 *limit = Some(s.limit[i].load(SeqCst)).filter(|&l| l > 0);
             }
         }
+        // The old slot is given back first, its lock too: after a truncation the new region may
+        // be the same file, where our old lock would keep the slot from being claimed again.
+        // What we hold is charged again below, from the ledger's records.
+        old.accounting.region().release_slot(old.accounting.slot());
         let fresh = attach(&self.path, self.mode, &init, &self.trust);
         let uuids = self.uuids.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !uuids.is_empty() {
@@ -281,9 +285,6 @@ impl ContainerAccounting {
                 }
             }
         }
-        // The old slot: given back (its lock too: after a truncation the new region may be the
-        // same file, where our old lock would keep the slot from ever being claimed again).
-        old.accounting.region().release_slot(old.accounting.slot());
         let fresh = Box::into_raw(Box::new(fresh));
         self.current.store(fresh, Release);
         EXIT_TARGET.store(fresh, Release);
