@@ -3,21 +3,90 @@
 //!
 //! Fork: a child shares its parent's open file description and so its OFD slot lock; it must
 //! never write the parent's slot. A `pthread_atfork` child handler bumps a generation; the next
-//! accounting call in the child opens its own description and claims its own slot. (Registering
+//! accounting call in the child opens its own description and claims its own slot, and the
+//! ledger forgets the parent's records (the generation is the ledger's epoch). (Registering
 //! an atfork handler changes nothing for the application: no signal, umask or environment.)
+//!
+//! Exit: an `atexit` handler gives the slot back, so a clean exit leaves no dead slot behind
+//! (a crash still does; the next refused charge or `vgpu reap` reclaims it).
+//!
+//! The file under us: `crate::watch` tells us when the region file is truncated, deleted or
+//! replaced while we use it. Truncated: the mapping is replaced by private memory first (its
+//! pages would raise SIGBUS), then, as for a deleted or replaced file, we re-attach to whatever
+//! region the path names now (creating it, with the live limits, if nobody has) and charge this
+//! process's own records there: the container's processes meet again in one region and the cap
+//! holds, with one line on stderr saying so.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 
 use vgpu_core::MAX_DEVICES;
-use vgpu_core::config::Config;
-use vgpu_core::ledger::{Accounting, Kind};
-use vgpu_region::layout::MAX_PROCS;
+use vgpu_core::config::{Config, TrustedOwners};
+use vgpu_core::ledger::{Accounting, Kind, MemoryLedger};
+use vgpu_region::layout::{FILE_SIZE, MAGIC, MAX_PROCS, slot_offset};
 use vgpu_region::{InitParams, Limit, LimitChange, Region, RegionAccounting, SlotState};
 
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// How often a memory query may reap dead slots (see `ContainerAccounting::reap_now_and_then`).
+const REAP_EVERY_NS: u64 = 100_000_000;
+
+/// The attachment in use, for the `atexit` handler (the same pointer as `current`).
+static EXIT_TARGET: AtomicPtr<Attachment> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Gives this process's slot back on a clean exit: no dead slot, no stale context charge.
+/// Threads still running after `exit` began may charge the slot again; it is then a free slot
+/// with usage, which the next claimer or reaper zeroes.
+/// The slot was given back at exit already (by the `atexit` handler or the library's destructor,
+/// whichever ran first): never twice, since a second release could free a slot that another
+/// process claimed in between.
+static RELEASED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn release_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        if RELEASED.swap(true, AcqRel) {
+            return;
+        }
+        let a = EXIT_TARGET.load(Acquire);
+        if a.is_null() {
+            return;
+        }
+        // SAFETY: EXIT_TARGET only ever points at a leaked, never-freed Attachment.
+        let a = unsafe { &*a };
+        // A forked child that never attached on its own holds its parent's slot: not ours.
+        if a.generation == FORK_GENERATION.load(Relaxed) && a.accounting.region().file().is_some() {
+            a.accounting.region().release_slot(a.accounting.slot());
+        }
+    });
+}
+
+/// What happened to the region file under us (see `ContainerAccounting::file_change`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileChange {
+    /// Shorter than a region: its pages are gone from under the mapping.
+    Truncated,
+    /// Unlinked: the next process would create a new region at the path.
+    Deleted,
+    /// The path names another file now.
+    Replaced,
+    /// Same file, re-initialised by someone (HAMi's `shrreg-tool --create_new`), or our slot
+    /// was taken from us.
+    Reset,
+}
+
+impl FileChange {
+    fn describe(self) -> &'static str {
+        match self {
+            FileChange::Truncated => "was truncated",
+            FileChange::Deleted => "was deleted",
+            FileChange::Replaced => "was replaced by another file",
+            FileChange::Reset => "was re-initialised",
+        }
+    }
+}
 
 extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Relaxed);
@@ -35,6 +104,9 @@ pub struct ContainerAccounting {
     init: InitParams,
     path: String,
     mode: u32,
+    trust: TrustedOwners,
+    /// The UUIDs last placed (`place_devices`), to place them again in a new region.
+    uuids: Mutex<Vec<String>>,
     /// The region's index of each CUDA ordinal of this process (see `Region::place_uuids`);
     /// the ordinal itself until CUDA names the devices, `MAX_DEVICES` for one left out.
     index: [AtomicUsize; MAX_DEVICES],
@@ -48,15 +120,23 @@ impl ContainerAccounting {
             uuids: Vec::new(),
             priority: config.priority,
         };
-        let attachment = attach(&config.shared_cache, config.region_mode, &init);
-        // SAFETY: registering a plain function with no captured state.
-        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        let attachment = attach(&config.shared_cache, config.region_mode, &init, &config.trusted);
+        // SAFETY: registering plain functions with no captured state; neither touches signals,
+        // the umask or the environment.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+            libc::atexit(release_at_exit);
+        }
+        let current = Box::into_raw(Box::new(attachment));
+        EXIT_TARGET.store(current, Release);
         ContainerAccounting {
-            current: AtomicPtr::new(Box::into_raw(Box::new(attachment))),
+            current: AtomicPtr::new(current),
             reattach: Mutex::new(()),
             init,
             path: config.shared_cache.clone(),
             mode: config.region_mode,
+            trust: config.trusted.clone(),
+            uuids: Mutex::new(Vec::new()),
             index: std::array::from_fn(AtomicUsize::new),
         }
     }
@@ -82,11 +162,28 @@ impl ContainerAccounting {
 
     /// The container's usage at a region index.
     pub fn used_at(&self, index: usize) -> u64 {
+        self.reap_now_and_then();
         self.get().used(index)
+    }
+
+    /// Usage shown to the application (memory views, NVML) must not include the memory of
+    /// processes that died without giving their slot back (the driver freed it with them): reap
+    /// dead slots before answering, at most every [`REAP_EVERY_NS`] (one `fcntl` per slot in
+    /// use, so a query costs nothing more most of the time).
+    fn reap_now_and_then(&self) {
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let now = crate::clock::now_ns();
+        let last = LAST.load(Relaxed);
+        if now.saturating_sub(last) < REAP_EVERY_NS || LAST.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+            return;
+        }
+        let acc = self.get();
+        acc.region().reap(Some(acc.slot()));
     }
 
     /// Places this process's devices (UUIDs by ordinal) in the region; returns the indices.
     pub fn place_devices(&self, uuids: &[String]) -> Vec<Option<usize>> {
+        *self.uuids.lock().unwrap_or_else(|p| p.into_inner()) = uuids.to_vec();
         let placed = self.region().place_uuids(uuids);
         for (slot, index) in self.index.iter().zip(&placed) {
             slot.store(index.unwrap_or(MAX_DEVICES), Relaxed);
@@ -109,8 +206,9 @@ impl ContainerAccounting {
         // SAFETY: as in `get`.
         let a = unsafe { &*self.current.load(Acquire) };
         if a.generation != FORK_GENERATION.load(Relaxed) {
-            let fresh = Box::into_raw(Box::new(attach(&self.path, self.mode, &self.init)));
+            let fresh = Box::into_raw(Box::new(attach(&self.path, self.mode, &self.init, &self.trust)));
             self.current.store(fresh, Release);
+            EXIT_TARGET.store(fresh, Release);
         }
         // SAFETY: as in `get`.
         unsafe { &(*self.current.load(Acquire)).accounting }
@@ -138,23 +236,129 @@ impl ContainerAccounting {
             .collect()
     }
 
-    /// At exit: gives this process's slot back, so a clean exit leaves no dead slot for
-    /// `vgpu status` and the next process can tell that nobody holds the region. Never
-    /// re-attaches: a forked child that never used the region has its parent's slot, not its own.
+    /// At exit (the library's destructor): gives this process's slot back, once, as the
+    /// `atexit` handler would (whichever runs first).
     pub fn release_at_exit(&self) {
+        release_at_exit();
+    }
+
+    /// The region file's path when this process shares one (for `crate::watch`).
+    pub fn watched_path(&self) -> Option<&str> {
+        self.get().region().file().map(|_| self.path.as_str())
+    }
+
+    /// Whether the region file changed under us. Reads the file only through `fstat`, `stat`
+    /// and `pread`, never through the mapping (a truncated file's pages raise SIGBUS).
+    pub fn file_change(&self) -> Option<FileChange> {
+        let acc = self.get();
+        let region = acc.region();
+        let meta = region.file()?.metadata().ok()?;
+        if meta.len() < FILE_SIZE as u64 {
+            return Some(FileChange::Truncated);
+        }
+        if meta.nlink() == 0 {
+            return Some(FileChange::Deleted);
+        }
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() != meta.dev() || m.ino() != meta.ino() => return Some(FileChange::Replaced),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(FileChange::Deleted),
+            _ => {}
+        }
+        let flag = region.pread::<4>(0).map(i32::from_le_bytes);
+        let pid = region.pread::<4>(slot_offset(acc.slot())).map(i32::from_le_bytes);
+        match (flag, pid) {
+            (Some(f), Some(p)) if f != MAGIC || p != std::process::id() as i32 => Some(FileChange::Reset),
+            _ => None,
+        }
+    }
+
+    /// Leaves a region file that changed under us for the one its path names now (see the
+    /// module's comment), charging there what `ledger` says this process holds.
+    pub fn reattach(&self, change: FileChange, ledger: &MemoryLedger<ContainerAccounting>) {
+        let _guard = self.reattach.lock().unwrap_or_else(|p| p.into_inner());
+        if self.file_change() != Some(change) {
+            return; // another thread did it, or it resolved itself
+        }
         // SAFETY: as in `get`.
-        let a = unsafe { &*self.current.load(Acquire) };
-        if a.generation == FORK_GENERATION.load(Relaxed) && a.accounting.region().file().is_some() {
-            a.accounting.region().release_slot(a.accounting.slot());
+        let old = unsafe { &*self.current.load(Acquire) };
+        if change == FileChange::Truncated {
+            if let Err(e) = old.accounting.region().shield() {
+                tracing::error!("region file {}: cannot replace the truncated mapping: {e}", self.path);
+            }
+        }
+        // A new region starts with the limits in force: the live ones while the old pages are
+        // readable, else this process's environment.
+        let mut init = self.init.clone();
+        if change != FileChange::Truncated {
+            let s = old.accounting.region().shared();
+            for (i, limit) in init.limits.iter_mut().enumerate() {
+                *limit = Some(s.limit[i].load(SeqCst)).filter(|&l| l > 0);
+            }
+        }
+        // The old slot is given back first, its lock too: after a truncation the new region may
+        // be the same file, where our old lock would keep the slot from being claimed again.
+        // What we hold is charged again below, from the ledger's records.
+        old.accounting.region().release_slot(old.accounting.slot());
+        let fresh = attach(&self.path, self.mode, &init, &self.trust);
+        let uuids = self.uuids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if !uuids.is_empty() {
+            let placed = fresh.accounting.region().place_uuids(&uuids);
+            for (slot, index) in self.index.iter().zip(&placed) {
+                slot.store(index.unwrap_or(MAX_DEVICES), Relaxed);
+            }
+        }
+        let mut moved = 0u64;
+        let mut over = Vec::new();
+        for dev in 0..MAX_DEVICES {
+            let index = self.index(dev);
+            for kind in [Kind::Data, Kind::Context] {
+                let bytes = ledger.held_by_process_of(dev, kind);
+                if bytes > 0 {
+                    fresh.accounting.charge(index, bytes, kind);
+                    moved += bytes;
+                }
+            }
+            if let Some(cap) = fresh.accounting.limit(index) {
+                let used = fresh.accounting.used(index);
+                if used > cap && !over.iter().any(|&(i, _, _)| i == index) {
+                    over.push((index, used, cap));
+                }
+            }
+        }
+        let fresh = Box::into_raw(Box::new(fresh));
+        self.current.store(fresh, Release);
+        EXIT_TARGET.store(fresh, Release);
+        // SAFETY: as in `get`.
+        let now = unsafe { &*fresh };
+        let joined = if now.accounting.region().file().is_some() {
+            format!("re-joined the region at that path (slot {})", now.accounting.slot())
+        } else {
+            "enforcing this process's limits alone".to_string()
+        };
+        tracing::error!(
+            "region file {} {} while this process used it: {joined} and charged this process's {} MiB there",
+            self.path,
+            change.describe(),
+            moved >> 20
+        );
+        for (index, used, cap) in over {
+            tracing::error!(
+                "region file {}: device {index} is over its cap after the split ({} MiB in use, cap {} MiB); \
+                 new allocations fail until usage drops",
+                self.path,
+                used >> 20,
+                cap >> 20
+            );
         }
     }
 }
 
-fn attach(path: &str, mode: u32, init: &InitParams) -> Attachment {
+fn attach(path: &str, mode: u32, init: &InitParams, trust: &TrustedOwners) -> Attachment {
     let generation = FORK_GENERATION.load(Relaxed);
     let pid = std::process::id() as i32;
-    let shared = Region::open_or_create(Path::new(path), mode, init).map_err(|e| e.to_string()).and_then(|r| {
-        match r.claim_slot_with_limits(pid, 0, init) {
+    let shared = Region::open_or_create_trusting(Path::new(path), mode, init, trust)
+        .map_err(|e| e.to_string())
+        .and_then(|r| match r.claim_slot_with_limits(pid, 0, init) {
             Ok((slot, replaced)) => {
                 if !replaced.is_empty() {
                     tracing::info!(
@@ -162,11 +366,11 @@ fn attach(path: &str, mode: u32, init: &InitParams) -> Attachment {
                         describe_changes(&replaced)
                     );
                 }
+                crate::watch::ensure();
                 Ok(RegionAccounting::new(r, slot))
             }
             Err(e) => Err(format!("region file {path}: {e}")),
-        }
-    });
+        });
     let accounting = shared.unwrap_or_else(|why| {
         tracing::error!("{why}; enforcing the limits of this process's environment for this process only");
         private(init)
@@ -232,6 +436,7 @@ impl Accounting for ContainerAccounting {
         self.get().uncharge(self.index(dev), bytes, kind)
     }
     fn used(&self, dev: usize) -> u64 {
+        self.reap_now_and_then();
         self.get().used(self.index(dev))
     }
     fn record_denial(&self, dev: usize) {
@@ -257,5 +462,8 @@ impl Accounting for ContainerAccounting {
     }
     fn record_spill_denial(&self, dev: usize) {
         self.get().record_spill_denial(self.index(dev))
+    }
+    fn epoch(&self) -> u64 {
+        FORK_GENERATION.load(Relaxed)
     }
 }

@@ -39,7 +39,7 @@ pub fn table() -> Option<&'static NodeTable> {
             let _timed = crate::startup::OneTime::begin();
             let st = state();
             let path = st.config.node_file.as_deref()?;
-            match NodeTable::open(Path::new(path), st.config.region_mode) {
+            match NodeTable::open(Path::new(path), st.config.region_mode, Some(&st.config.trusted)) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     // Only a container that limits itself or claims priority needs the table; for

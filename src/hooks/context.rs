@@ -142,6 +142,18 @@ unsafe fn create_common(
             r.commit_as(Key::Context(ctx as u64), 0, Kind::Context);
             crate::reconcile::context_created(d);
         }
+        Err(denied) if denied.limit < cost => {
+            tracing::warn!(
+                "device {d}: the cap, {} MiB, is below what one CUDA context costs ({} MiB): no context \
+                 can be created under it; raise CUDA_DEVICE_MEMORY_LIMIT",
+                denied.limit >> 20,
+                cost >> 20
+            );
+            undo(ctx, d);
+            // SAFETY: same out-pointer; the caller must not see a context that no longer exists.
+            unsafe { *pctx = std::ptr::null_mut() };
+            return CUresult::ERROR_OUT_OF_MEMORY;
+        }
         Err(denied) => {
             tracing::warn!(
                 "device {d}: a new context ({} MiB) does not fit in the {} MiB cap ({} MiB in use)",

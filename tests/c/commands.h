@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "vgpu_cuda.h"
@@ -755,6 +756,36 @@ static int run_commands(const struct cu_api *api, int argc, char **argv, int i)
                 continue;
             }
             printf(" %u\n", api->cuMemFree_v2(v));
+        } else if (strcmp(cmd, "free-first") == 0) {
+            /* The oldest pointer (after a fork: one the parent allocated). */
+            printf("free-first");
+            if (!HAVE(api, cuMemFree_v2))
+                continue;
+            if (g_allocs.n == 0) {
+                printf(" -1 empty\n");
+                continue;
+            }
+            v = g_allocs.v[0];
+            memmove(&g_allocs.v[0], &g_allocs.v[1], (g_allocs.n - 1) * sizeof g_allocs.v[0]);
+            memmove(&g_allocs.kind[0], &g_allocs.kind[1], (g_allocs.n - 1) * sizeof g_allocs.kind[0]);
+            g_allocs.n--;
+            printf(" %u\n", api->cuMemFree_v2(v));
+        } else if (strcmp(cmd, "fork") == 0) {
+            /* The child runs the remaining commands; the parent waits for it and ends. */
+            fflush(stdout);
+            pid_t child = fork();
+            if (child < 0) {
+                printf("fork -1\n");
+                return 1;
+            }
+            if (child > 0) {
+                int status = 0;
+                waitpid(child, &status, 0);
+                printf("fork 0 child-exit=%d\n", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+                fflush(stdout);
+                return 0;
+            }
+            printf("forked 0 pid=%d\n", (int)getpid());
         } else if (strcmp(cmd, "free-all") == 0) {
             int n = 0;
             r = free_all(api, &n);

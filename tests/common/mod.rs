@@ -133,6 +133,34 @@ impl Run {
         }
     }
 
+    /// As [`output`](Self::output), but kills the program if it is still running after
+    /// `limit` and returns `None` (a test of something that used to hang).
+    pub fn output_within(mut self, limit: std::time::Duration) -> Option<Result> {
+        let mut child = self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn test program");
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for test program") {
+                break Some(status);
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_string(&mut stdout);
+        }
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let _ = std::fs::remove_file(&self.region);
+        let _ = std::fs::remove_file(self.region.with_extension("node"));
+        Some(Result { status: status?, stdout, stderr })
+    }
+
     /// Starts the program with stdin and stdout piped, for a test that reads its lines as they
     /// come and holds it at its `wait` commands (see [`Spawned`]).
     pub fn spawn(mut self) -> Spawned {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use lexopt::prelude::*;
 use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::{DEFAULT_SHARED_CACHE, SHARED_CACHE};
-use vgpu_core::size::{ACCEPTED_SIZES, parse_size};
+use vgpu_core::size::{ACCEPTED_SIZES, parse_cap};
 
 use crate::CliError;
 
@@ -301,7 +301,9 @@ pub fn parse_memory(cmd: &'static str, value: &str) -> Result<u64, CliError> {
     if value.trim().eq_ignore_ascii_case("unlimited") {
         return Ok(0);
     }
-    parse_size(value)
+    // Sizes that round to nothing or fit no context (`2048`: a forgotten unit) are refused.
+    parse_cap(value)
+        .map(|cap| cap.unwrap_or(0))
         .map_err(|e| invalid(cmd, "--memory", value, &e.to_string(), &format!("{ACCEPTED_MEMORY}{ACCEPTED_SIZES}")))
 }
 
@@ -368,6 +370,8 @@ mod tests {
             (&["set", "--device", "16", "--sm", "1"], "--device \"16\" is invalid (out of range)"),
             (&["set"], "nothing to set"),
             (&["set", "--memory"], "--memory needs a value"),
+            (&["set", "--memory", "2048"], "--memory \"2048\" is invalid (2048 bytes is below the smallest cap"),
+            (&["set", "--memory", "0.0001k"], "--memory \"0.0001k\" is invalid (rounds to 0 bytes"),
             (&["reap", "--json"], "unknown option \"--json\""),
             (&["frobnicate"], "unknown command"),
             (&["--foo"], "unknown option \"--foo\""),

@@ -24,6 +24,41 @@ const CMD: &str = "exporter";
 const MAX_CONNECTIONS: usize = 64;
 const MAX_REQUEST: usize = 16 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole request head must arrive within this, however it is split into reads: a client
+/// that trickles a byte at a time cannot hold a connection for longer.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Connections still reading their request head, oldest first. When every connection is taken,
+/// a new one evicts the oldest of these: a scrape sends its head at once, so clients that hold
+/// connections without finishing a request (slow or hostile) lose their place to it.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    conns: Vec<(u64, TcpStream)>,
+}
+
+impl Pending {
+    fn add(&mut self, stream: &TcpStream) -> Option<u64> {
+        let clone = stream.try_clone().ok()?;
+        self.next += 1;
+        self.conns.push((self.next, clone));
+        Some(self.next)
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.conns.retain(|(i, _)| *i != id);
+    }
+
+    /// Shuts the oldest pending connection down (its thread then ends); false if none.
+    fn evict_oldest(&mut self) -> bool {
+        if self.conns.is_empty() {
+            return false;
+        }
+        let (_, s) = self.conns.remove(0);
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        true
+    }
+}
 /// The dashboard: one self-contained page (no framework, nothing fetched from elsewhere), so it
 /// works on an air-gapped node.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -244,16 +279,20 @@ pub fn serve(o: ExporterOpts) -> Result<String, CliError> {
     });
     spawn_sampler(Arc::clone(&reader), o.sample_interval)?;
     let active = Arc::new(AtomicUsize::new(0));
+    let pending = Arc::new(Mutex::new(Pending::default()));
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         if active.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, SeqCst);
-            let _ = respond(&mut stream, 503, "text/plain; charset=utf-8", b"too many connections\n", false);
-            continue;
+            // Full: take the place of the oldest connection that has not sent its request yet.
+            if !pending.lock().unwrap_or_else(|p| p.into_inner()).evict_oldest() {
+                active.fetch_sub(1, SeqCst);
+                let _ = respond(&mut stream, 503, "text/plain; charset=utf-8", b"too many connections\n", false);
+                continue;
+            }
         }
-        let (reader, done) = (Arc::clone(&reader), Arc::clone(&active));
+        let (reader, done, pending) = (Arc::clone(&reader), Arc::clone(&active), Arc::clone(&pending));
         let spawned = std::thread::Builder::new().name("vgpu-exporter-conn".into()).spawn(move || {
-            handle(stream, &reader);
+            handle(stream, &reader, &pending);
             done.fetch_sub(1, SeqCst);
         });
         if spawned.is_err() {
@@ -286,28 +325,45 @@ fn spawn_sampler(reader: Arc<Reader>, interval: Duration) -> Result<(), CliError
 }
 
 /// One request, one response, then close.
-fn handle(mut stream: TcpStream, reader: &Reader) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+fn handle(mut stream: TcpStream, reader: &Reader, pending: &Mutex<Pending>) {
+    let id = pending.lock().unwrap_or_else(|p| p.into_inner()).add(&stream);
+    let head_end = read_head(&mut stream, &mut Vec::with_capacity(1024));
+    if let Some(id) = id {
+        pending.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+    serve_head(stream, reader, head_end);
+}
+
+/// Reads up to the end of the request head, within [`REQUEST_DEADLINE`] in all; the head's
+/// bytes and where it ends, or what arrived when it did not.
+fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(Vec<u8>, usize), Vec<u8>> {
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let mut buf = Vec::with_capacity(1024);
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut chunk = [0u8; 1024];
-    let head_end = loop {
+    loop {
         if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break Some(pos);
+            return Ok((std::mem::take(buf), pos));
         }
-        if buf.len() > MAX_REQUEST {
-            break None;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if buf.len() > MAX_REQUEST || left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Err(std::mem::take(buf));
         }
         match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break None,
+            Ok(0) | Err(_) => return Err(std::mem::take(buf)),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-    };
-    let Some(end) = head_end else {
-        if !buf.is_empty() {
-            let _ = respond(&mut stream, 400, "text/plain; charset=utf-8", b"bad request\n", false);
+    }
+}
+
+fn serve_head(mut stream: TcpStream, reader: &Reader, head: Result<(Vec<u8>, usize), Vec<u8>>) {
+    let (buf, end) = match head {
+        Ok(h) => h,
+        Err(partial) => {
+            if !partial.is_empty() {
+                let _ = respond(&mut stream, 400, "text/plain; charset=utf-8", b"bad request\n", false);
+            }
+            return;
         }
-        return;
     };
     let head = String::from_utf8_lossy(&buf[..end]);
     let mut parts = head.lines().next().unwrap_or("").split(' ');

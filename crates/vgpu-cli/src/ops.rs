@@ -14,8 +14,10 @@ use crate::render::{self, cap, percent, size};
 use crate::snapshot::{self, SCHEMA_VERSION, Scan, Skipped};
 
 /// Never `open_or_create`: a region is the container's to create, with its environment's limits.
+/// A copy read with `pread`, never a mapping: a tenant truncating its file under a mapping would
+/// kill the command (SIGBUS); writes go through `Region::set_limit` and `reap` (`pwrite`).
 fn open(path: &Path) -> Result<Region, CliError> {
-    Region::open_existing(path).map_err(|e| CliError::Runtime(e.to_string()))
+    Region::open_copy(path).map_err(|e| CliError::Runtime(e.to_string()))
 }
 
 pub fn json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
@@ -57,11 +59,14 @@ pub fn collect_scan(dir: &Path) -> Result<Scan, CliError> {
     }
     let mut regions = Vec::new();
     for path in candidates {
-        // `metadata` follows symlinks, like the library opening the path would.
-        match fs::metadata(&path) {
+        // `symlink_metadata`: the library never follows a link at a region's path, nor do we.
+        match fs::symlink_metadata(&path) {
             Err(e) => skipped.push(skip(&path, "unreadable", e.to_string())),
             Ok(m) if m.is_dir() => {
                 skipped.push(skip(&path, "directory", "directory (only one level below DIR is scanned)".into()))
+            }
+            Ok(m) if m.file_type().is_symlink() => {
+                skipped.push(skip(&path, "symbolic link", "a symbolic link (never followed)".into()))
             }
             // A FIFO or device would block or misbehave on open: never touch non-regular files.
             Ok(m) if !m.is_file() => skipped.push(skip(&path, "not a regular file", "not a regular file".into())),
@@ -70,7 +75,7 @@ pub fn collect_scan(dir: &Path) -> Result<Scan, CliError> {
                 "not a region file",
                 "not a region file (it does not start with the region's magic number)".into(),
             )),
-            Ok(_) => match Region::open_existing(&path) {
+            Ok(_) => match Region::open_copy(&path) {
                 Ok(r) => regions.push(snapshot::take(&r, &path.display().to_string())),
                 Err(e) => {
                     let kind = match &e {
@@ -145,14 +150,14 @@ pub fn set(path: &Path, devices: &[usize], memory: Option<Setting>, sm: Option<S
     let mut out = String::new();
     for &d in &targets {
         if memory == Some(Setting::Env) {
-            region.set_operator_mark(d, Limit::Memory, false);
+            region.set_operator_mark(d, Limit::Memory, false).map_err(|e| write_error(path, e))?;
             out += &format!(
                 "device {d}: memory cap handed back to the processes' environment (the next process to start when none runs sets it)\n"
             );
         }
         if let Some(Setting::To(new)) = memory {
-            region.set_operator_mark(d, Limit::Memory, true);
-            let old = s.limit[d].swap(new, SeqCst);
+            region.set_operator_mark(d, Limit::Memory, true).map_err(|e| write_error(path, e))?;
+            let old = region.set_limit(d, new).map_err(|e| write_error(path, e))?;
             out += &change(d, "memory cap", cap((old != 0).then_some(old)), cap((new != 0).then_some(new)));
             let used = charged(&region, d);
             if new != 0 && used > new {
@@ -165,18 +170,22 @@ pub fn set(path: &Path, devices: &[usize], memory: Option<Setting>, sm: Option<S
             }
         }
         if sm == Some(Setting::Env) {
-            region.set_operator_mark(d, Limit::Sm, false);
+            region.set_operator_mark(d, Limit::Sm, false).map_err(|e| write_error(path, e))?;
             out += &format!(
                 "device {d}: SM limit handed back to the processes' environment (the next process to start when none runs sets it)\n"
             );
         }
         if let Some(Setting::To(new)) = sm {
-            region.set_operator_mark(d, Limit::Sm, true);
-            let old = s.sm_limit[d].swap(new, SeqCst);
+            region.set_operator_mark(d, Limit::Sm, true).map_err(|e| write_error(path, e))?;
+            let old = region.set_sm_limit(d, new).map_err(|e| write_error(path, e))?;
             out += &change(d, "SM limit", percent(sm_of(old)), percent(sm_of(new)));
         }
     }
     Ok(out)
+}
+
+fn write_error(path: &Path, e: std::io::Error) -> CliError {
+    CliError::Runtime(format!("cannot write region file {}: {e}", path.display()))
 }
 
 fn change(dev: usize, what: &str, old: String, new: String) -> String {

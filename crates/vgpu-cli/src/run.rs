@@ -182,7 +182,7 @@ fn private_dir() -> Result<PathBuf, CliError> {
 /// reads them live from the file), and so do limits an operator set with `vgpu set`: say so if
 /// they differ from the command line. A region nobody holds takes the command's limits.
 fn warn_if_region_differs(path: &Path, o: &RunOpts) {
-    let Ok(region) = Region::open_existing(path) else { return };
+    let Ok(region) = Region::open_copy(path) else { return };
     let held = region.any_live_slot();
     let s = region.shared();
     let devices: Vec<usize> = if o.devices.is_empty() {
@@ -365,6 +365,7 @@ mod tests {
             (&["--frob", "--", "x"], r#"unknown option "--frob" for `vgpu run`"#),
             (&["--lib", "", "--memory", "1g", "--", "x"], "--lib needs a path"),
             (&["--memory"], "--memory needs a value"),
+            (&["--memory", "2048", "--", "x"], r#"--memory "2048" is invalid (2048 bytes is below the smallest cap"#),
         ] {
             match p(args) {
                 Err(CliError::Usage { msg, cmd }) => {

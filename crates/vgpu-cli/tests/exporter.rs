@@ -461,3 +461,80 @@ fn history_samples_memory_and_the_achieved_share() {
     assert_eq!(busy, 1, "one interval saw the charge: {:#?}", &pts[before..]);
     assert!(points(&v, 0) >= 2, "every device of the region is sampled");
 }
+
+/// Issue 15, defect 12: clients that trickle their request a byte at a time hold no
+/// connection past the request deadline, and scrapes keep working while they try.
+#[test]
+fn slow_clients_cannot_lock_scrapes_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    drop(region(&path, GIB));
+    let e = Exporter::start(&["--cache", path.to_str().unwrap()]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..70)
+        .map(|_| {
+            let (addr, stop) = (e.addr.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                // One byte now and then, reconnecting whenever dropped, until told to stop.
+                while !stop.load(SeqCst) {
+                    let Ok(mut s) = TcpStream::connect(&addr) else { continue };
+                    while !stop.load(SeqCst) && s.write_all(b"G").is_ok() {
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let (code, _, body) = e.get("/metrics");
+        assert_eq!(code, 200, "{body}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(3), "{:?}", t.elapsed());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    stop.store(true, SeqCst);
+    for t in slow {
+        t.join().unwrap();
+    }
+}
+
+/// Issue 15, defect 4: a tenant truncating and re-growing its own region cannot kill the
+/// exporter (nor `vgpu status`): they read copies, never a mapping of the tenant's file.
+#[test]
+fn a_region_truncated_and_regrown_under_the_readers_does_not_kill_them() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    {
+        let r = region(&path, GIB);
+        // Every slot in use, so a reader walks every page of the file.
+        r.shared().proc_num.store(vgpu_region::layout::MAX_PROCS as i32, SeqCst);
+    }
+    let image = std::fs::read(&path).unwrap();
+    let e = Exporter::start(&["--cache", path.to_str().unwrap(), "--sample-interval", "0.5"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tenant = {
+        let (path, stop) = (path.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            while !stop.load(SeqCst) {
+                f.set_len(0).unwrap();
+                f.write_all_at(&image, 0).unwrap();
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut statuses = 0;
+    while std::time::Instant::now() < deadline {
+        let o = vgpu(&["status", "--cache", path.to_str().unwrap(), "--json"]);
+        assert!(o.status.code().is_some(), "vgpu status killed by a signal: {:?}", o.status);
+        let _ = e.get("/metrics");
+        statuses += 1;
+    }
+    stop.store(true, SeqCst);
+    tenant.join().unwrap();
+    let mut e = e;
+    assert!(e.child.try_wait().unwrap().is_none(), "the exporter died: {:?}", e.child.try_wait());
+    assert!(statuses > 0);
+}

@@ -6,7 +6,7 @@
 //! Parsing is a pure function of the variables so tests never touch the process environment.
 
 use crate::MAX_DEVICES;
-use crate::size::{ACCEPTED_SIZES, parse_size};
+use crate::size::{ACCEPTED_SIZES, parse_cap, parse_size};
 
 pub const MEMORY_LIMIT: &str = "CUDA_DEVICE_MEMORY_LIMIT";
 pub const SM_LIMIT: &str = "CUDA_DEVICE_SM_LIMIT";
@@ -28,6 +28,10 @@ pub const NODE_FILE: &str = "LIBVGPU_NODE_FILE";
 pub const DEFAULT_NODE_FILE: &str = "/tmp/libvgpu-node.v2";
 /// Ours: a limited container also takes the GPU time others leave idle.
 pub const SM_BURST: &str = "LIBVGPU_SM_BURST";
+/// Our own: owners (uids) of a region or node table file to trust besides this process's own uid
+/// and root: a comma-separated list of numeric uids, or `*` for any owner. For containers whose
+/// processes run as several users (see docs/security.md).
+pub const TRUSTED_UIDS: &str = "LIBVGPU_TRUSTED_UIDS";
 /// HAMi: 0 high priority, 1 low (default).
 pub const TASK_PRIORITY: &str = "CUDA_TASK_PRIORITY";
 /// HAMi: FORCE always limits SM, DISABLE never, anything else follows the region's
@@ -40,6 +44,33 @@ pub const OVERSUBSCRIBE: &str = "CUDA_OVERSUBSCRIBE";
 pub const SPILL_LIMIT: &str = "LIBVGPU_SPILL_LIMIT";
 /// Without `LIBVGPU_SPILL_LIMIT`, the spill limit is this many times the device's cap.
 pub const DEFAULT_SPILL_FACTOR: u64 = 2;
+
+/// Whose shared files (region, node table) a process joins. A file written by another user can
+/// change this process's caps and shares, so by default only files owned by the process's own
+/// (effective) uid or by root are trusted; `LIBVGPU_TRUSTED_UIDS` adds others.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedOwners {
+    /// `*`: any owner.
+    pub any: bool,
+    pub uids: Vec<u32>,
+}
+
+impl TrustedOwners {
+    /// Whether a file owned by `owner` may be joined by a process running as `me`.
+    pub fn allows(&self, owner: u32, me: u32) -> bool {
+        owner == me || owner == 0 || self.any || self.uids.contains(&owner)
+    }
+
+    /// `1000,1001` or `*`; `None` for anything else.
+    pub fn parse(value: &str) -> Option<TrustedOwners> {
+        let v = value.trim();
+        if v == "*" {
+            return Some(TrustedOwners { any: true, uids: Vec::new() });
+        }
+        let uids = v.split(',').map(|u| u.trim().parse::<u32>().ok()).collect::<Option<Vec<u32>>>()?;
+        Some(TrustedOwners { any: false, uids })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CorePolicy {
@@ -84,6 +115,8 @@ pub struct Config {
     pub oversubscribe: bool,
     /// `LIBVGPU_SPILL_LIMIT` in bytes; `None` = twice the device's cap (see [`Config::spill_limit`]).
     pub spill_limit: Option<u64>,
+    /// Owners of shared files to trust besides our own uid and root.
+    pub trusted: TrustedOwners,
 }
 
 impl Default for Config {
@@ -103,6 +136,7 @@ impl Default for Config {
             reconcile_ms: Some(DEFAULT_RECONCILE_MS),
             oversubscribe: false,
             spill_limit: None,
+            trusted: TrustedOwners::default(),
         }
     }
 }
@@ -135,6 +169,7 @@ const ACCEPTED_MODE: &str = "octal permission bits, e.g. 0600 (owner only) or 06
 const ACCEPTED_PRIORITY: &str = "0 (high) or 1 (low)";
 const ACCEPTED_SWITCH: &str = "1, true, yes or on; 0, false, no or off";
 const ACCEPTED_BOOL: &str = "true or 1; false or 0";
+const ACCEPTED_UIDS: &str = "numeric uids separated by commas, e.g. 1000,1001, or * for any owner";
 
 /// Which device(s) a limit variable names.
 #[derive(Clone, Copy)]
@@ -164,15 +199,12 @@ impl Config {
                 if value.trim().is_empty() {
                     continue;
                 }
-                match parse_size(value) {
+                match parse_cap(value) {
                     // HAMi: 0 means no cap.
-                    Ok(bytes) => {
-                        let cap = (bytes > 0).then_some(bytes);
-                        match target {
-                            Target::All => memory_all = Some(cap),
-                            Target::Device(i) => memory_dev[i] = Some(cap),
-                        }
-                    }
+                    Ok(cap) => match target {
+                        Target::All => memory_all = Some(cap),
+                        Target::Device(i) => memory_dev[i] = Some(cap),
+                    },
                     Err(e) => errors.push(error(e.to_string(), ACCEPTED_SIZES, NOT_APPLIED)),
                 }
             } else if let Some(target) = limit_target(name, SM_LIMIT, &mut errors, value) {
@@ -200,7 +232,14 @@ impl Config {
             } else if name == SHARED_CACHE && !value.trim().is_empty() {
                 config.shared_cache = value.to_string();
             } else if name == VISIBLE_DEVICES {
-                config.visible_devices = Some(value.to_string());
+                match crate::devices::first_invalid_entry(value) {
+                    None => config.visible_devices = Some(value.to_string()),
+                    Some(entry) => errors.push(error(
+                        format!("entry {entry:?} names no device"),
+                        "device indices, GPU-<uuid> or MIG-<uuid>, separated by commas",
+                        "CUDA hides the devices from that entry on; memory views show every device with its cap",
+                    )),
+                }
             } else if name == REGION_MODE {
                 let digits = value.trim().trim_start_matches("0o");
                 match u32::from_str_radix(digits, 8) {
@@ -269,6 +308,18 @@ impl Config {
                         )),
                     }
                 }
+            } else if name == TRUSTED_UIDS {
+                if value.trim().is_empty() {
+                    continue;
+                }
+                match TrustedOwners::parse(value) {
+                    Some(t) => config.trusted = t,
+                    None => errors.push(error(
+                        "not a list of uids".into(),
+                        ACCEPTED_UIDS,
+                        "trusting only files of this process's own uid and root",
+                    )),
+                }
             } else if name == CONTEXT_OVERHEAD {
                 match parse_size(value) {
                     Ok(bytes) => config.context_overhead = Some(bytes),
@@ -284,19 +335,50 @@ impl Config {
     }
 
     pub fn from_env() -> (Config, Vec<ConfigError>) {
+        Config::from_os_vars(std::env::vars_os())
+    }
+
+    /// As [`from_vars`](Self::from_vars), from the raw environment. A value that is not UTF-8 is
+    /// read with U+FFFD in place of its bad bytes, so it is refused with the same line as any
+    /// other bad value (no parser accepts U+FFFD); a path or device list is not guessed at.
+    pub fn from_os_vars(
+        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> (Config, Vec<ConfigError>) {
         use std::os::unix::ffi::OsStrExt;
+        let mut owned: Vec<(String, String)> = Vec::new();
+        let mut errors = Vec::new();
         // Filter on the raw bytes first: only our few variables are converted (and copied).
-        let vars: Vec<(String, String)> = std::env::vars_os()
-            .filter(|(k, _)| {
-                let k = k.as_bytes();
-                k.starts_with(b"CUDA_")
-                    || k.starts_with(b"LIBCUDA_")
-                    || k.starts_with(b"LIBVGPU_")
-                    || k == CORE_POLICY.as_bytes()
-            })
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
-        Config::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        for (k, v) in vars {
+            let kb = k.as_bytes();
+            if !(kb.starts_with(b"CUDA_")
+                || kb.starts_with(b"LIBCUDA_")
+                || kb.starts_with(b"LIBVGPU_")
+                || kb == CORE_POLICY.as_bytes())
+            {
+                continue;
+            }
+            let Ok(name) = k.into_string() else { continue };
+            match v.into_string() {
+                Ok(value) => owned.push((name, value)),
+                Err(raw) => {
+                    let lossy = raw.to_string_lossy().into_owned();
+                    if [SHARED_CACHE, NODE_FILE, VISIBLE_DEVICES].contains(&name.as_str()) {
+                        errors.push(ConfigError {
+                            variable: name,
+                            value: lossy,
+                            problem: "not valid UTF-8".into(),
+                            accepted: "UTF-8 text",
+                            consequence: "this variable is ignored",
+                        });
+                    } else {
+                        owned.push((name, lossy));
+                    }
+                }
+            }
+        }
+        let (config, more) = Config::from_vars(owned.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        errors.extend(more);
+        (config, errors)
     }
 
     /// Host memory the container may spill past a device's cap (`cap`), when oversubscription
@@ -507,6 +589,62 @@ mod tests {
         let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", ""), ("CUDA_DEVICE_SM_LIMIT", " ")]);
         assert!(e.is_empty());
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_get_the_bad_value_line() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        for name in [
+            "CUDA_DEVICE_MEMORY_LIMIT",
+            "CUDA_DEVICE_MEMORY_LIMIT_0",
+            "CUDA_DEVICE_SM_LIMIT",
+            "CUDA_DEVICE_SM_LIMIT_1",
+            "LIBCUDA_LOG_LEVEL",
+            "LIBVGPU_REGION_MODE",
+            "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+        ] {
+            let vars = vec![(OsString::from(name), OsString::from_vec(b"1g\xa0".to_vec()))];
+            let (c, e) = Config::from_os_vars(vars);
+            assert_eq!(e.len(), 1, "{name}: {e:?}");
+            let line = e[0].to_string();
+            assert!(line.starts_with(&format!("{name}=")) && line.contains("invalid"), "{line}");
+            assert_eq!(c.memory_limit, [None; MAX_DEVICES], "{name}");
+            assert_eq!(c.shared_cache, DEFAULT_SHARED_CACHE);
+        }
+    }
+
+    #[test]
+    fn caps_that_round_to_nothing_or_are_tiny_are_refused() {
+        for v in ["0.0001k", "0.0000000001g", "2", "2048"] {
+            let (c, e) = parse(&[("CUDA_DEVICE_MEMORY_LIMIT", v)]);
+            assert_eq!(c.memory_limit[0], None, "{v}");
+            assert_eq!(e.len(), 1, "{v}");
+            assert!(e[0].to_string().contains(&format!("{v:?}")), "{}", e[0]);
+        }
+        assert_eq!(parse(&[("CUDA_DEVICE_MEMORY_LIMIT", "0")]).1, vec![]);
+    }
+
+    #[test]
+    fn an_invalid_visible_devices_entry_is_reported_and_views_keep_their_caps() {
+        let (c, e) = parse(&[("CUDA_VISIBLE_DEVICES", "GPUé1"), ("CUDA_DEVICE_MEMORY_LIMIT", "1g")]);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].to_string().contains("\"GPUé1\""), "{}", e[0]);
+        assert_eq!((c.visible_devices, c.memory_limit[0]), (None, Some(GIB)));
+        assert_eq!(parse(&[("CUDA_VISIBLE_DEVICES", "1,0")]).0.visible_devices.as_deref(), Some("1,0"));
+    }
+
+    #[test]
+    fn trusted_uids() {
+        assert_eq!(parse(&[]).0.trusted, TrustedOwners::default());
+        let (c, e) = parse(&[("LIBVGPU_TRUSTED_UIDS", "1000, 1001")]);
+        assert!(e.is_empty());
+        assert_eq!(c.trusted.uids, vec![1000, 1001]);
+        assert!(c.trusted.allows(1001, 5) && c.trusted.allows(0, 5) && c.trusted.allows(5, 5));
+        assert!(!c.trusted.allows(1002, 5));
+        assert!(parse(&[("LIBVGPU_TRUSTED_UIDS", "*")]).0.trusted.allows(65534, 5));
+        let (c, e) = parse(&[("LIBVGPU_TRUSTED_UIDS", "nobody")]);
+        assert_eq!((c.trusted, e.len()), (TrustedOwners::default(), 1));
     }
 
     #[test]

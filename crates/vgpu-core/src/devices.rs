@@ -20,7 +20,7 @@ pub fn parse_visible_devices(value: &str) -> Vec<VisibleEntry> {
         let entry = raw.trim();
         if let Ok(i) = entry.parse::<usize>() {
             out.push(VisibleEntry::Index(i));
-        } else if entry.len() > 4 && entry[..4].eq_ignore_ascii_case("GPU-") {
+        } else if entry.len() > 4 && entry.as_bytes()[..4].eq_ignore_ascii_case(b"GPU-") {
             out.push(VisibleEntry::Uuid(entry.to_ascii_lowercase()));
         } else if entry.starts_with("MIG-") {
             out.push(VisibleEntry::Unsupported(entry.to_string()));
@@ -29,6 +29,16 @@ pub fn parse_visible_devices(value: &str) -> Vec<VisibleEntry> {
         }
     }
     out
+}
+
+/// The first entry of the list that names nothing (CUDA ignores it and every entry after it);
+/// `None` when every entry is an index, a `GPU-` UUID or a `MIG-` name. An empty list is valid.
+pub fn first_invalid_entry(value: &str) -> Option<&str> {
+    if value.trim().is_empty() {
+        return None;
+    }
+    let valid = parse_visible_devices(value).len();
+    value.split(',').nth(valid).map(str::trim)
 }
 
 /// For each CUDA ordinal, the UUID of the physical device (`None` for a MIG instance, which
@@ -138,6 +148,20 @@ mod tests {
     fn list_stops_at_first_invalid_entry() {
         assert_eq!(parse_visible_devices("1,x,0"), vec![VisibleEntry::Index(1)]);
         assert_eq!(parse_visible_devices(""), vec![]);
+    }
+
+    #[test]
+    fn non_ascii_entries_end_the_list_without_panicking() {
+        for v in ["GPUé1", "GPé", "é", "0,GPUé1", "GPU-é", "ééééé,1"] {
+            let _ = ordinal_uuids(Some(v), &phys());
+        }
+        assert_eq!(parse_visible_devices("GPUé1"), vec![]);
+        assert_eq!(parse_visible_devices("0,GPUé1,1"), vec![VisibleEntry::Index(0)]);
+        assert_eq!(parse_visible_devices("GPU-é"), vec![VisibleEntry::Uuid("gpu-é".into())]);
+        assert_eq!(first_invalid_entry("GPUé1"), Some("GPUé1"));
+        assert_eq!(first_invalid_entry("0, x ,1"), Some("x"));
+        assert_eq!(first_invalid_entry("0,GPU-ab,MIG-x"), None);
+        assert_eq!(first_invalid_entry(""), None);
     }
 
     #[test]

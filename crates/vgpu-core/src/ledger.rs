@@ -70,6 +70,12 @@ pub trait Accounting: Send + Sync {
     }
     /// The spill limit refused an allocation (counted for operators).
     fn record_spill_denial(&self, _dev: usize) {}
+    /// Changes when this process is no longer the one the records were made in (a forked
+    /// child): the ledger then forgets every record, since the parent's memory is not the
+    /// child's to free or to count.
+    fn epoch(&self) -> u64 {
+        0
+    }
 }
 
 /// A tiny multiply-fold hasher for the ledger's keys (pointers and handles): SipHash's DoS
@@ -236,16 +242,43 @@ pub struct MemoryLedger<A: Accounting> {
     /// Device pointers kept in `live` (their table window was full): while 0, a pointer's free
     /// never takes the mutex.
     pointers_in_map: AtomicUsize,
+    /// The accounting's epoch the records belong to (see [`Accounting::epoch`]).
+    epoch: AtomicU64,
 }
 
 impl<A: Accounting> MemoryLedger<A> {
     pub fn new(accounting: A) -> Self {
+        let epoch = AtomicU64::new(accounting.epoch());
         MemoryLedger {
             accounting,
             pointers: OnceLock::new(),
             live: Mutex::new(FastMap::default()),
             pointers_in_map: AtomicUsize::new(0),
+            epoch,
         }
+    }
+
+    /// Forgets every record (without uncharging: the charges were the parent's) when the
+    /// accounting's epoch moved on: one relaxed load and compare on each operation.
+    #[inline]
+    fn check_epoch(&self) {
+        let now = self.accounting.epoch();
+        if self.epoch.load(Ordering::Relaxed) != now {
+            self.forget_all(now);
+        }
+    }
+
+    #[cold]
+    fn forget_all(&self, now: u64) {
+        let mut live = self.lock();
+        if self.epoch.swap(now, Ordering::AcqRel) == now {
+            return;
+        }
+        if let Some(t) = self.pointers.get() {
+            t.remove_where(|_| true);
+        }
+        live.clear();
+        self.pointers_in_map.store(0, Ordering::Release);
     }
 
     pub fn accounting(&self) -> &A {
@@ -295,6 +328,7 @@ impl<A: Accounting> MemoryLedger<A> {
         reconsider: impl FnOnce() -> bool,
         spill_limit: impl FnOnce(Option<u64>) -> Option<u64>,
     ) -> Result<Reservation<'_, A>, Denied> {
+        self.check_epoch();
         let limit = self.accounting.limit(dev);
         if self.accounting.try_charge(dev, bytes, limit)
             || (reconsider() && self.accounting.try_charge(dev, bytes, self.accounting.limit(dev)))
@@ -327,6 +361,7 @@ impl<A: Accounting> MemoryLedger<A> {
 
     /// Records memory that exists already and cannot be refused (a context's own cost).
     pub fn record(&self, key: Key, alloc: Allocation) {
+        self.check_epoch();
         self.accounting.charge(alloc.dev, alloc.bytes, alloc.kind);
         self.insert(key, alloc);
     }
@@ -342,6 +377,7 @@ impl<A: Accounting> MemoryLedger<A> {
     /// once the driver has freed, another thread may be handed the same pointer and record it.
     /// Then [`uncharge`](Self::uncharge) it, or [`restore`](Self::restore) it if the free failed.
     pub fn take(&self, key: Key) -> Option<Allocation> {
+        self.check_epoch();
         if let Key::DevicePtr(p) = key {
             if let Some(a) = self.pointers.get().and_then(|t| t.remove(p)) {
                 return Some(a);
@@ -366,6 +402,7 @@ impl<A: Accounting> MemoryLedger<A> {
 
     /// Releases everything a destroyed context owned; returns the bytes released.
     pub fn release_context(&self, context: u64) -> u64 {
+        self.check_epoch();
         let mut freed = self.pointers.get().map(|t| t.remove_where(|a| a.context == context)).unwrap_or_default();
         {
             let mut live = self.lock();
@@ -389,6 +426,7 @@ impl<A: Accounting> MemoryLedger<A> {
     }
 
     pub fn lookup(&self, key: Key) -> Option<Allocation> {
+        self.check_epoch();
         if let Key::DevicePtr(p) = key {
             if let Some(a) = self.pointers.get().and_then(|t| t.get(p)) {
                 return Some(a);
@@ -405,6 +443,7 @@ impl<A: Accounting> MemoryLedger<A> {
 
     /// Device bytes this process holds on `dev`, by our own records (spilled ones excluded).
     pub fn held_by_process(&self, dev: usize) -> u64 {
+        self.check_epoch();
         let on_device = |a: &Allocation| a.dev == dev && a.kind != Kind::Spilled;
         let mut held = 0;
         if let Some(t) = self.pointers.get() {
@@ -442,6 +481,17 @@ impl<A: Accounting> MemoryLedger<A> {
         let a = self.lock().remove(&key)?;
         self.pointers_in_map.fetch_sub(1, Ordering::AcqRel);
         Some(a)
+    }
+
+    /// Bytes this process holds on `dev` of `kind`, by our own records (to charge them again in
+    /// a new region).
+    pub fn held_by_process_of(&self, dev: usize, kind: Kind) -> u64 {
+        self.check_epoch();
+        let mut held = 0;
+        if let Some(t) = self.pointers.get() {
+            t.for_each(|a| held += if a.dev == dev && a.kind == kind { a.bytes } else { 0 });
+        }
+        held + self.lock().values().filter(|a| a.dev == dev && a.kind == kind).map(|a| a.bytes).sum::<u64>()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<Key, Allocation>> {
@@ -736,6 +786,45 @@ mod tests {
         assert_eq!(l.release(Key::Context(5)).unwrap().bytes, 10 * MIB);
         assert_eq!(l.used(0), 30 * MIB);
         assert_eq!(l.held_by_process(0), 30 * MIB);
+    }
+
+    /// Issue 15, defect 13: a forked child (a new epoch) starts with no records of the parent's
+    /// memory: freeing its copy of a parent's pointer takes nothing off the child's count.
+    #[test]
+    fn a_new_epoch_forgets_the_parents_records() {
+        struct Epoch(ProcessAccounting, AtomicU64);
+        impl Accounting for Epoch {
+            fn limit(&self, dev: usize) -> Option<u64> {
+                self.0.limit(dev)
+            }
+            fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
+                self.0.try_charge(dev, bytes, limit)
+            }
+            fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
+                self.0.charge(dev, bytes, kind)
+            }
+            fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
+                self.0.uncharge(dev, bytes, kind)
+            }
+            fn used(&self, dev: usize) -> u64 {
+                self.0.used(dev)
+            }
+            fn epoch(&self) -> u64 {
+                self.1.load(Ordering::Relaxed)
+            }
+        }
+        let mut limits = [None; MAX_DEVICES];
+        limits[0] = Some(1024 * MIB);
+        let l = MemoryLedger::new(Epoch(ProcessAccounting::new(limits), AtomicU64::new(0)));
+        l.reserve(0, 600 * MIB).unwrap().commit(Key::DevicePtr(1), 0);
+        l.record(Key::Context(9), Allocation { dev: 0, bytes: 10 * MIB, kind: Kind::Context, context: 0 });
+        l.accounting().1.store(1, Ordering::Relaxed); // fork
+        l.reserve(0, 100 * MIB).unwrap().commit(Key::DevicePtr(2), 0);
+        assert_eq!(l.release(Key::DevicePtr(1)), None, "the parent's pointer is not the child's");
+        assert_eq!(l.release(Key::Context(9)), None);
+        assert_eq!(l.held_by_process(0), 100 * MIB);
+        assert_eq!(l.held_by_process_of(0, Kind::Data), 100 * MIB);
+        assert_eq!(l.release(Key::DevicePtr(2)).map(|a| a.bytes), Some(100 * MIB));
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum SizeError {
     UnknownUnit(String),
     FractionOfByte,
     TooLarge,
+    /// Not zero, but less than one byte once scaled (`0.0001k`): never "no cap".
+    RoundsToZero,
+    /// A cap so small no CUDA context fits in it (`2`, `2048`): almost surely a missing unit.
+    TooSmall(u64),
 }
 
 impl fmt::Display for SizeError {
@@ -29,6 +33,13 @@ impl fmt::Display for SizeError {
             SizeError::UnknownUnit(u) => write!(f, "unknown unit {u:?}"),
             SizeError::FractionOfByte => write!(f, "a fraction needs a unit (k, m, g or t)"),
             SizeError::TooLarge => write!(f, "too large"),
+            SizeError::RoundsToZero => write!(f, "rounds to 0 bytes; write 0 for no cap"),
+            SizeError::TooSmall(b) => write!(
+                f,
+                "{b} bytes is below the smallest cap, {} MiB (no CUDA context fits); a plain number is bytes: \
+                 add a unit such as m or g, or write 0 for no cap",
+                MIN_CAP >> 20
+            ),
         }
     }
 }
@@ -63,8 +74,25 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
         let denominator = 10u128.pow(digits.len() as u32);
         let extra = (numerator << shift) / denominator;
         bytes = bytes.checked_add(extra as u64).ok_or(SizeError::TooLarge)?;
+        if bytes == 0 && fraction.bytes().any(|b| b != b'0') {
+            return Err(SizeError::RoundsToZero);
+        }
     }
     Ok(bytes)
+}
+
+/// The smallest memory cap accepted: one CUDA context alone costs hundreds of MiB, so a cap
+/// below 1 MiB is a mistake (a forgotten unit), never a useful limit.
+pub const MIN_CAP: u64 = 1 << 20;
+
+/// A memory cap: `Ok(None)` for 0 (HAMi: no cap), an error for a size that rounds to nothing or
+/// is below [`MIN_CAP`].
+pub fn parse_cap(text: &str) -> Result<Option<u64>, SizeError> {
+    match parse_size(text)? {
+        0 => Ok(None),
+        b if b < MIN_CAP => Err(SizeError::TooSmall(b)),
+        b => Ok(Some(b)),
+    }
 }
 
 fn unit_shift(unit: &str) -> Result<u32, SizeError> {
@@ -133,6 +161,20 @@ mod tests {
         assert!(matches!(parse_size("1 g b"), Err(SizeError::UnknownUnit(_))));
         assert_eq!(parse_size("99999999999999999999"), Err(SizeError::TooLarge));
         assert_eq!(parse_size("99999999999t"), Err(SizeError::TooLarge));
+    }
+
+    #[test]
+    fn sizes_that_round_to_nothing_are_refused_not_read_as_no_cap() {
+        assert_eq!(parse_size("0.0001k"), Err(SizeError::RoundsToZero));
+        assert_eq!(parse_size("0.0000000001g"), Err(SizeError::RoundsToZero));
+        assert_eq!(parse_size("0.0k"), Ok(0));
+        assert_eq!(parse_cap("0"), Ok(None));
+        assert_eq!(parse_cap("0.0001k"), Err(SizeError::RoundsToZero));
+        assert_eq!(parse_cap("2"), Err(SizeError::TooSmall(2)));
+        assert_eq!(parse_cap("2048"), Err(SizeError::TooSmall(2048)));
+        assert!(parse_cap("2048").unwrap_err().to_string().contains("add a unit"));
+        assert_eq!(parse_cap("1m"), Ok(Some(MIN_CAP)));
+        assert_eq!(parse_cap("4g"), Ok(Some(4 * GIB)));
     }
 
     proptest! {

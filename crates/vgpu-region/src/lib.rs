@@ -10,6 +10,7 @@ pub mod limits;
 pub mod lock;
 pub mod map;
 pub mod node;
+pub mod open;
 pub mod slots;
 
 pub use accounting::RegionAccounting;

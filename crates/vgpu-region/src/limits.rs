@@ -98,9 +98,9 @@ impl Region {
 
     /// Marks a limit as an operator's (`set` true) or hands it back to the processes'
     /// environment (`set` false: the next process that finds the region unheld replaces it).
-    pub fn set_operator_mark(&self, device: usize, limit: Limit, set: bool) {
+    pub fn set_operator_mark(&self, device: usize, limit: Limit, set: bool) -> std::io::Result<()> {
         if device >= MAX_DEVICES {
-            return;
+            return Ok(());
         }
         let marks = &self.extension().operator_set;
         if set {
@@ -108,6 +108,9 @@ impl Region {
         } else {
             marks.fetch_and(!bit(device, limit), SeqCst);
         }
+        // An operator tool works on a copy of the file: the word goes back with `pwrite`.
+        let at = crate::layout::EXTENSION_OFFSET + std::mem::offset_of!(crate::layout::Extension, operator_set);
+        self.write_back(at..at + 8)
     }
 }
 
@@ -146,14 +149,14 @@ mod tests {
 
         // An operator's cap outlives the processes, until handed back.
         third.shared().limit[1].store(6 << 30, SeqCst);
-        third.set_operator_mark(1, Limit::Memory, true);
+        third.set_operator_mark(1, Limit::Memory, true).unwrap();
         third.release_slot(slot);
         drop(third);
         let fourth = Region::open_or_create(&path, 0o600, &init(Some(1 << 30))).unwrap();
         let (slot, _) = fourth.claim_slot_with_limits(4, 0, &init(Some(1 << 30))).unwrap();
         assert_eq!(fourth.shared().limit[0].load(SeqCst), 1 << 30);
         assert_eq!(fourth.shared().limit[1].load(SeqCst), 6 << 30, "the operator's cap stays");
-        fourth.set_operator_mark(1, Limit::Memory, false);
+        fourth.set_operator_mark(1, Limit::Memory, false).unwrap();
         fourth.release_slot(slot);
         drop(fourth);
         let fifth = Region::open_or_create(&path, 0o600, &init(None)).unwrap();

@@ -43,23 +43,37 @@ pub fn lock(file: &File, offset: u64) -> io::Result<()> {
     ofd(file, libc::F_OFD_SETLKW, libc::F_WRLCK as libc::c_short, offset)
 }
 
-/// Takes the write lock on one byte, waiting at most `wait` (polling): `Ok(false)` when its
-/// holder did not let go in time. For locks another container may hold: a `docker pause`d
-/// process keeps its locks, and nobody may wait on it unboundedly.
-pub fn lock_within(file: &File, offset: u64, wait: std::time::Duration) -> io::Result<bool> {
+/// Takes the write lock on one byte, waiting at most `within`: `Ok(false)` if it is still held
+/// then. The owners of our locks hold them for microseconds, but an owner can be stopped
+/// (`SIGSTOP`, `docker pause`, a debugger) while holding one, and the kernel releases a lock
+/// only when its owner dies: a blocking wait (`F_OFD_SETLKW`) would then hang every new process.
+/// Polls the non-blocking `F_OFD_SETLK`: first by yielding, then with sleeps growing from 50 µs
+/// to 2 ms, so an uncontended or briefly contended lock costs nothing more than before.
+pub fn lock_within(file: &File, offset: u64, within: std::time::Duration) -> io::Result<bool> {
     let start = std::time::Instant::now();
-    let mut nap = std::time::Duration::from_micros(20);
-    loop {
+    let mut pause = std::time::Duration::from_micros(50);
+    for round in 0u32.. {
         if try_lock(file, offset)? {
             return Ok(true);
         }
-        if start.elapsed() >= wait {
+        let waited = start.elapsed();
+        if waited >= within {
             return Ok(false);
         }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(std::time::Duration::from_millis(2));
+        if round < 16 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(pause.min(within - waited));
+            pause = (pause * 2).min(std::time::Duration::from_millis(2));
+        }
     }
+    Ok(false)
 }
+
+/// How long the libraries wait for a shared file's initialisation or claim lock before going on
+/// without the file: far above the microseconds it is held for (a creator prefilling the region
+/// on a loaded host included), far below anything a user would call a hang.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub fn unlock(file: &File, offset: u64) -> io::Result<()> {
     ofd(file, libc::F_OFD_SETLK, libc::F_UNLCK as libc::c_short, offset)
@@ -83,5 +97,27 @@ mod tests {
         drop(a);
         assert!(try_lock(&b, 3).unwrap(), "the kernel released the closed description's lock");
         unlock(&b, 3).unwrap();
+    }
+
+    #[test]
+    fn bounded_wait_gives_up_on_a_held_lock_and_takes_a_released_one() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, [0u8; 16]).unwrap();
+        let holder = File::options().read(true).write(true).open(&path).unwrap();
+        let waiter = File::options().read(true).write(true).open(&path).unwrap();
+        assert!(try_lock(&holder, 0).unwrap());
+        let t = Instant::now();
+        assert!(!lock_within(&waiter, 0, Duration::from_millis(30)).unwrap());
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(30) && waited < Duration::from_secs(2), "{waited:?}");
+        assert!(lock_within(&waiter, 1, Duration::from_millis(30)).unwrap(), "other bytes are free");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(holder);
+        });
+        assert!(lock_within(&waiter, 0, Duration::from_secs(5)).unwrap());
+        releaser.join().unwrap();
     }
 }

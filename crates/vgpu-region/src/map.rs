@@ -9,7 +9,6 @@
 use std::fs::File;
 use std::io;
 use std::mem::offset_of;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
@@ -18,6 +17,7 @@ use vgpu_core::MAX_DEVICES;
 
 use crate::layout::*;
 use crate::lock;
+use crate::open::{OpenError, TrustedOwners, open_shared};
 
 /// Why a region could not be used; `Display` is the one stderr line the user sees.
 #[derive(Debug)]
@@ -28,6 +28,20 @@ pub enum RegionError {
     Corrupt(PathBuf, String),
     WrongVersion(PathBuf, String),
     Missing(PathBuf),
+    /// A link, FIFO or hard-linked file, or a file owned by a user we do not trust.
+    Refused(crate::open::OpenError),
+    /// Another process holds the initialisation lock past [`lock::LOCK_WAIT`] (stopped?).
+    Busy(PathBuf),
+}
+
+impl From<OpenError> for RegionError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Io(p, e) => RegionError::Io(p, e),
+            OpenError::Missing(p) => RegionError::Missing(p),
+            other => RegionError::Refused(other),
+        }
+    }
 }
 
 impl std::fmt::Display for RegionError {
@@ -40,6 +54,13 @@ impl std::fmt::Display for RegionError {
                 write!(f, "region file {} has an unsupported version ({why})", p.display())
             }
             RegionError::Missing(p) => write!(f, "region file {} does not exist", p.display()),
+            RegionError::Refused(e) => write!(f, "region file {e}"),
+            RegionError::Busy(p) => write!(
+                f,
+                "region file {}: another process has held its initialisation lock for over {} ms (stopped?)",
+                p.display(),
+                lock::LOCK_WAIT.as_millis()
+            ),
         }
     }
 }
@@ -58,6 +79,9 @@ pub struct InitParams {
 enum Mapping {
     File(MmapRaw),
     Private(MmapMut),
+    /// A copy of the file read with `pread` (operator tools): a tenant truncating its file
+    /// cannot fault a copy. Writes go to the file with `pwrite` (see [`Region::write_back`]).
+    Copy(MmapMut),
 }
 
 /// Writes zeros over the pages a new region's initialisation and first slot touch, through
@@ -97,21 +121,27 @@ unsafe impl Sync for Region {}
 pub(crate) const INIT_LOCK: u64 = 0;
 
 impl Region {
-    /// Opens the region at `path`, creating and initialising it if it does not exist.
-    /// `mode` is applied with `fchmod` to a file we create (never through the umask).
+    /// Opens the region at `path`, creating and initialising it if it does not exist, trusting
+    /// only files of our own uid or root (see [`open_or_create_trusting`](Self::open_or_create_trusting)).
     pub fn open_or_create(path: &Path, mode: u32, init: &InitParams) -> Result<Region, RegionError> {
+        Self::open_or_create_trusting(path, mode, init, &TrustedOwners::default())
+    }
+
+    /// As [`open_or_create`](Self::open_or_create), joining files owned by `trust`'s uids too.
+    /// Never follows a link or opens a non-regular file (see `open`). `mode` is applied with
+    /// `fchmod` to a file we create (never through the umask). The initialisation lock is waited
+    /// for at most [`lock::LOCK_WAIT`].
+    pub fn open_or_create_trusting(
+        path: &Path,
+        mode: u32,
+        init: &InitParams,
+        trust: &TrustedOwners,
+    ) -> Result<Region, RegionError> {
         let io = |e| RegionError::Io(path.to_path_buf(), e);
-        let (file, created) = match File::options().read(true).write(true).create_new(true).mode(mode).open(path) {
-            Ok(f) => (f, true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                (File::options().read(true).write(true).open(path).map_err(io)?, false)
-            }
-            Err(e) => return Err(io(e)),
-        };
-        if created {
-            file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        let (file, _created) = open_shared(path, true, mode, Some(trust))?;
+        if !lock::lock_within(&file, INIT_LOCK, lock::LOCK_WAIT).map_err(io)? {
+            return Err(RegionError::Busy(path.to_path_buf()));
         }
-        lock::lock(&file, INIT_LOCK).map_err(io)?;
         let result = Self::init_locked(file, path, init);
         if let Ok(r) = &result {
             if let Some(f) = &r.file {
@@ -142,26 +172,111 @@ impl Region {
         let s = region.shared();
         match s.initialized_flag.load(Acquire) {
             MAGIC => {}
-            0 if len == 0 || region.is_all_zero() => region.initialise(init),
+            // New, or its creator died before finishing (the magic is written last, and we hold
+            // the lock it held throughout): initialise it.
+            0 => region.initialise(init),
             other => return Err(RegionError::Corrupt(path.to_path_buf(), format!("initialized_flag {other}"))),
         }
         region.validate()?;
         Ok(region)
     }
 
-    /// Opens an existing, initialised region (the `vgpu` command; NVML-only processes).
+    /// Opens an existing, initialised region and maps it (tests; NVML-only processes). Never
+    /// follows a link; no owner rule.
     pub fn open_existing(path: &Path) -> Result<Region, RegionError> {
-        let file = match File::options().read(true).write(true).open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RegionError::Missing(path.to_path_buf())),
-            Err(e) => return Err(RegionError::Io(path.to_path_buf(), e)),
-        };
+        let (file, _) = open_shared(path, false, 0, None)?;
         let region = Self::map_file(file, path)?;
         if region.shared().initialized_flag.load(Acquire) != MAGIC {
             return Err(RegionError::Corrupt(path.to_path_buf(), "not initialised".into()));
         }
         region.validate()?;
         Ok(region)
+    }
+
+    /// A copy of an existing, initialised region, read with `pread` (the `vgpu` command and its
+    /// exporter): nothing a tenant does to its file afterwards (truncating it) can fault the
+    /// reader. Slot locks are still taken on the file; [`set_limit`](Self::set_limit),
+    /// [`set_sm_limit`](Self::set_sm_limit) and [`reap`](Self::reap) write through to it.
+    pub fn open_copy(path: &Path) -> Result<Region, RegionError> {
+        use std::os::unix::fs::FileExt;
+        let io = |e| RegionError::Io(path.to_path_buf(), e);
+        let (file, _) = open_shared(path, false, 0, None)?;
+        let len = file.metadata().map_err(io)?.len();
+        check_size(path, len)?;
+        let mut map = MmapOptions::new().len(FILE_SIZE).map_anon().map_err(io)?;
+        let mut at = 0;
+        while at < FILE_SIZE {
+            match file.read_at(&mut map[at..], at as u64) {
+                Ok(0) => return Err(check_size(path, at as u64).err().unwrap_or(RegionError::Missing(path.into()))),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        let region = Region { mapping: Mapping::Copy(map), file: Some(file), path: Some(path.to_path_buf()) };
+        if region.shared().initialized_flag.load(Acquire) != MAGIC {
+            return Err(RegionError::Corrupt(path.to_path_buf(), "not initialised".into()));
+        }
+        region.validate()?;
+        Ok(region)
+    }
+
+    /// Replaces a file mapping, in place, with zero-filled private memory: after the file was
+    /// truncated under us, touching the old pages would raise SIGBUS, and no signal handler may
+    /// be installed in the host process. Every reference into the region stays valid (same
+    /// addresses, every byte pattern is a valid atomic); the numbers become zeros, so the
+    /// caller re-attaches right after. A no-op for private memory and copies.
+    pub fn shield(&self) -> io::Result<()> {
+        let Mapping::File(m) = &self.mapping else { return Ok(()) };
+        // SAFETY: MAP_FIXED over exactly the range `m` owns (its own munmap on drop then unmaps
+        // the anonymous pages instead); other threads' accesses see either the old or the new
+        // pages, never unmapped memory, since the kernel replaces the range atomically.
+        let p = unsafe {
+            libc::mmap(
+                m.as_ptr() as *mut libc::c_void,
+                m.len(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Reads `N` bytes of the file at `offset` with `pread`, never through the mapping (a
+    /// truncated file cannot fault it); `None` past the end or without a file.
+    pub fn pread<const N: usize>(&self, offset: u64) -> Option<[u8; N]> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; N];
+        self.file.as_ref()?.read_exact_at(&mut buf, offset).ok()?;
+        Some(buf)
+    }
+
+    /// Writes bytes `range` of a copy back to its file (`pwrite`); nothing for a mapping.
+    pub(crate) fn write_back(&self, range: std::ops::Range<usize>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (Mapping::Copy(_), Some(file)) = (&self.mapping, &self.file) else { return Ok(()) };
+        let range = range.start.min(FILE_SIZE)..range.end.min(FILE_SIZE);
+        // SAFETY: a copy is private memory of FILE_SIZE bytes that only this process writes,
+        // through `&self`'s atomics; reading it as bytes races with nothing that could tear a
+        // byte, and the range is within the mapping.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base().add(range.start), range.len()) };
+        file.write_all_at(bytes, range.start as u64)
+    }
+
+    /// Sets device `dev`'s memory cap (bytes, 0 = none); returns the previous one.
+    pub fn set_limit(&self, dev: usize, bytes: u64) -> io::Result<u64> {
+        let old = self.shared().limit[dev].swap(bytes, SeqCst);
+        self.write_back(field_range(offset_of!(SharedRegion, limit) + dev * 8, 8))?;
+        Ok(old)
+    }
+
+    /// Sets device `dev`'s SM limit (percent, 0 = none); returns the previous one.
+    pub fn set_sm_limit(&self, dev: usize, percent: u64) -> io::Result<u64> {
+        let old = self.shared().sm_limit[dev].swap(percent, SeqCst);
+        self.write_back(field_range(offset_of!(SharedRegion, sm_limit) + dev * 8, 8))?;
+        Ok(old)
     }
 
     /// A region in private memory: the same protocol, for one process, when no file can be used.
@@ -174,14 +289,7 @@ impl Region {
 
     fn map_file(file: File, path: &Path) -> Result<Region, RegionError> {
         let len = file.metadata().map_err(|e| RegionError::Io(path.to_path_buf(), e))?.len();
-        if len < FILE_SIZE as u64 {
-            let why = if len == size_of::<SharedRegion>() as u64 + 1 || len == HAMI_V0_FILE_SIZE {
-                format!("{len} bytes: a HAMi-core region without libvgpu's extension")
-            } else {
-                format!("{len} bytes, expected at least {FILE_SIZE}")
-            };
-            return Err(RegionError::Foreign(path.to_path_buf(), why));
-        }
+        check_size(path, len)?;
         let map =
             MmapOptions::new().len(FILE_SIZE).map_raw(&file).map_err(|e| RegionError::Io(path.to_path_buf(), e))?;
         Ok(Region { mapping: Mapping::File(map), file: Some(file), path: Some(path.to_path_buf()) })
@@ -190,7 +298,7 @@ impl Region {
     fn base(&self) -> *const u8 {
         match &self.mapping {
             Mapping::File(m) => m.as_ptr(),
-            Mapping::Private(m) => m.as_ptr(),
+            Mapping::Private(m) | Mapping::Copy(m) => m.as_ptr(),
         }
     }
 
@@ -210,11 +318,6 @@ impl Region {
 
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
-    }
-
-    fn is_all_zero(&self) -> bool {
-        let s = self.shared();
-        s.major_version.load(Relaxed) == 0 && s.proc_num.load(Relaxed) == 0 && self.extension().magic.load(Relaxed) == 0
     }
 
     fn initialise(&self, init: &InitParams) {
@@ -288,7 +391,9 @@ impl Region {
     /// one; a device with no UUID keeps its ordinal; `None` where all are taken. Serialised by
     /// the initialisation lock, since two processes may record different devices at once.
     pub fn place_uuids(&self, uuids: &[String]) -> Vec<Option<usize>> {
-        let locked = self.file().filter(|f| lock::lock(f, INIT_LOCK).is_ok());
+        // Bounded: a stopped process holding the lock must not hang us; unlocked, two processes
+        // recording different devices at once could pick the same free index (rare, visible).
+        let locked = self.file().filter(|f| lock::lock_within(f, INIT_LOCK, lock::LOCK_WAIT).unwrap_or(false));
         let s = self.shared();
         let mut recorded: Vec<String> = (0..MAX_DEVICES).map(|i| self.uuid(i)).collect();
         let mut placed = Vec::with_capacity(uuids.len());
@@ -317,6 +422,23 @@ impl Region {
         }
         placed
     }
+}
+
+fn field_range(offset: usize, len: usize) -> std::ops::Range<usize> {
+    offset..offset + len
+}
+
+/// A file shorter than ours is not one of our regions (HAMi-core's own, or something else).
+fn check_size(path: &Path, len: u64) -> Result<(), RegionError> {
+    if len >= FILE_SIZE as u64 {
+        return Ok(());
+    }
+    let why = if len == size_of::<SharedRegion>() as u64 + 1 || len == HAMI_V0_FILE_SIZE {
+        format!("{len} bytes: a HAMi-core region without libvgpu's extension")
+    } else {
+        format!("{len} bytes, expected at least {FILE_SIZE}")
+    };
+    Err(RegionError::Foreign(path.to_path_buf(), why))
 }
 
 /// Where `uuid` is in `recorded` (UUIDs compare without case; an empty one matches nothing).

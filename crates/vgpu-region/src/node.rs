@@ -19,17 +19,18 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use memmap2::{MmapOptions, MmapRaw};
+use vgpu_core::config::TrustedOwners;
 use vgpu_core::sched::{Claim, Contender};
 
 use crate::lock;
 use crate::map::RegionError;
+use crate::open::open_shared;
 
 pub const NODE_MAGIC: u64 = u64::from_le_bytes(*b"VGPUNODE");
 pub const NODE_VERSION: u32 = 2;
@@ -276,33 +277,11 @@ unsafe impl Sync for NodeTable {}
 
 impl NodeTable {
     /// Opens the table at `path`, creating it (with `mode`, not through the umask) if needed.
-    /// Never follows a symbolic link nor opens anything but a regular file.
-    pub fn open(path: &Path, mode: u32) -> Result<NodeTable, RegionError> {
+    /// Never follows a symbolic link nor opens anything but a regular file, and joins a file of
+    /// another owner only as `trust` allows (`None`: operator tools, which only read).
+    pub fn open(path: &Path, mode: u32, trust: Option<&TrustedOwners>) -> Result<NodeTable, RegionError> {
         let io = |e| RegionError::Io(path.to_path_buf(), e);
-        let file = match File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-        {
-            Ok(f) => {
-                f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
-                f
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => File::options()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-                .open(path)
-                .map_err(io)?,
-            Err(e) => return Err(io(e)),
-        };
-        let meta = file.metadata().map_err(io)?;
-        if !meta.file_type().is_file() {
-            return Err(RegionError::Foreign(path.to_path_buf(), "not a regular file".into()));
-        }
+        let (file, _created) = open_shared(path, true, mode, trust)?;
         if !lock::lock_within(&file, 0, LOCK_WAIT).map_err(io)? {
             return Err(RegionError::Io(
                 path.to_path_buf(),
@@ -547,7 +526,7 @@ mod tests {
 
     fn table() -> (tempfile::TempDir, NodeTable) {
         let dir = tempfile::tempdir().unwrap();
-        let t = NodeTable::open(&dir.path().join("node"), 0o600).unwrap();
+        let t = NodeTable::open(&dir.path().join("node"), 0o600, None).unwrap();
         (dir, t)
     }
 
@@ -687,20 +666,20 @@ mod tests {
         std::fs::write(&victim, b"").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        assert!(NodeTable::open(&link, 0o600).is_err(), "a symbolic link is never followed");
+        assert!(NodeTable::open(&link, 0o600, None).is_err(), "a symbolic link is never followed");
         assert_eq!(std::fs::metadata(&victim).unwrap().len(), 0, "the link's target is untouched");
         let fifo = dir.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo with a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert!(matches!(NodeTable::open(&fifo, 0o600), Err(RegionError::Foreign(..))), "not a regular file");
+        assert!(NodeTable::open(&fifo, 0o600, None).is_err(), "not a regular file");
         // A stopped process holding the lock: the open gives up after LOCK_WAIT.
         let path = dir.path().join("node");
-        NodeTable::open(&path, 0o600).unwrap();
+        NodeTable::open(&path, 0o600, None).unwrap();
         let holder = File::options().read(true).write(true).open(&path).unwrap();
         assert!(lock::try_lock(&holder, 0).unwrap());
         let start = std::time::Instant::now();
-        assert!(NodeTable::open(&path, 0o600).is_err());
+        assert!(NodeTable::open(&path, 0o600, None).is_err());
         assert!(start.elapsed() < LOCK_WAIT * 5, "bounded: {:?}", start.elapsed());
     }
 
@@ -709,19 +688,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v1");
         std::fs::write(&path, vec![0u8; 64 + 256 * 64]).unwrap();
-        assert!(matches!(NodeTable::open(&path, 0o600), Err(RegionError::Foreign(..))));
+        assert!(matches!(NodeTable::open(&path, 0o600, None), Err(RegionError::Foreign(..))));
     }
 
     #[test]
     fn a_second_open_sees_the_same_table_and_foreign_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node");
-        let a = NodeTable::open(&path, 0o600).unwrap();
+        let a = NodeTable::open(&path, 0o600, None).unwrap();
         a.entry(7, 1, 1, 5).unwrap().unwrap().mark_busy(5);
-        let b = NodeTable::open(&path, 0o600).unwrap();
+        let b = NodeTable::open(&path, 0o600, None).unwrap();
         assert_eq!(b.neighbours(8, 1, 5).active, 1);
         let other = dir.path().join("other");
         std::fs::write(&other, b"not a table").unwrap();
-        assert!(matches!(NodeTable::open(&other, 0o600), Err(RegionError::Foreign(..))));
+        assert!(matches!(NodeTable::open(&other, 0o600, None), Err(RegionError::Foreign(..))));
     }
 }

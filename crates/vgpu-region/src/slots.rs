@@ -102,6 +102,9 @@ impl Region {
                 self.zero_overhead(i);
                 slot.status.store(0, Relaxed);
                 slot.pid.store(0, SeqCst);
+                // A copy (operator tools) writes the zeroed slot to the file, still under its lock.
+                let at = slot_offset(i) as usize;
+                let _ = self.write_back(at..at + size_of::<ProcSlot>());
                 let _ = lock::unlock(file, slot_offset(i));
             }
         }

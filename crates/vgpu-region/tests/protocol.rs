@@ -297,3 +297,92 @@ fn a_region_of_the_previous_release_is_grown_in_place() {
     assert_eq!(r.extension().size.load(SeqCst) as usize, FILE_SIZE - EXTENSION_OFFSET);
     assert!(r.extension().spilled.iter().flatten().all(|c| c.load(SeqCst) == 0));
 }
+
+/// Issue 15, defect 1: a planted symbolic link (or FIFO) at the region's path is refused and
+/// its target left untouched; nothing is created through a dangling link either.
+#[test]
+fn a_link_at_the_region_path_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"").unwrap();
+    let zero_headed = dir.path().join("zero-headed");
+    std::fs::write(&zero_headed, vec![0u8; 3 << 20]).unwrap();
+    for target in [&victim, &zero_headed] {
+        let link = dir.path().join("p.cache");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        let e = Region::open_or_create(&link, 0o600, &params(1)).err().unwrap();
+        assert!(matches!(e, RegionError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(matches!(Region::open_existing(&link), Err(RegionError::Refused(_))));
+        assert!(matches!(Region::open_copy(&link), Err(RegionError::Refused(_))));
+    }
+    assert_eq!(std::fs::metadata(&victim).unwrap().len(), 0);
+    assert!(std::fs::read(&zero_headed).unwrap().iter().all(|&b| b == 0));
+}
+
+/// Issue 15, defect 9: a creator killed inside initialisation (the file sized, some fields
+/// written, the magic not yet) leaves a region the next process re-initialises.
+#[test]
+fn a_region_whose_creator_died_mid_initialisation_is_reinitialised() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    let f = std::fs::File::options().create_new(true).read(true).write(true).open(&path).unwrap();
+    f.set_len(FILE_SIZE as u64).unwrap();
+    f.write_all_at(&1u32.to_le_bytes(), 4).unwrap(); // major_version: the creator got this far
+    f.write_all_at(&7u64.to_le_bytes(), 1600).unwrap(); // a first limit
+    drop(f);
+    let r = Region::open_or_create(&path, 0o600, &params(512)).expect("re-initialised");
+    assert_eq!(r.shared().initialized_flag.load(SeqCst), MAGIC);
+    assert_eq!(r.shared().limit[0].load(SeqCst), 512 * MIB);
+    assert!(Region::open_existing(&path).is_ok());
+}
+
+/// Issue 15, defect 5: a process stopped while holding the initialisation lock does not hang
+/// the next ones: they give up after a bounded wait.
+#[test]
+fn a_held_initialisation_lock_is_waited_for_a_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    open(&path, 1);
+    let holder = std::fs::File::options().read(true).write(true).open(&path).unwrap();
+    assert!(vgpu_region::lock::try_lock(&holder, 0).unwrap());
+    let t = std::time::Instant::now();
+    let e = Region::open_or_create(&path, 0o600, &params(1)).err().unwrap();
+    assert!(matches!(e, RegionError::Busy(_)), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(3), "{:?}", t.elapsed());
+    // place_uuids goes on without the lock.
+    let r = Region::open_existing(&path).unwrap();
+    assert_eq!(r.place_uuids(&["GPU-x".to_string()]), [Some(2)]);
+    drop(holder);
+    assert!(Region::open_or_create(&path, 0o600, &params(1)).is_ok());
+}
+
+/// Issue 15, defect 4: a copy read with pread is unaffected by the file being truncated, and
+/// writes through `set_limit` and `reap` reach the file.
+#[test]
+fn a_copy_survives_truncation_and_writes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.cache");
+    let live = open(&path, 100);
+    let copy = Region::open_copy(&path).unwrap();
+    assert_eq!(copy.set_limit(0, 200 * MIB).unwrap(), 100 * MIB);
+    assert_eq!(live.shared().limit[0].load(SeqCst), 200 * MIB, "written through");
+    assert_eq!(copy.set_sm_limit(1, 30).unwrap(), 0);
+    assert_eq!(live.shared().sm_limit[1].load(SeqCst), 30);
+    // A dead slot reaped through a copy is zeroed in the file.
+    let dead = open(&path, 100);
+    let slot = dead.claim_slot(9, 0).unwrap();
+    dead.shared().procs[slot].used[0].total.store(5 * MIB, SeqCst);
+    drop(dead);
+    let copy = Region::open_copy(&path).unwrap();
+    assert_eq!(copy.reap(None), vec![(slot, 9, 5 * MIB)]);
+    assert_eq!(live.shared().procs[slot].used[0].total.load(SeqCst), 0);
+    assert_eq!(live.shared().procs[slot].pid.load(SeqCst), 0);
+    drop(live);
+    std::fs::File::options().write(true).open(&path).unwrap().set_len(0).unwrap();
+    let n: u64 = copy.shared().procs.iter().map(|p| p.used[0].total.load(SeqCst)).sum();
+    assert_eq!(n, 0, "every page of the copy is still readable");
+    assert!(matches!(Region::open_copy(&path), Err(RegionError::Foreign(..))));
+}
