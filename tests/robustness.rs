@@ -70,7 +70,11 @@ fn d02_a_region_of_another_user_is_not_trusted_unless_allowed() {
     let region = fresh_region_path();
     let mut init = InitParams::default();
     init.limits[0] = Some(64 * MIB);
-    drop(Region::open_or_create(&region, 0o666, &init).unwrap());
+    // Set as an operator's (`vgpu set`) cap, which outlives the processes: a cap only a
+    // newcomer's environment had set would be replaced by the next newcomer's anyway.
+    let planted = Region::open_or_create(&region, 0o666, &init).unwrap();
+    planted.set_operator_mark(0, vgpu_region::Limit::Memory, true).unwrap();
+    drop(planted);
     if std::os::unix::fs::chown(&region, Some(65534), Some(65534)).is_err() {
         eprintln!("skipped: not root");
         let _ = std::fs::remove_file(&region);
