@@ -281,10 +281,10 @@ impl ContainerAccounting {
         }
         // SAFETY: as in `get`.
         let old = unsafe { &*self.current.load(Acquire) };
-        if change == FileChange::Truncated {
-            if let Err(e) = old.accounting.region().shield() {
-                tracing::error!("region file {}: cannot replace the truncated mapping: {e}", self.path);
-            }
+        if change == FileChange::Truncated
+            && let Err(e) = old.accounting.region().shield()
+        {
+            tracing::error!("region file {}: cannot replace the truncated mapping: {e}", self.path);
         }
         // A new region starts with the limits in force: the live ones while the old pages are
         // readable, else this process's environment.

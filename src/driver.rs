@@ -144,6 +144,7 @@ pub fn free_device_ptr(dptr: CUdeviceptr) {
     type Sig = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
     // SAFETY: the real cuMemFree_v2, on a pointer the driver just returned to us.
     if let Some(f) = unsafe { real::cuMemFree_v2.get::<Sig>() } {
+        // SAFETY: the real function just resolved, on the pointer named above.
         unsafe { f(dptr) };
     }
 }
@@ -152,6 +153,7 @@ pub fn destroy_array(array: CUarray) {
     type Sig = unsafe extern "C" fn(CUarray) -> CUresult;
     // SAFETY: the real cuArrayDestroy, on an array the driver just created for us.
     if let Some(f) = unsafe { real::cuArrayDestroy.get::<Sig>() } {
+        // SAFETY: the real function just resolved, on the array named above.
         unsafe { f(array) };
     }
 }
@@ -160,6 +162,7 @@ pub fn destroy_mipmapped_array(array: CUmipmappedArray) {
     type Sig = unsafe extern "C" fn(CUmipmappedArray) -> CUresult;
     // SAFETY: the real cuMipmappedArrayDestroy, on an array the driver just created for us.
     if let Some(f) = unsafe { real::cuMipmappedArrayDestroy.get::<Sig>() } {
+        // SAFETY: the real function just resolved, on the array named above.
         unsafe { f(array) };
     }
 }
@@ -169,6 +172,7 @@ pub fn destroy_context(ctx: CUcontext, _dev: usize) {
     type Sig = unsafe extern "C" fn(CUcontext) -> CUresult;
     // SAFETY: the real cuCtxDestroy_v2 on the context the driver just created for us.
     if let Some(f) = unsafe { real::cuCtxDestroy_v2.get::<Sig>() } {
+        // SAFETY: the real function just resolved, on the context named above.
         unsafe { f(ctx) };
     }
 }
@@ -177,6 +181,7 @@ pub fn release_primary_context(dev: usize) {
     type Sig = unsafe extern "C" fn(CUdevice) -> CUresult;
     // SAFETY: the real cuDevicePrimaryCtxRelease_v2, balancing the retain we just refused.
     if let Some(f) = unsafe { real::cuDevicePrimaryCtxRelease_v2.get::<Sig>() } {
+        // SAFETY: the real function just resolved, on the device named above.
         unsafe { f(dev as CUdevice) };
     }
 }
@@ -238,6 +243,7 @@ pub fn nvml_used(device: nvmlDevice_t) -> Result<u64, nvmlReturn_t> {
     let mut m = nvmlMemory_t::default();
     // SAFETY: the real nvmlDeviceGetMemoryInfo with a valid out-pointer.
     let f = unsafe { real::nvmlDeviceGetMemoryInfo.get::<Sig>() }.ok_or(nvmlReturn_t::ERROR_FUNCTION_NOT_FOUND)?;
+    // SAFETY: the real function just resolved, with a valid out-pointer.
     check_nvml(unsafe { f(device, &mut m) })?;
     Ok(m.used)
 }

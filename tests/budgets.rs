@@ -233,10 +233,10 @@ fn parse_callgrind(text: &str) -> Cost {
             skip_next = true;
         } else if let Some(v) = line.strip_prefix("totals:").or_else(|| line.strip_prefix("summary:")) {
             total_line = v.split_whitespace().next().and_then(|n| n.parse().ok()).or(total_line);
-        } else if line.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-' || c == '*') {
-            if let Some(n) = line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()) {
-                *cost.by_object.entry(object.clone()).or_default() += n;
-            }
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-' || c == '*')
+            && let Some(n) = line.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok())
+        {
+            *cost.by_object.entry(object.clone()).or_default() += n;
         }
     }
     let summed: u64 = cost.by_object.values().sum();

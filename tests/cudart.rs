@@ -23,7 +23,8 @@ fn cudart() -> String {
 fn the_runtime_is_there_when_required() {
     if std::env::var_os("LIBVGPU_REQUIRE_CUDART").is_some() {
         assert!(!cudart().is_empty(), "LIBVGPU_REQUIRE_CUDART is set but LIBVGPU_TEST_CUDART is not (see .ci/run)");
-        assert!(cfg!(libvgpu_test_cudart), "LIBVGPU_TEST_CUDART was not set when the tests were built");
+        let built_with_cudart = cfg!(libvgpu_test_cudart);
+        assert!(built_with_cudart, "LIBVGPU_TEST_CUDART was not set when the tests were built");
     }
 }
 

@@ -33,7 +33,7 @@ fn allocation_stops_at_the_cap_counting_the_context_and_recovers_after_free() {
 fn without_a_cap_everything_is_the_drivers() {
     let plain = Run::new("alloc_linked").without_preload().args(["init", "meminfo", "totalmem", "0"]).ok();
     let hooked = Run::new("alloc_linked").args(["init", "meminfo", "totalmem", "0"]).ok();
-    assert_eq!(plain.stdout.replace(|c: char| c == 'x', ""), hooked.stdout.replace(|c: char| c == 'x', ""));
+    assert_eq!(plain.stdout.replace('x', ""), hooked.stdout.replace('x', ""));
     assert_eq!(hooked.field("totalmem", "bytes"), 16 * GIB, "never 0 when uncapped");
     assert_eq!(hooked.stderr, "", "silent when there is nothing to say");
 }

@@ -171,6 +171,7 @@ unsafe fn create_common(
 }
 
 pub unsafe fn create_v2(real: Real<'_, CUresult>, pctx: *mut CUcontext, _flags: c_uint, dev: CUdevice) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { create_common(real, pctx, dev, driver::destroy_context) }
 }
 
@@ -182,6 +183,7 @@ pub unsafe fn create_v3(
     _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { create_common(real, pctx, dev, driver::destroy_context) }
 }
 
@@ -192,6 +194,7 @@ pub unsafe fn create_v4(
     _flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { create_common(real, pctx, dev, driver::destroy_context) }
 }
 
@@ -224,6 +227,7 @@ pub unsafe fn primary_retain(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev
     if pctx.is_null() || driver::primary_context_active(d).unwrap_or(true) {
         return real.call();
     }
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     let rc = unsafe { create_common(real, pctx, dev, |_, d| driver::release_primary_context(d)) };
     if rc.is_success() {
         // SAFETY: written by the driver on success.
@@ -252,10 +256,12 @@ unsafe fn primary_gone(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
 }
 
 pub unsafe fn primary_release(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { primary_gone(real, dev) }
 }
 
 pub unsafe fn primary_reset(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { primary_gone(real, dev) }
 }
 

@@ -33,6 +33,7 @@ pub(crate) fn current_device() -> Option<usize> {
     let mut dev: CUdevice = 0;
     // SAFETY: the real cuCtxGetDevice with a valid out-pointer.
     let f = unsafe { CTX_GET_DEVICE.get::<Sig>() }?;
+    // SAFETY: the real function just resolved, with a valid out-pointer.
     if !unsafe { f(&mut dev) }.is_success() {
         return None;
     }

@@ -83,6 +83,7 @@ fn current_context() -> Result<(CUcontext, usize), CUresult> {
     let mut ctx: CUcontext = std::ptr::null_mut();
     // SAFETY: the real cuCtxGetCurrent with a valid out-pointer.
     let f = unsafe { CTX_GET_CURRENT.get::<Sig>() }.ok_or(<CUresult as crate::intercept::Code>::MISSING)?;
+    // SAFETY: the real function just resolved, with a valid out-pointer.
     let rc = unsafe { f(&mut ctx) };
     if !rc.is_success() {
         return Err(rc);
@@ -130,6 +131,7 @@ unsafe fn alloc_ptr<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P,
         Ok(None) => return real.call(),
         Err(rc) => return rc,
     };
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { call_and_commit(real, dptr, reservation) }
 }
 
@@ -167,6 +169,7 @@ unsafe fn alloc_spillable(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, byte
     match reserved {
         // SAFETY: `dptr` is non-null (checked above).
         Ok(r) if r.spilled() => unsafe { super::spill::alloc(dptr, r, dev, ctx as u64) },
+        // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
         Ok(r) => unsafe { call_and_commit(real, dptr, (r, ctx as u64)) },
         Err(d) if d.spill => deny_spill(d),
         Err(d) => deny(d),
@@ -174,10 +177,12 @@ unsafe fn alloc_spillable(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, byte
 }
 
 pub unsafe fn alloc(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { alloc_spillable(real, dptr, bytes as u64) }
 }
 
 pub unsafe fn alloc_v1(real: Real<'_, CUresult>, dptr: *mut c_uint, bytes: c_uint) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { alloc_ptr(real, dptr, bytes as u64) }
 }
 
@@ -189,6 +194,7 @@ pub unsafe fn alloc_managed(
     bytes: usize,
     _flags: c_uint,
 ) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { alloc_ptr(real, dptr, bytes as u64) }
 }
 
@@ -198,6 +204,7 @@ pub unsafe fn alloc_async(
     bytes: usize,
     _stream: CUstream,
 ) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { alloc_spillable(real, dptr, bytes as u64) }
 }
 
@@ -208,6 +215,7 @@ pub unsafe fn alloc_from_pool_async(
     _pool: CUmemoryPool,
     _stream: CUstream,
 ) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { alloc_spillable(real, dptr, bytes as u64) }
 }
 
@@ -312,11 +320,11 @@ unsafe fn array_common(
     }
     // SAFETY: on success the driver wrote the new handle through `out`.
     let array = unsafe { *out };
-    if let Ok(actual) = size_of(array, dev) {
-        if let Err(d) = r.resize(actual) {
-            destroy(array);
-            return deny(d);
-        }
+    if let Ok(actual) = size_of(array, dev)
+        && let Err(d) = r.resize(actual)
+    {
+        destroy(array);
+        return deny(d);
     }
     r.commit(key(array as u64), ctx as u64);
     rc
@@ -332,6 +340,7 @@ pub unsafe fn array_create(
         return real.call();
     };
     let estimate = array_estimate(d.Width, d.Height, 1, d.Format, d.NumChannels);
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
 }
 
@@ -345,6 +354,7 @@ pub unsafe fn array3d_create(
         return real.call();
     };
     let estimate = array_estimate(d.Width, d.Height, d.Depth, d.Format, d.NumChannels);
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
 }
 
@@ -364,6 +374,7 @@ pub unsafe fn mipmapped_create(
             array_estimate(shrink(d.Width), shrink(d.Height), shrink(d.Depth), d.Format, d.NumChannels)
         })
         .fold(0u64, u64::saturating_add);
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe {
         array_common(
             real,

@@ -42,6 +42,7 @@ pub unsafe fn get_proc_address(
     state();
     let rc = real.call();
     if rc.is_success() && !pfn.is_null() {
+        // SAFETY: the driver succeeded, so `pfn` points at the function pointer it wrote.
         unsafe { swap(pfn, symbol, version, flags) };
     }
     rc
@@ -55,5 +56,6 @@ pub unsafe fn get_proc_address_v2(
     flags: u64,
     _status: *mut CUdriverProcAddressQueryResult,
 ) -> CUresult {
+    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
     unsafe { get_proc_address(real, symbol, pfn, version, flags) }
 }

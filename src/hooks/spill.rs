@@ -67,6 +67,7 @@ pub unsafe fn alloc(dptr: *mut CUdeviceptr, r: Res, dev: usize, ctx: u64) -> CUr
     type AllocManaged = unsafe extern "C" fn(*mut CUdeviceptr, usize, u32) -> CUresult;
     // SAFETY: the real cuMemAllocManaged with a valid out-pointer.
     let rc = match unsafe { real::cuMemAllocManaged.get::<AllocManaged>() } {
+        // SAFETY: the real function just resolved, with a valid out-pointer.
         Some(f) => unsafe { f(&mut ptr, size, ATTACH_GLOBAL) },
         None => CUresult::ERROR_NOT_SUPPORTED,
     };
@@ -98,11 +99,14 @@ fn keep_on_host(ptr: CUdeviceptr, size: usize, dev: usize) -> Result<(), CUresul
     // SAFETY: advice on the managed range the driver just returned, with valid arguments.
     match unsafe { driver::mem_advise_v2(ptr, size, ADVISE_SET_PREFERRED_LOCATION, host) } {
         rc if rc == <CUresult as crate::intercept::Code>::MISSING => {
+            // SAFETY: the managed range just allocated, on a device the caller named.
             check(unsafe { driver::mem_advise(ptr, size, ADVISE_SET_PREFERRED_LOCATION, DEVICE_CPU) })?;
+            // SAFETY: as above.
             check(unsafe { driver::mem_advise(ptr, size, ADVISE_SET_ACCESSED_BY, dev as CUdevice) })
         }
         rc => {
             check(rc)?;
+            // SAFETY: the managed range just allocated, on a device the caller named.
             check(unsafe { driver::mem_advise_v2(ptr, size, ADVISE_SET_ACCESSED_BY, device) })
         }
     }
@@ -122,6 +126,7 @@ pub fn free_async(real: crate::intercept::Real<'_, CUresult>, ptr: CUdeviceptr, 
     type Free = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
     // SAFETY: the real cuMemFree_v2 on the caller's spilled pointer, its stream's work done.
     match unsafe { real::cuMemFree_v2.get::<Free>() } {
+        // SAFETY: the real function just resolved, on the caller's spilled pointer, its stream's work done.
         Some(f) => unsafe { f(ptr) },
         None => real.call(),
     }

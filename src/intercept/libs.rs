@@ -24,6 +24,7 @@ impl Lib {
 struct Handle(*mut c_void);
 // SAFETY: a dlopen handle is a process-wide token, valid until dlclose, which we never call.
 unsafe impl Send for Handle {}
+// SAFETY: as for Send: the handle is only ever passed to dlsym, which is thread-safe.
 unsafe impl Sync for Handle {}
 
 static HANDLES: [OnceLock<Handle>; 2] = [OnceLock::new(), OnceLock::new()];

@@ -165,7 +165,7 @@ pub fn hook_for(lib: Lib, real: *mut c_void) -> Option<*mut c_void> {
 
 /// The hook's name for a hook address (for debug logs and tests).
 pub fn hook_name(hook: *mut c_void) -> &'static str {
-    table::HOOKS.iter().find(|h| h.hook == hook as *const c_void).map_or("?", |h| h.name)
+    table::HOOKS.iter().find(|h| std::ptr::eq(h.hook, hook)).map_or("?", |h| h.name)
 }
 
 #[cfg(test)]

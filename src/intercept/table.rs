@@ -54,8 +54,10 @@ macro_rules! hooks {
                 // SAFETY: the caller's own arguments, passed on unchanged.
                 return unsafe { f($($arg),*) };
             }
-            // Out of line, so the fast path above saves no registers.
+            // Out of line, so the fast path above saves no registers. Its arguments are the
+            // driver function's, however many it has.
             #[inline(never)]
+            #[allow(clippy::too_many_arguments)]
             unsafe fn handled(f: RealSig, $($arg: $ty),*) -> $ret {
                 // SAFETY: the caller's own arguments, passed on unchanged.
                 let call = || unsafe { f($($arg),*) };

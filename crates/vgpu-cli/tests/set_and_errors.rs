@@ -149,10 +149,14 @@ fn help_and_version() {
 /// The command must not carry the preloaded library's interposers: it would hook itself.
 #[test]
 fn the_binary_defines_no_dlsym() {
-    let Ok(o) = std::process::Command::new("nm").args(["--defined-only", env!("CARGO_BIN_EXE_vgpu")]).output() else {
-        eprintln!("nm not available; skipped");
-        return;
-    };
+    // nm comes with binutils, which the C test programs' gcc needs anyway: a missing or failing
+    // nm is a failure, not a pass.
+    let o = std::process::Command::new("nm")
+        .args(["--defined-only", env!("CARGO_BIN_EXE_vgpu")])
+        .output()
+        .expect("nm (binutils) runs");
+    assert!(o.status.success(), "nm failed: {}", String::from_utf8_lossy(&o.stderr));
     let syms = String::from_utf8_lossy(&o.stdout);
+    assert!(syms.lines().count() > 100, "nm listed the binary's symbols:\n{syms}");
     assert!(!syms.lines().any(|l| l.ends_with(" dlsym") || l.ends_with(" cuMemAlloc_v2")), "defines dlsym");
 }

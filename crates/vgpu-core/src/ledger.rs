@@ -427,10 +427,10 @@ impl<A: Accounting> MemoryLedger<A> {
 
     pub fn lookup(&self, key: Key) -> Option<Allocation> {
         self.check_epoch();
-        if let Key::DevicePtr(p) = key {
-            if let Some(a) = self.pointers.get().and_then(|t| t.get(p)) {
-                return Some(a);
-            }
+        if let Key::DevicePtr(p) = key
+            && let Some(a) = self.pointers.get().and_then(|t| t.get(p))
+        {
+            return Some(a);
         }
         self.lock().get(&key).copied()
     }

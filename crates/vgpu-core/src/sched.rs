@@ -244,7 +244,9 @@ mod tests {
     /// The scenarios, as a table: limits (0 = unlimited), burst flags, expected shares.
     #[test]
     fn scenario_table() {
-        let table: &[(&[(u32, bool)], &[f64])] = &[
+        // (limit in percent, bursts) per tenant, and the shares each should get.
+        type Scenario = (&'static [(u32, bool)], &'static [f64]);
+        let table: &[Scenario] = &[
             (&[(25, false)], &[25.0]),
             (&[(30, false), (60, false)], &[30.0, 60.0]),
             (&[(20, false), (30, false), (40, false)], &[20.0, 30.0, 40.0]),

@@ -167,7 +167,7 @@ const _: () = {
     assert!(offset_of!(SharedRegion, last_kernel_time) == 2_008_912);
     assert!(offset_of!(SharedRegion, sem_postinit) == 2_008_920);
     assert!(size_of::<SharedRegion>() == 2_008_952);
-    assert!(EXTENSION_OFFSET % 8 == 0);
+    assert!(EXTENSION_OFFSET.is_multiple_of(8));
     // bench/gpu/sm_share.py reads device 0's bucket at this offset.
     assert!(EXTENSION_OFFSET + offset_of!(Extension, buckets) == 2_017_416);
     assert!(FILE_SIZE as u64 != HAMI_V0_FILE_SIZE);

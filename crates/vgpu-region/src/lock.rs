@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 fn ofd(file: &File, cmd: libc::c_int, kind: libc::c_short, offset: u64) -> io::Result<()> {
+    // SAFETY: flock is plain old data, for which all zeroes is a valid value; the fields that matter are set below.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
     fl.l_whence = libc::SEEK_SET as libc::c_short;

@@ -115,6 +115,7 @@ pub struct Region {
 
 // SAFETY: the mapping is only accessed through atomics (see the module's contract).
 unsafe impl Send for Region {}
+// SAFETY: as for Send: every access to the mapping is an atomic operation.
 unsafe impl Sync for Region {}
 
 /// Byte whose lock serialises initialisation (held for microseconds; see `lock::lock`).
@@ -143,10 +144,10 @@ impl Region {
             return Err(RegionError::Busy(path.to_path_buf()));
         }
         let result = Self::init_locked(file, path, init);
-        if let Ok(r) = &result {
-            if let Some(f) = &r.file {
-                let _ = lock::unlock(f, INIT_LOCK);
-            }
+        if let Ok(r) = &result
+            && let Some(f) = &r.file
+        {
+            let _ = lock::unlock(f, INIT_LOCK);
         }
         result
     }
