@@ -164,8 +164,13 @@ unsafe fn alloc_spillable(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, byte
         return real.call();
     };
     let st = state();
-    let reserved =
-        st.ledger.reserve_or_spill(dev, bytes, || crate::reconcile::at_refusal(dev), |cap| st.config.spill_limit(cap));
+    let reserved = st.ledger.reserve_or_spill_keeping(
+        dev,
+        bytes,
+        st.config.oversubscribe,
+        || crate::reconcile::at_refusal(dev),
+        |cap| st.config.spill_limit(cap),
+    );
     match reserved {
         // SAFETY: `dptr` is non-null (checked above).
         Ok(r) if r.spilled() => unsafe { super::spill::alloc(dptr, r, dev, ctx as u64) },

@@ -328,14 +328,41 @@ impl<A: Accounting> MemoryLedger<A> {
         reconsider: impl FnOnce() -> bool,
         spill_limit: impl FnOnce(Option<u64>) -> Option<u64>,
     ) -> Result<Reservation<'_, A>, Denied> {
+        self.reserve_or_spill_keeping(dev, bytes, false, reconsider, spill_limit)
+    }
+
+    /// As [`reserve_or_spill`](Self::reserve_or_spill); with `oversubscribing`, the spill limit
+    /// is asked first and, where the container may spill, data is kept [`spill_headroom`] below
+    /// the cap: the driver takes memory outside the allocation calls (library workspaces, module
+    /// code: 80 MiB during a transformers `generate()` on the H200), and once the cap is full of
+    /// data that growth would take the device past it. Allocations beyond go to host memory.
+    pub fn reserve_or_spill_keeping(
+        &self,
+        dev: usize,
+        bytes: u64,
+        oversubscribing: bool,
+        reconsider: impl FnOnce() -> bool,
+        spill_limit: impl FnOnce(Option<u64>) -> Option<u64>,
+    ) -> Result<Reservation<'_, A>, Denied> {
         self.check_epoch();
         let limit = self.accounting.limit(dev);
-        if self.accounting.try_charge(dev, bytes, limit)
-            || (reconsider() && self.accounting.try_charge(dev, bytes, self.accounting.limit(dev)))
+        let mut spill_limit = Some(spill_limit);
+        let asked = if oversubscribing { spill_limit.take().map(|f| f(limit)) } else { None };
+        let keep = |l: Option<u64>| match asked {
+            Some(Some(_)) => l.map(|c| c.saturating_sub(spill_headroom(c))),
+            _ => l,
+        };
+        if self.accounting.try_charge(dev, bytes, keep(limit))
+            || (reconsider() && self.accounting.try_charge(dev, bytes, keep(self.accounting.limit(dev))))
         {
             return Ok(Reservation { ledger: self, dev, bytes, kind: Kind::Data, settled: false });
         }
-        if let Some(spill) = spill_limit(limit) {
+        let spill = match (asked, spill_limit) {
+            (Some(asked), _) => asked,
+            (None, Some(f)) => f(limit),
+            (None, None) => None,
+        };
+        if let Some(spill) = spill {
             return self.reserve_spill(dev, bytes, spill);
         }
         self.accounting.record_denial(dev);
@@ -580,6 +607,12 @@ impl<A: Accounting> Drop for Reservation<'_, A> {
     }
 }
 
+/// Room kept free under a cap while the container spills: a sixteenth of the cap, at least
+/// 64 MiB and at most 256 MiB (4 GiB cap: 256 MiB).
+pub fn spill_headroom(cap: u64) -> u64 {
+    (cap / 16).clamp(64 << 20, 256 << 20).min(cap)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,6 +736,23 @@ mod tests {
 
     /// With a spill limit, a cap refusal becomes a spill (not counted as a cap denial); without
     /// one, or past it, the refusal is final. The spill limit is only asked on a refusal.
+    #[test]
+    fn while_oversubscribing_data_keeps_headroom_under_the_cap() {
+        assert_eq!(spill_headroom(4 << 30), 256 * MIB);
+        assert_eq!(spill_headroom(1 << 30), 64 * MIB);
+        assert_eq!(spill_headroom(32 * MIB), 32 * MIB, "never more than the cap");
+        const GIB: u64 = 1 << 30;
+        let l = ledger(GIB);
+        let r = l.reserve_or_spill_keeping(0, 900 * MIB, true, || false, |_| Some(GIB)).unwrap();
+        assert!(!r.spilled(), "900 MiB fits under 1 GiB less 64 MiB");
+        r.commit(Key::DevicePtr(1), 0);
+        let r = l.reserve_or_spill_keeping(0, 64 * MIB, true, || false, |_| Some(GIB)).unwrap();
+        assert!(r.spilled(), "the last 124 MiB under the cap are kept for the driver");
+        r.commit(Key::DevicePtr(2), 0);
+        let r = l.reserve_or_spill_keeping(0, 64 * MIB, true, || false, |_| None).unwrap();
+        assert!(!r.spilled(), "where the container may not spill, the whole cap is data's");
+    }
+
     #[test]
     fn reserve_or_spill_spills_only_what_the_cap_refuses() {
         let l = ledger(100 * MIB);
