@@ -78,6 +78,16 @@ thread_local! {
     static CHAIN: RefCell<Chain> = const { RefCell::new(Chain::EMPTY) };
 }
 
+/// Changes this thread's gate state (a copy in a `Cell`: one thread-local access).
+fn update_gate<T>(f: impl FnOnce(&mut Gate) -> T) -> T {
+    GATE.with(|g| {
+        let mut gate = g.get();
+        let out = f(&mut gate);
+        g.set(gate);
+        out
+    })
+}
+
 /// The launch hooks' fast path, checked before anything else: `true` when the launch goes
 /// straight to the driver. Unlimited, that is every launch but one in 64, which looks again
 /// whether a limit appeared. No thread-local access (a TLS lookup in a shared library is a
@@ -143,13 +153,7 @@ fn effective(stream: CUstream, ptsz: bool) -> CUstream {
 /// launches are measured on, a marker closes the measured window at the stream's last work;
 /// `true` then, and the hook calls [`after_sync`] once the wait succeeded.
 pub fn before_sync(drains: Option<(CUstream, bool)>) -> bool {
-    let window = GATE.with(|g| {
-        let mut gate = g.get();
-        let n = gate.launches;
-        gate.launches = 0;
-        g.set(gate);
-        n
-    });
+    let window = update_gate(|gate| std::mem::take(&mut gate.launches));
     CHAIN.with(|c| {
         let Ok(mut chain) = c.try_borrow_mut() else { return false };
         if !chain.measuring() {
@@ -181,11 +185,7 @@ pub fn after_sync() {
             chain.new_segment = true;
         }
     });
-    GATE.with(|g| {
-        let mut gate = g.get();
-        gate.next_check = 0;
-        g.set(gate);
-    });
+    update_gate(|gate| gate.next_check = 0);
     if let Ok(dev) = driver::current_device()
         && let Some(place) = placed(dev)
     {
@@ -287,11 +287,7 @@ fn bookkeeping(stream: CUstream, idle: bool, window: u32) -> bool {
         p.entry.share_ppm.store(share.unwrap_or(0) as u32, Relaxed);
         p.entry.flags.store(if st.config.sm_burst { vgpu_region::node::FLAG_BURST } else { 0 }, Relaxed);
     }
-    GATE.with(|g| {
-        let mut gate = g.get();
-        gate.token = place.and_then(|p| Some((p.token?, p.index)));
-        g.set(gate);
-    });
+    update_gate(|gate| gate.token = place.and_then(|p| Some((p.token?, p.index))));
     CHAIN.with(|c| {
         let Ok(mut chain) = c.try_borrow_mut() else { return false };
         chain.bind(ctx as usize, stream as usize);
@@ -353,11 +349,7 @@ fn bookkeeping(stream: CUstream, idle: bool, window: u32) -> bool {
             return chain.arm_sample();
         }
         // The time spent waiting is not the thread being away from its stream.
-        GATE.with(|g| {
-            let mut gate = g.get();
-            gate.next_check = coarse_ns() + CHECK_NS;
-            g.set(gate);
-        });
+        update_gate(|gate| gate.next_check = coarse_ns() + CHECK_NS);
         // If everything we queued completed while we waited, the stream idled: what follows
         // starts a new segment, and it must start *here*, before the launch we held back.
         // Starting it at the next check instead would leave that launch uncharged, once per

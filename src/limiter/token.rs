@@ -43,9 +43,14 @@ pub fn burst_slice(dev: usize) -> bool {
     BURST_SLICE.get(dev).is_some_and(|b| b.load(Relaxed))
 }
 
-/// The entry that should hold `gpu`'s token now (no allocation: this runs on the launch path).
-fn best(table: &NodeTable, gpu: u64, now: u64) -> Option<usize> {
-    table.contenders(gpu, now).min_by_key(|(i, c)| (sched::rank(c), *i)).map(|(i, _)| i)
+/// The entry that should hold `gpu`'s token now, `except` one (no allocation: this runs on the
+/// launch path).
+fn best(table: &NodeTable, gpu: u64, now: u64, except: Option<usize>) -> Option<usize> {
+    table
+        .contenders(gpu, now)
+        .filter(|(i, _)| Some(*i) != except)
+        .min_by_key(|(i, c)| (sched::rank(c), *i))
+        .map(|(i, _)| i)
 }
 
 /// Adds the wall time since the slice started to the container's held time.
@@ -114,7 +119,7 @@ pub fn take_turn(
                 return Turn::Go { waited };
             }
             // The slice is over and someone asks: the best contender gets the next one.
-            let next = best(table, place.gpu, now);
+            let next = best(table, place.gpu, now, None);
             if next.is_none_or(|n| n == place.index) {
                 close_slice(place, dev, token, now);
                 token.slice_start.store(now, Release);
@@ -171,7 +176,7 @@ pub fn after_wait(place: &Place, dev: usize) {
     }
     if sched::slice_over(now, token.slice_start.load(Acquire), SLICE_NS) {
         // Offered like any slice's end: the container keeps it if it is still the best claim.
-        if best(table, place.gpu, now).is_some_and(|b| b != place.index) {
+        if best(table, place.gpu, now, None).is_some_and(|b| b != place.index) {
             pass_on(place, dev, token, table);
         } else {
             close_slice(place, dev, token, now);
@@ -188,11 +193,7 @@ pub fn after_wait(place: &Place, dev: usize) {
 fn pass_on(place: &Place, dev: usize, token: &GpuToken, table: &NodeTable) {
     let now = now_ns();
     close_slice(place, dev, token, now);
-    let next = table
-        .contenders(place.gpu, now)
-        .filter(|(i, _)| *i != place.index)
-        .min_by_key(|(i, c)| (sched::rank(c), *i))
-        .map(|(i, _)| i);
+    let next = best(table, place.gpu, now, Some(place.index));
     let h = token.holder();
     if h.entry == Some(place.index) {
         token.pass(h, next, now);
