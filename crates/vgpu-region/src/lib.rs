@@ -12,6 +12,7 @@ pub mod map;
 pub mod node;
 pub mod open;
 pub mod slots;
+pub mod token;
 
 pub use accounting::RegionAccounting;
 pub use limits::{Limit, LimitChange};
