@@ -45,11 +45,17 @@ static EXIT_TARGET: AtomicPtr<Attachment> = AtomicPtr::new(std::ptr::null_mut())
 /// process claimed in between.
 static RELEASED: AtomicBool = AtomicBool::new(false);
 
+/// Held while the process moves to another region (a re-attach, or a forked child's first
+/// attach). Exit takes it too: a process that exits while its watcher is re-attaching waits for
+/// that to finish, so the new region is charged and the one line saying so is written.
+static REATTACH: Mutex<()> = Mutex::new(());
+
 extern "C" fn release_at_exit() {
     let _ = std::panic::catch_unwind(|| {
         if RELEASED.swap(true, AcqRel) {
             return;
         }
+        let _settled = REATTACH.lock().unwrap_or_else(|p| p.into_inner());
         let a = EXIT_TARGET.load(Acquire);
         if a.is_null() {
             return;
@@ -100,7 +106,6 @@ struct Attachment {
 pub struct ContainerAccounting {
     /// Leaked on replacement (after a fork): a mapping is 2 MiB of address space, once per fork.
     current: AtomicPtr<Attachment>,
-    reattach: Mutex<()>,
     init: InitParams,
     path: String,
     mode: u32,
@@ -131,7 +136,6 @@ impl ContainerAccounting {
         EXIT_TARGET.store(current, Release);
         ContainerAccounting {
             current: AtomicPtr::new(current),
-            reattach: Mutex::new(()),
             init,
             path: config.shared_cache.clone(),
             mode: config.region_mode,
@@ -202,7 +206,7 @@ impl ContainerAccounting {
 
     #[cold]
     fn after_fork(&self) -> &RegionAccounting {
-        let _guard = self.reattach.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = REATTACH.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: as in `get`.
         let a = unsafe { &*self.current.load(Acquire) };
         if a.generation != FORK_GENERATION.load(Relaxed) {
@@ -275,7 +279,7 @@ impl ContainerAccounting {
     /// Leaves a region file that changed under us for the one its path names now (see the
     /// module's comment), charging there what `ledger` says this process holds.
     pub fn reattach(&self, change: FileChange, ledger: &MemoryLedger<ContainerAccounting>) {
-        let _guard = self.reattach.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = REATTACH.lock().unwrap_or_else(|p| p.into_inner());
         if self.file_change() != Some(change) {
             return; // another thread did it, or it resolved itself
         }
