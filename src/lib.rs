@@ -19,12 +19,16 @@ mod state;
 
 /// Runs at `exit()` (and `dlclose`), after the application's `atexit` handlers: the dynamic
 /// loader's destructors come last. Never panics across the FFI boundary.
+/// Says the refusals not yet said and gives this process's slot back.
 extern "C" fn at_exit() {
-    let _ = std::panic::catch_unwind(state::at_exit);
+    let _ = std::panic::catch_unwind(|| {
+        let Some(st) = state::started() else { return };
+        hooks::memory::say_unsaid_refusals();
+        st.container().release_at_exit();
+    });
 }
 
 // SAFETY: `.fini_array` holds pointers to `extern "C" fn()` destructors, which this is.
 #[used]
 #[unsafe(link_section = ".fini_array")]
 static AT_EXIT: extern "C" fn() = at_exit;
-mod watch;

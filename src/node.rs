@@ -62,7 +62,7 @@ pub fn table() -> Option<&'static NodeTable> {
 /// whatever path each container mounts it), or this process alone without a file.
 pub fn owner() -> u64 {
     *OWNER.get_or_init(|| {
-        let region = state().ledger.accounting().region();
+        let region = state().container().region();
         match region.file().and_then(|f| f.metadata().ok()) {
             Some(m) => node::key(&format!("region {}:{}", m.dev(), m.ino())),
             None => node::key(&format!("process {} {}", std::process::id(), crate::clock::now_ns())),

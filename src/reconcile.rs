@@ -67,7 +67,7 @@ pub fn on_view(dev: usize, now: u64) {
 
 /// After a module load or graph instantiation on the current device.
 pub fn after_growth() {
-    let Some(dev) = crate::hooks::info::current_device() else { return };
+    let Some(dev) = driver::current_device().ok().filter(|&d| d < vgpu_core::MAX_DEVICES) else { return };
     let Some(interval) = interval_ns(dev) else { return };
     if DUE[dev].due(now_ns(), interval) {
         reconcile(dev);
@@ -96,13 +96,12 @@ pub fn at_refusal(dev: usize) -> bool {
 fn reconcile(dev: usize) -> Option<(u64, u64)> {
     let _one = RUNNING.try_lock().ok()?;
     GREW.get(dev)?.store(false, Ordering::Relaxed);
-    let ledger = &state().ledger;
+    let st = state();
     let measure = footprint(dev).map(Measure::Footprint).or_else(|| estimate(dev).map(Measure::Estimate))?;
-    let new = overhead(measure, ledger.charged_by_process(dev));
-    let accounting = ledger.accounting();
-    let old = accounting.driver_overhead(dev);
+    let new = overhead(measure, st.ledger.charged_by_process(dev));
+    let old = st.container().driver_overhead(dev);
     if new != old {
-        accounting.set_driver_overhead(dev, new);
+        st.container().set_driver_overhead(dev, new);
         tracing::debug!("device {dev}: driver overhead {} MiB (was {} MiB), from {measure:?}", new >> 20, old >> 20);
     }
     Some((old, new))

@@ -10,14 +10,14 @@ use vgpu_core::config::Config;
 use vgpu_core::devices::{format_uuid, format_uuid_bytes, ordinal_uuids};
 use vgpu_core::ledger::MemoryLedger;
 
-use crate::container::ContainerAccounting;
+use crate::container::Container;
 use crate::driver;
-use crate::intercept::{Lib, libs};
+use crate::driver::{Lib, libs};
 
 pub struct State {
     pub config: Config,
     /// Container-wide through the shared region (or per process when it cannot be used).
-    pub ledger: MemoryLedger<ContainerAccounting>,
+    pub ledger: MemoryLedger<Container>,
     /// The primary context we charged, per device (0 = none), so its release can be matched.
     pub primary: [AtomicU64; MAX_DEVICES],
 }
@@ -32,26 +32,28 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
     if config.any_memory_limit() {
         tracing::info!("memory caps by CUDA device ordinal: {}", describe_caps(&config.memory_limit));
     }
-    let ledger = MemoryLedger::new(ContainerAccounting::new(&config));
+    let ledger = MemoryLedger::new(Container::new(&config, || &state().ledger));
     STARTED.store(true, Ordering::Release);
     State { config, ledger, primary: Default::default() }
 });
 
-/// Whether [`STATE`] exists (it is never built at exit just to be torn down).
+/// Whether [`STATE`] exists.
 static STARTED: AtomicBool = AtomicBool::new(false);
 
-/// At process exit (the library's ELF destructor, after the application's own exit handlers):
-/// the refusals not yet said, and this process's slot given back.
-pub fn at_exit() {
-    if !STARTED.load(Ordering::Acquire) {
-        return;
-    }
-    crate::hooks::memory::say_unsaid_refusals();
-    state().ledger.accounting().release_at_exit();
+/// The state, if it was built (nothing is built at exit just to be torn down).
+pub fn started() -> Option<&'static State> {
+    STARTED.load(Ordering::Acquire).then(state)
 }
 
 pub fn state() -> &'static State {
     &STATE
+}
+
+impl State {
+    /// The container this process accounts in: its region, limits and places.
+    pub fn container(&self) -> &Container {
+        self.ledger.accounting()
+    }
 }
 
 /// The CUDA ordinal an NVML device is, by UUID: `Some(Some(i))`, `Some(None)` when CUDA does not
@@ -99,7 +101,7 @@ pub fn record_cuda_uuids() {
     let Ok(n) = driver::device_count() else { return };
     let uuids: Vec<String> =
         (0..n).map(|d| driver::device_uuid(d).map(|b| format_uuid(&b)).unwrap_or_default()).collect();
-    let accounting = state().ledger.accounting();
+    let accounting = state().container();
     let placed = accounting.place_devices(&uuids);
     for (dev, (uuid, index)) in uuids.iter().zip(&placed).enumerate() {
         match index {

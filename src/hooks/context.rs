@@ -11,7 +11,6 @@
 //! processes charge it without starting NVML. `LIBVGPU_CONTEXT_OVERHEAD` fixes it
 //! instead; without NVML we charge [`FALLBACK_COST`] and say so once.
 
-use std::ffi::{c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cuda_types::*;
@@ -19,7 +18,7 @@ use vgpu_core::devices::format_uuid;
 use vgpu_core::ledger::{Key, Kind};
 
 use crate::driver;
-use crate::intercept::Real;
+use crate::driver::Real;
 use crate::state::state;
 
 const FALLBACK_COST: u64 = 512 << 20;
@@ -41,8 +40,8 @@ fn cost_of(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     }
     // Measured once per container: contexts of one device cost the same, and NVML's start-up
     // would otherwise be paid by every process.
-    let ext = st.ledger.accounting().region().extension();
-    let index = st.ledger.accounting().index(dev);
+    let ext = st.container().region().extension();
+    let index = st.container().index(dev);
     let (Some(cached), Some(creating)) = (ext.context_cost.get(index), ext.contexts_creating.get(index)) else {
         return (create(), FALLBACK_COST);
     };
@@ -170,31 +169,12 @@ unsafe fn create_common(
     rc
 }
 
-pub unsafe fn create_v2(real: Real<'_, CUresult>, pctx: *mut CUcontext, _flags: c_uint, dev: CUdevice) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { create_common(real, pctx, dev, driver::destroy_context) }
-}
-
-pub unsafe fn create_v3(
-    real: Real<'_, CUresult>,
-    pctx: *mut CUcontext,
-    _params: *mut c_void,
-    _count: c_int,
-    _flags: c_uint,
-    dev: CUdevice,
-) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { create_common(real, pctx, dev, driver::destroy_context) }
-}
-
-pub unsafe fn create_v4(
-    real: Real<'_, CUresult>,
-    pctx: *mut CUcontext,
-    _params: *mut c_void,
-    _flags: c_uint,
-    dev: CUdevice,
-) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
+/// `cuCtxCreate` (every version): the new context is charged, or undone past the cap.
+///
+/// # Safety
+/// `pctx` null or valid for the driver to write (the driver's contract).
+pub unsafe fn create(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
+    // SAFETY: the caller's arguments, under the driver's contract for this entry point.
     unsafe { create_common(real, pctx, dev, driver::destroy_context) }
 }
 
@@ -206,7 +186,7 @@ fn contexts_may_have_gone() {
     GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
-pub unsafe fn destroy(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
+pub fn destroy(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
     let rc = real.call();
     contexts_may_have_gone();
     if rc.is_success() {
@@ -217,6 +197,9 @@ pub unsafe fn destroy(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
 
 /// The primary context is created by the first retain (the driver keeps the count; we ask it
 /// whether the context is active rather than keeping a second count that could drift).
+///
+/// # Safety
+/// As [`create`].
 pub unsafe fn primary_retain(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev: CUdevice) -> CUresult {
     let Some(slot) = usize::try_from(dev).ok().and_then(|d| state().primary.get(d)) else {
         return real.call();
@@ -237,7 +220,7 @@ pub unsafe fn primary_retain(real: Real<'_, CUresult>, pctx: *mut CUcontext, dev
 }
 
 /// After the last release (or a reset) the driver destroys the primary context.
-unsafe fn primary_gone(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
+pub fn primary_gone(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
     let rc = real.call();
     contexts_may_have_gone();
     let Ok(d) = usize::try_from(dev) else {
@@ -253,16 +236,6 @@ unsafe fn primary_gone(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
         }
     }
     rc
-}
-
-pub unsafe fn primary_release(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { primary_gone(real, dev) }
-}
-
-pub unsafe fn primary_reset(real: Real<'_, CUresult>, dev: CUdevice) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { primary_gone(real, dev) }
 }
 
 #[cfg(test)]

@@ -18,26 +18,15 @@ use vgpu_core::MAX_DEVICES;
 use vgpu_core::view::{virtual_total, virtual_view};
 
 use crate::clock::coarse_ns as now_ns;
-use crate::intercept::{Lib, Real, RealFn, c_name};
+use crate::driver::{self, Real};
 use crate::state::state;
 
 /// How stale the cached physical numbers may get.
 const REFRESH_NS: u64 = 100_000_000;
 
-static CTX_GET_DEVICE: RealFn = RealFn::new(Lib::Cuda, c_name("cuCtxGetDevice\0"));
-
-/// The current context's device from the real `cuCtxGetDevice` alone (`None`: no context, or no
-/// driver function).
+/// The current context's device (`None`: no context, or no driver function).
 pub(crate) fn current_device() -> Option<usize> {
-    type Sig = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
-    let mut dev: CUdevice = 0;
-    // SAFETY: the real cuCtxGetDevice with a valid out-pointer.
-    let f = unsafe { CTX_GET_DEVICE.get::<Sig>() }?;
-    // SAFETY: the real function just resolved, with a valid out-pointer.
-    if !unsafe { f(&mut dev) }.is_success() {
-        return None;
-    }
-    usize::try_from(dev).ok().filter(|&d| d < MAX_DEVICES)
+    driver::current_device().ok().filter(|&d| d < MAX_DEVICES)
 }
 
 /// The driver's physical numbers for one device, as of `stamp`, under a sequence lock (odd =
@@ -93,6 +82,8 @@ impl Physical {
     }
 }
 
+/// # Safety
+/// `free` and `total` null or valid for writes (the driver's contract).
 pub unsafe fn mem_get_info(real: Real<'_, CUresult>, free: *mut usize, total: *mut usize) -> CUresult {
     let ledger = &state().ledger;
     // Uncapped everywhere: the driver's answer, without a single extra driver call.
@@ -133,6 +124,8 @@ pub unsafe fn mem_get_info(real: Real<'_, CUresult>, free: *mut usize, total: *m
     CUresult::SUCCESS
 }
 
+/// # Safety
+/// `bytes` null or valid for writes (the driver's contract).
 pub unsafe fn device_total_mem(real: Real<'_, CUresult>, bytes: *mut usize, dev: CUdevice) -> CUresult {
     let rc = real.call();
     if !rc.is_success() || bytes.is_null() {

@@ -14,11 +14,11 @@ use vgpu_core::ledger::{Denied, Key, Kind, Reservation};
 use vgpu_core::throttle::{Say, Throttle};
 
 use crate::driver;
+use crate::driver::Real;
 use crate::hooks::context;
-use crate::intercept::{Lib, Real, RealFn, c_name};
 use crate::state::state;
 
-type Res = Reservation<'static, crate::container::ContainerAccounting>;
+type Res = Reservation<'static, crate::container::Container>;
 
 /// Refusals are said once, then at most one line per [`REFUSAL_LINE_INTERVAL`] with the count
 /// not shown, and the rest at exit ([`say_unsaid_refusals`]): a program retrying in a loop must
@@ -67,8 +67,6 @@ pub fn say_unsaid_refusals() {
     }
 }
 
-static CTX_GET_CURRENT: RealFn = RealFn::new(Lib::Cuda, c_name("cuCtxGetCurrent\0"));
-
 thread_local! {
     /// (context, `context::GENERATION` when learned, device) of this thread's last context.
     static LAST_CONTEXT: Cell<(usize, u64, usize)> = const { Cell::new((0, u64::MAX, 0)) };
@@ -79,15 +77,7 @@ thread_local! {
 /// context has been destroyed since (the generation), one driver call (`cuCtxGetCurrent`)
 /// names both.
 fn current_context() -> Result<(CUcontext, usize), CUresult> {
-    type Sig = unsafe extern "C" fn(*mut CUcontext) -> CUresult;
-    let mut ctx: CUcontext = std::ptr::null_mut();
-    // SAFETY: the real cuCtxGetCurrent with a valid out-pointer.
-    let f = unsafe { CTX_GET_CURRENT.get::<Sig>() }.ok_or(<CUresult as crate::intercept::Code>::MISSING)?;
-    // SAFETY: the real function just resolved, with a valid out-pointer.
-    let rc = unsafe { f(&mut ctx) };
-    if !rc.is_success() {
-        return Err(rc);
-    }
+    let ctx = driver::current_context_handle()?;
     if ctx.is_null() {
         return Err(CUresult::ERROR_INVALID_CONTEXT);
     }
@@ -121,8 +111,13 @@ fn reserve_current(bytes: u64) -> Result<Option<(Res, u64)>, CUresult> {
 }
 
 /// The common shape: reserve, call, commit under the returned pointer. `P` is the pointer width
-/// the API writes (the 32-bit `cuMemAlloc` of CUDA < 3.2 writes 4 bytes).
-unsafe fn alloc_ptr<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P, bytes: u64) -> CUresult {
+/// the API writes (the 32-bit `cuMemAlloc` of CUDA < 3.2 writes 4 bytes). Managed memory
+/// (`cuMemAllocManaged`) may migrate to the host, but it can occupy the whole request on the
+/// device, so it is charged in full to the current device.
+///
+/// # Safety
+/// `dptr` is null or valid for the driver to write a `P` (the driver's contract).
+pub unsafe fn alloc<P: Copy + Into<u64>>(real: Real<'_, CUresult>, dptr: *mut P, bytes: u64) -> CUresult {
     if dptr.is_null() || bytes == 0 {
         return real.call();
     }
@@ -152,11 +147,14 @@ unsafe fn call_and_commit<P: Copy + Into<u64>>(
     rc
 }
 
-/// As `alloc_ptr`, for the paths that may spill past the cap into host memory
+/// As [`alloc`], for the paths that may spill past the cap into host memory
 /// (`CUDA_OVERSUBSCRIBE`, see `spill`): `cuMemAlloc_v2`, `cuMemAllocAsync`,
 /// `cuMemAllocFromPoolAsync`. Only a refusal by the cap looks at spilling: the path of an
-/// allocation that fits is `alloc_ptr`'s.
-unsafe fn alloc_spillable(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: u64) -> CUresult {
+/// allocation that fits is `alloc`'s.
+///
+/// # Safety
+/// As [`alloc`].
+pub unsafe fn alloc_spillable(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: u64) -> CUresult {
     if dptr.is_null() || bytes == 0 {
         return real.call();
     }
@@ -181,58 +179,17 @@ unsafe fn alloc_spillable(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, byte
     }
 }
 
-pub unsafe fn alloc(real: Real<'_, CUresult>, dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { alloc_spillable(real, dptr, bytes as u64) }
-}
-
-pub unsafe fn alloc_v1(real: Real<'_, CUresult>, dptr: *mut c_uint, bytes: c_uint) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { alloc_ptr(real, dptr, bytes as u64) }
-}
-
-/// Managed memory may migrate to the host, but it can occupy the whole request on the device,
-/// so it is charged in full to the current device.
-pub unsafe fn alloc_managed(
-    real: Real<'_, CUresult>,
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    _flags: c_uint,
-) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { alloc_ptr(real, dptr, bytes as u64) }
-}
-
-pub unsafe fn alloc_async(
-    real: Real<'_, CUresult>,
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    _stream: CUstream,
-) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { alloc_spillable(real, dptr, bytes as u64) }
-}
-
-pub unsafe fn alloc_from_pool_async(
-    real: Real<'_, CUresult>,
-    dptr: *mut CUdeviceptr,
-    bytes: usize,
-    _pool: CUmemoryPool,
-    _stream: CUstream,
-) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { alloc_spillable(real, dptr, bytes as u64) }
-}
-
 /// Pitched rows are padded by the driver; reserve our estimate, then settle on the real
 /// `pitch × height` (refusing, and freeing, if the padding is what breaks the cap).
+///
+/// # Safety
+/// `dptr` and `pitch` null or valid for the driver to write (the driver's contract).
 pub unsafe fn alloc_pitch(
     real: Real<'_, CUresult>,
     dptr: *mut CUdeviceptr,
     pitch: *mut usize,
     width: usize,
     height: usize,
-    _element: c_uint,
 ) -> CUresult {
     if dptr.is_null() || pitch.is_null() || width == 0 || height == 0 {
         return real.call();
@@ -251,7 +208,7 @@ pub unsafe fn alloc_pitch(
     // SAFETY: on success the driver wrote both out-pointers, which are non-null.
     let (ptr, actual) = unsafe { (*dptr, (*pitch as u64).saturating_mul(height as u64)) };
     if let Err(d) = r.resize(actual) {
-        driver::free_device_ptr(ptr);
+        driver::mem_free(ptr);
         return deny(d);
     }
     r.commit(Key::DevicePtr(ptr), ctx);
@@ -260,12 +217,14 @@ pub unsafe fn alloc_pitch(
 
 /// VMM physical memory is charged to the device it is created on (`location.id`), which need
 /// not be the current one; host-located memory (NCCL uses it) is not device memory.
+///
+/// # Safety
+/// `handle` null or valid for the driver to write, `prop` null or valid to read.
 pub unsafe fn create(
     real: Real<'_, CUresult>,
     handle: *mut CUmemGenericAllocationHandle,
     size: usize,
     prop: *const CUmemAllocationProp,
-    _flags: u64,
 ) -> CUresult {
     // SAFETY: `prop` is read only when non-null, as the driver would.
     let Some(prop) = (unsafe { prop.as_ref() }) else {
@@ -335,6 +294,8 @@ unsafe fn array_common(
     rc
 }
 
+/// # Safety
+/// `array` null or valid for the driver to write, `desc` null or valid to read.
 pub unsafe fn array_create(
     real: Real<'_, CUresult>,
     array: *mut CUarray,
@@ -349,6 +310,8 @@ pub unsafe fn array_create(
     unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
 }
 
+/// # Safety
+/// `array` null or valid for the driver to write, `desc` null or valid to read.
 pub unsafe fn array3d_create(
     real: Real<'_, CUresult>,
     array: *mut CUarray,
@@ -363,6 +326,8 @@ pub unsafe fn array3d_create(
     unsafe { array_common(real, array, estimate, Key::Array, driver::array_size, driver::destroy_array) }
 }
 
+/// # Safety
+/// `array` null or valid for the driver to write, `desc` null or valid to read.
 pub unsafe fn mipmapped_create(
     real: Real<'_, CUresult>,
     array: *mut CUmipmappedArray,
@@ -394,7 +359,7 @@ pub unsafe fn mipmapped_create(
 
 /// The record is taken out before the driver frees: once it has, another thread may be handed
 /// the same pointer and record it, which a release after the call would then remove.
-fn take_then_free(real: Real<'_, CUresult>, key: Key) -> CUresult {
+pub fn free(real: Real<'_, CUresult>, key: Key) -> CUresult {
     let ledger = &state().ledger;
     let taken = ledger.take(key);
     let rc = real.call();
@@ -406,16 +371,8 @@ fn take_then_free(real: Real<'_, CUresult>, key: Key) -> CUresult {
     rc
 }
 
-pub unsafe fn free(real: Real<'_, CUresult>, dptr: CUdeviceptr) -> CUresult {
-    take_then_free(real, Key::DevicePtr(dptr))
-}
-
-pub unsafe fn free_v1(real: Real<'_, CUresult>, dptr: c_uint) -> CUresult {
-    take_then_free(real, Key::DevicePtr(dptr.into()))
-}
-
 /// A spilled pointer is managed memory, not pool memory: `spill::free_async` frees it.
-pub unsafe fn free_async(real: Real<'_, CUresult>, dptr: CUdeviceptr, stream: CUstream) -> CUresult {
+pub fn free_async(real: Real<'_, CUresult>, dptr: CUdeviceptr, stream: CUstream) -> CUresult {
     let ledger = &state().ledger;
     let key = Key::DevicePtr(dptr);
     let taken = ledger.take(key);
@@ -429,18 +386,6 @@ pub unsafe fn free_async(real: Real<'_, CUresult>, dptr: CUdeviceptr, stream: CU
         None => {}
     }
     rc
-}
-
-pub unsafe fn release(real: Real<'_, CUresult>, handle: CUmemGenericAllocationHandle) -> CUresult {
-    take_then_free(real, Key::VmmHandle(handle))
-}
-
-pub unsafe fn array_destroy(real: Real<'_, CUresult>, array: CUarray) -> CUresult {
-    take_then_free(real, Key::Array(array as u64))
-}
-
-pub unsafe fn mipmapped_destroy(real: Real<'_, CUresult>, array: CUmipmappedArray) -> CUresult {
-    take_then_free(real, Key::MipmappedArray(array as u64))
 }
 
 #[cfg(test)]

@@ -6,6 +6,5 @@ pub mod info;
 pub mod launch;
 pub mod memory;
 pub mod nvml;
-pub mod procaddr;
 pub mod spill;
 pub mod sync;

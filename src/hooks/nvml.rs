@@ -9,7 +9,8 @@ use vgpu_core::view::{MemoryView, virtual_view};
 use std::ffi::c_uint;
 
 use crate::driver;
-use crate::intercept::{Real, RealFn};
+use crate::driver::Real;
+use crate::driver::nvml::ProcessList;
 use crate::state::{resolve_ordinal, state};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,7 +49,7 @@ fn index_of(device: nvmlDevice_t) -> Option<usize> {
         }
     }
     let uuid = driver::nvml_device_uuid(device).ok()?;
-    let accounting = state().ledger.accounting();
+    let accounting = state().container();
     let resolved = match accounting.region().index_of_uuid(&uuid) {
         Some(i) => Some(i),
         None => resolve_ordinal(&uuid)?.map(|o| accounting.index(o)),
@@ -69,16 +70,18 @@ fn index_of(device: nvmlDevice_t) -> Option<usize> {
 
 /// Our view for a device, given the driver's physical numbers; `None` when it is uncapped.
 fn capped_view(device: nvmlDevice_t, total: u64, free: u64) -> Option<MemoryView> {
-    let ledger = &state().ledger;
+    let st = state();
     // Uncapped everywhere: the driver's answer, without a single extra NVML call.
-    if !ledger.any_limit() {
+    if !st.ledger.any_limit() {
         return None;
     }
     let index = index_of(device)?;
-    let cap = ledger.accounting().limit_at(index)?;
-    Some(virtual_view(Some(cap), ledger.accounting().used_at(index), total, free))
+    let cap = st.container().limit_at(index)?;
+    Some(virtual_view(Some(cap), st.container().used_at(index), total, free))
 }
 
+/// # Safety
+/// `memory` null or valid for writes (NVML's contract).
 pub unsafe fn memory_info(
     real: Real<'_, nvmlReturn_t>,
     device: nvmlDevice_t,
@@ -95,6 +98,8 @@ pub unsafe fn memory_info(
     rc
 }
 
+/// # Safety
+/// As [`memory_info`].
 pub unsafe fn memory_info_v2(
     real: Real<'_, nvmlReturn_t>,
     device: nvmlDevice_t,
@@ -142,31 +147,21 @@ impl ProcessEntry for nvmlProcessInfo_t {
     }
 }
 
-/// Which list: compute processes come from the region when the driver's list is useless here;
-/// graphics processes are none of the region's business, so only PIDs the container cannot see
-/// are taken out of that one.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Compute,
-    Graphics,
-}
-
 /// `nvmlDeviceGet{Compute,Graphics}RunningProcesses[_v2|_v3]`. Inside a container, drivers
 /// 560/570 listed no process, or host PIDs (HAMi#1339–1341, HAMi-core#112), so `nvidia-smi`
 /// showed none. The driver's answer is kept whenever it names a process this container can see
 /// (driver 580 translates PIDs into the caller's namespace); otherwise the compute list is the
 /// region's: the container's live processes, by the PIDs they have in the container, each with
 /// the memory charged to it (on a GPU the container limits; elsewhere libvgpu shows the driver's
-/// answer, as everywhere). The caller's buffer protocol is NVML's: `*count` is the capacity in
+/// answer, as everywhere); graphics processes are none of the region's business. The caller's buffer protocol is NVML's: `*count` is the capacity in
 /// and the entries written (or needed, with `NVML_ERROR_INSUFFICIENT_SIZE`) out.
 ///
 /// # Safety
 /// `count` and `infos` as NVML's contract: `count` null or valid, `infos` valid for `*count`
-/// entries of `T` (or null when `*count` is 0). `slot` is the real function `real` calls.
+/// entries of `T` (or null when `*count` is 0).
 pub unsafe fn running_processes<T: ProcessEntry>(
     real: Real<'_, nvmlReturn_t>,
-    slot: &RealFn,
-    kind: Kind,
+    kind: ProcessList,
     device: nvmlDevice_t,
     count: *mut c_uint,
     infos: *mut T,
@@ -187,22 +182,21 @@ pub unsafe fn running_processes<T: ProcessEntry>(
         }
     } else {
         // Only the number came back (a size query): ask again into our own buffer for the PIDs.
-        // SAFETY: `slot` is this very function, whose entries are `T`.
-        unsafe { driver_list::<T>(slot, device, listed) }
+        driver::nvml_running_pids(kind, device, listed)
     };
     let Some(index) = index_of(device) else { return rc };
     // A GPU the container does not limit shows the driver's answer, as every other view does.
-    let accounting = state().ledger.accounting();
-    let sm = accounting.region().shared().sm_limit.get(index).map_or(0, |l| l.load(Ordering::Relaxed));
-    if accounting.limit_at(index).is_none() && !(1..100).contains(&sm) {
+    let accounting = state().container();
+    let sm = accounting.sm_limit_at(index);
+    if accounting.limit_at(index).is_none() && vgpu_core::limiter::share_ppm(sm).is_none() {
         return rc;
     }
     let ours = accounting.processes_on(index);
     let seen = |pid: u32| ours.iter().any(|&(p, _)| p == pid) || visible(pid);
-    if driver_pids.iter().any(|&p| seen(p)) || (driver_pids.is_empty() && kind == Kind::Graphics) {
+    if driver_pids.iter().any(|&p| seen(p)) || (driver_pids.is_empty() && kind == ProcessList::Graphics) {
         return rc;
     }
-    let entries: Vec<(u32, u64)> = if kind == Kind::Compute { ours } else { Vec::new() };
+    let entries: Vec<(u32, u64)> = if kind == ProcessList::Compute { ours } else { Vec::new() };
     if entries.is_empty() && driver_pids.is_empty() {
         return rc;
     }
@@ -224,59 +218,8 @@ pub unsafe fn running_processes<T: ProcessEntry>(
     nvmlReturn_t::SUCCESS
 }
 
-/// The PIDs the driver lists, through our own buffer (`needed` entries, and a few more for
-/// processes that started since).
-unsafe fn driver_list<T: ProcessEntry>(slot: &RealFn, device: nvmlDevice_t, needed: c_uint) -> Vec<u32> {
-    type Sig<T> = unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut T) -> nvmlReturn_t;
-    // SAFETY: the slot holds the real function of exactly this signature (see the table).
-    let Some(f) = (unsafe { slot.get::<Sig<T>>() }) else { return Vec::new() };
-    let mut n = needed.saturating_add(8);
-    let mut buf: Vec<std::mem::MaybeUninit<T>> = Vec::with_capacity(n as usize);
-    // SAFETY: `buf` has room for `n` entries; the driver writes at most `n` and says how many.
-    let rc = unsafe { f(device, &mut n, buf.as_mut_ptr().cast()) };
-    if rc != nvmlReturn_t::SUCCESS {
-        return Vec::new();
-    }
-    let n = (n as usize).min(buf.capacity());
-    // SAFETY: the driver initialised the first `n` entries.
-    unsafe { buf.set_len(n) };
-    buf.iter()
-        .map(|e| {
-            // SAFETY: within the first `n` entries, which the driver wrote.
-            unsafe { e.assume_init_ref() }.pid()
-        })
-        .collect()
-}
-
 /// Whether this process's PID namespace has a process `pid` (a host PID that a driver gave
 /// does not exist here, or names another process, which the region check above covers).
 fn visible(pid: u32) -> bool {
     pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-macro_rules! process_lists {
-    ($($handler:ident: $real:ident, $entry:ty, $kind:expr;)*) => {$(
-        /// See [`running_processes`].
-        ///
-        /// # Safety
-        /// NVML's contract for this function.
-        pub unsafe fn $handler(
-            real: Real<'_, nvmlReturn_t>,
-            device: nvmlDevice_t,
-            count: *mut c_uint,
-            infos: *mut $entry,
-        ) -> nvmlReturn_t {
-            // SAFETY: the caller's arguments under NVML's contract; the slot is this function's.
-            unsafe { running_processes(real, &crate::intercept::table::real::$real, $kind, device, count, infos) }
-        }
-    )*};
-}
-
-process_lists! {
-    compute_v1: nvmlDeviceGetComputeRunningProcesses, nvmlProcessInfo_v1_t, Kind::Compute;
-    compute_v2: nvmlDeviceGetComputeRunningProcesses_v2, nvmlProcessInfo_t, Kind::Compute;
-    compute_v3: nvmlDeviceGetComputeRunningProcesses_v3, nvmlProcessInfo_t, Kind::Compute;
-    graphics_v1: nvmlDeviceGetGraphicsRunningProcesses, nvmlProcessInfo_v1_t, Kind::Graphics;
-    graphics_v2: nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlProcessInfo_t, Kind::Graphics;
-    graphics_v3: nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlProcessInfo_t, Kind::Graphics;
 }

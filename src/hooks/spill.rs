@@ -25,7 +25,6 @@ use cuda_types::*;
 use vgpu_core::ledger::{Denied, Key, Reservation};
 
 use crate::driver;
-use crate::intercept::table::real;
 use crate::state::state;
 
 /// `CU_MEM_ATTACH_GLOBAL`.
@@ -36,7 +35,7 @@ const ADVISE_SET_ACCESSED_BY: u32 = 5;
 /// `CU_DEVICE_CPU` of the pre-12.2 `cuMemAdvise`.
 const DEVICE_CPU: CUdevice = -1;
 
-type Res = Reservation<'static, crate::container::ContainerAccounting>;
+type Res = Reservation<'static, crate::container::Container>;
 
 /// Whether this process has said that it spills (one line per process, not per allocation).
 static SAID: AtomicBool = AtomicBool::new(false);
@@ -52,7 +51,7 @@ pub unsafe fn alloc(dptr: *mut CUdeviceptr, r: Res, dev: usize, ctx: u64) -> CUr
     let bytes = r.bytes();
     let cap = st.ledger.limit(dev);
     if let Some(limit) = st.config.spill_limit(cap) {
-        st.ledger.accounting().publish_spill_limit(dev, limit);
+        st.container().publish_spill_limit(dev, limit);
         if !SAID.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "device {dev}: the {} MiB memory cap is full; this process now spills allocations to host memory \
@@ -64,13 +63,7 @@ pub unsafe fn alloc(dptr: *mut CUdeviceptr, r: Res, dev: usize, ctx: u64) -> CUr
     }
     let Ok(size) = usize::try_from(bytes) else { return CUresult::ERROR_OUT_OF_MEMORY };
     let mut ptr: CUdeviceptr = 0;
-    type AllocManaged = unsafe extern "C" fn(*mut CUdeviceptr, usize, u32) -> CUresult;
-    // SAFETY: the real cuMemAllocManaged with a valid out-pointer.
-    let rc = match unsafe { real::cuMemAllocManaged.get::<AllocManaged>() } {
-        // SAFETY: the real function just resolved, with a valid out-pointer.
-        Some(f) => unsafe { f(&mut ptr, size, ATTACH_GLOBAL) },
-        None => CUresult::ERROR_NOT_SUPPORTED,
-    };
+    let rc = driver::mem_alloc_managed(&mut ptr, size, ATTACH_GLOBAL);
     if !rc.is_success() {
         tracing::warn!("device {dev}: spilling {} MiB to host memory failed (cuMemAllocManaged: {rc:?})", bytes >> 20);
         return CUresult::ERROR_OUT_OF_MEMORY;
@@ -79,7 +72,7 @@ pub unsafe fn alloc(dptr: *mut CUdeviceptr, r: Res, dev: usize, ctx: u64) -> CUr
         tracing::warn!(
             "device {dev}: spilled memory could not be kept on the host (cuMemAdvise: {rc:?}); refusing the allocation"
         );
-        driver::free_device_ptr(ptr);
+        driver::mem_free(ptr);
         return CUresult::ERROR_OUT_OF_MEMORY;
     }
     r.commit(Key::DevicePtr(ptr), ctx);
@@ -98,7 +91,7 @@ fn keep_on_host(ptr: CUdeviceptr, size: usize, dev: usize) -> Result<(), CUresul
     let check = |rc: CUresult| if rc.is_success() { Ok(()) } else { Err(rc) };
     // SAFETY: advice on the managed range the driver just returned, with valid arguments.
     match unsafe { driver::mem_advise_v2(ptr, size, ADVISE_SET_PREFERRED_LOCATION, host) } {
-        rc if rc == <CUresult as crate::intercept::Code>::MISSING => {
+        rc if rc == <CUresult as driver::Code>::MISSING => {
             // SAFETY: the managed range just allocated, on a device the caller named.
             check(unsafe { driver::mem_advise(ptr, size, ADVISE_SET_PREFERRED_LOCATION, DEVICE_CPU) })?;
             // SAFETY: as above.
@@ -115,7 +108,7 @@ fn keep_on_host(ptr: CUdeviceptr, size: usize, dev: usize) -> Result<(), CUresul
 /// A stream-ordered free of spilled memory: managed memory is not pool memory, so the free
 /// waits for `stream`'s work and then frees it as `cuMemFree` would. A capturing stream is
 /// never synchronised: the driver gets the call as made.
-pub fn free_async(real: crate::intercept::Real<'_, CUresult>, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
+pub fn free_async(real: driver::Real<'_, CUresult>, ptr: CUdeviceptr, stream: CUstream) -> CUresult {
     if driver::stream_capturing(stream) {
         return real.call();
     }
@@ -123,12 +116,9 @@ pub fn free_async(real: crate::intercept::Real<'_, CUresult>, ptr: CUdeviceptr, 
     if !rc.is_success() {
         return rc;
     }
-    type Free = unsafe extern "C" fn(CUdeviceptr) -> CUresult;
-    // SAFETY: the real cuMemFree_v2 on the caller's spilled pointer, its stream's work done.
-    match unsafe { real::cuMemFree_v2.get::<Free>() } {
-        // SAFETY: the real function just resolved, on the caller's spilled pointer, its stream's work done.
-        Some(f) => unsafe { f(ptr) },
-        None => real.call(),
+    match driver::mem_free(ptr) {
+        rc if rc == <CUresult as driver::Code>::MISSING => real.call(),
+        rc => rc,
     }
 }
 

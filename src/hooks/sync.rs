@@ -3,7 +3,7 @@
 
 use cuda_types::*;
 
-use crate::intercept::Real;
+use crate::driver::{self, Real};
 use crate::limiter::{after_sync, before_sync};
 
 fn wait(real: Real<'_, CUresult>, drains: Option<(CUstream, bool)>) -> CUresult {
@@ -15,21 +15,20 @@ fn wait(real: Real<'_, CUresult>, drains: Option<(CUstream, bool)>) -> CUresult 
     rc
 }
 
-pub unsafe fn stream(real: Real<'_, CUresult>, stream: CUstream) -> CUresult {
-    wait(real, Some((stream, false)))
+/// `cuStreamSynchronize` and its `_ptsz` twin.
+pub fn stream(real: Real<'_, CUresult>, stream: CUstream) -> CUresult {
+    let ptsz = real.per_thread_stream();
+    wait(real, Some((stream, ptsz)))
 }
 
-pub unsafe fn stream_ptsz(real: Real<'_, CUresult>, stream: CUstream) -> CUresult {
-    wait(real, Some((stream, true)))
-}
-
-pub unsafe fn context(real: Real<'_, CUresult>) -> CUresult {
+/// `cuCtxSynchronize`: the current context.
+pub fn context(real: Real<'_, CUresult>) -> CUresult {
     wait(real, None)
 }
 
 /// `cuCtxSynchronize_v2(ctx)`: a NULL context is the current one; another context's wait
 /// drains nothing this thread measures. (Unlimited, the export never gets here.)
-pub unsafe fn context_v2(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
-    let current = ctx.is_null() || crate::driver::current_context_handle().is_ok_and(|c| c == ctx);
+pub fn context_v2(real: Real<'_, CUresult>, ctx: CUcontext) -> CUresult {
+    let current = ctx.is_null() || driver::current_context_handle().is_ok_and(|c| c == ctx);
     if current { wait(real, None) } else { real.call() }
 }

@@ -8,51 +8,12 @@
 //! - Any other handle: call the real `dlsym`; if the answer is the real address of a function we
 //!   hook, return the hook instead (pointer identity, the same rule as `cuGetProcAddress`).
 //!
-//! The real `dlsym` comes from `dlvsym`, never from `dlsym` (that would be us).
+//! The real `dlsym` is `driver::symbols`'s, found with `dlvsym`, never `dlsym` (that would be us).
 
-use std::ffi::{CStr, c_char, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::ffi::{c_char, c_void};
 
-use super::Lib;
-
-/// The real `dlsym`; read by the naked export, so it is a plain word.
-static REAL_DLSYM: AtomicUsize = AtomicUsize::new(0);
-
-type DlsymFn = unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void;
-
-/// Finds glibc's `dlsym` (2.34 moved it into libc; older versions in libdl, per architecture).
-extern "C" fn init_real_dlsym() -> usize {
-    let current = REAL_DLSYM.load(Ordering::Acquire);
-    if current != 0 {
-        return current;
-    }
-    let mut found = 0usize;
-    for version in [c"GLIBC_2.34", c"GLIBC_2.2.5", c"GLIBC_2.17"] {
-        // SAFETY: dlvsym with constant C strings; RTLD_NEXT finds the definition after ours.
-        let p = unsafe { libc::dlvsym(libc::RTLD_NEXT, c"dlsym".as_ptr(), version.as_ptr()) };
-        if !p.is_null() {
-            found = p as usize;
-            break;
-        }
-    }
-    if found == 0 {
-        // Without a real dlsym every lookup answers "not found" rather than recursing into us.
-        found = not_found as *const () as usize;
-    }
-    REAL_DLSYM.store(found, Ordering::Release);
-    found
-}
-
-unsafe extern "C" fn not_found(_: *mut c_void, _: *const c_char) -> *mut c_void {
-    std::ptr::null_mut()
-}
-
-/// Looks a symbol up with the real `dlsym`.
-pub fn real_dlsym(handle: *mut c_void, name: &CStr) -> *mut c_void {
-    let f = init_real_dlsym();
-    // SAFETY: `f` is glibc's dlsym (or `not_found`), which accepts any handle and C string.
-    unsafe { std::mem::transmute::<usize, DlsymFn>(f)(handle, name.as_ptr()) }
-}
+use crate::driver::Lib;
+use crate::driver::symbols::{DlsymFn, REAL_DLSYM, init_real_dlsym};
 
 /// `dlsym` for every handle but `RTLD_NEXT`.
 unsafe extern "C" fn dlsym_hook(handle: *mut c_void, name: *const c_char) -> *mut c_void {

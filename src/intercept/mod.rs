@@ -1,93 +1,22 @@
-//! The thin unsafe layer: real-symbol slots, the hook table and the shim every hook runs through.
+//! The three doors into libvgpu and the shim every hook runs through.
 //!
 //! A hooked function is declared once in [`table`]; the `hooks!` macro turns the declaration into
 //! (1) the `#[no_mangle]` export, (2) a lazily resolved slot for the real function, and (3) an entry
-//! of [`table::HOOKS`], which the `dlsym` and `cuGetProcAddress` doors use to swap a real address
-//! for our hook. Adding a hook is one line there plus an ordinary Rust handler.
+//! of [`table::HOOKS`], which the `dlsym` ([`dlsym`]) and `cuGetProcAddress` ([`procaddr`]) doors
+//! use to swap a real address for our hook. Adding a hook is one line there plus an ordinary Rust
+//! handler in `hooks`.
 
 pub mod dlsym;
-pub mod libs;
+pub mod procaddr;
 pub mod table;
 
 use std::cell::Cell;
-use std::ffi::{CStr, c_void};
+use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use cuda_types::{CUresult, nvmlReturn_t};
-
-pub use libs::Lib;
-
-/// A return code we can fabricate when the real function is missing.
-pub trait Code: Copy {
-    const MISSING: Self;
-}
-impl Code for CUresult {
-    const MISSING: Self = CUresult::ERROR_NOT_FOUND;
-}
-impl Code for nvmlReturn_t {
-    const MISSING: Self = nvmlReturn_t::ERROR_FUNCTION_NOT_FOUND;
-}
-
-const UNRESOLVED: usize = 0;
-const ABSENT: usize = 1;
-
-/// The real driver function behind a name, resolved on first use (ZLUDA's tri-state: unresolved,
-/// absent, address) through the saved real `dlsym`, so a function an older driver lacks only
-/// affects its own callers.
-pub struct RealFn {
-    lib: Lib,
-    name: &'static CStr,
-    addr: AtomicUsize,
-}
-
-impl RealFn {
-    pub const fn new(lib: Lib, name: &'static CStr) -> Self {
-        RealFn { lib, name, addr: AtomicUsize::new(UNRESOLVED) }
-    }
-
-    /// The real address, or `None` when the library or the symbol is missing.
-    #[inline]
-    pub fn addr(&self) -> Option<usize> {
-        match self.addr.load(Ordering::Acquire) {
-            UNRESOLVED => self.resolve(),
-            ABSENT => None,
-            a => Some(a),
-        }
-    }
-
-    /// # Safety
-    /// `F` must be the `extern "C"` function-pointer type of this symbol.
-    #[inline]
-    pub unsafe fn get<F: Copy>(&self) -> Option<F> {
-        const { assert!(size_of::<F>() == size_of::<usize>()) };
-        let a = self.addr()?;
-        // SAFETY: the caller names the symbol's true signature; `a` is a non-null code address.
-        Some(unsafe { std::mem::transmute_copy::<usize, F>(&a) })
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn resolve(&self) -> Option<usize> {
-        let Some(handle) = libs::handle(self.lib) else {
-            // Not cached: the library may be loaded later (by the application).
-            return None;
-        };
-        let a = dlsym::real_dlsym(handle, self.name) as usize;
-        let stored = if a == 0 { ABSENT } else { a };
-        self.addr.store(stored, Ordering::Release);
-        (a != 0).then_some(a)
-    }
-}
-
-/// A symbol name as a C string, checked at compile time.
-pub const fn c_name(with_nul: &'static str) -> &'static CStr {
-    match CStr::from_bytes_with_nul(with_nul.as_bytes()) {
-        Ok(name) => name,
-        Err(_) => panic!("symbol names are NUL-terminated and contain no NUL"),
-    }
-}
+use crate::driver::{Code, Lib, Real, RealFn, libs};
 
 /// One hooked export.
 pub struct Hook {
@@ -98,27 +27,16 @@ pub struct Hook {
 // SAFETY: `hook` is the address of a function, immutable and valid for the program's lifetime.
 unsafe impl Sync for Hook {}
 
-/// The real call with the caller's own arguments, as a handler sees it. Remembers that it ran,
-/// so a panic after the driver call returns the driver's answer instead of calling it twice.
-pub struct Real<'a, R> {
-    call: &'a dyn Fn() -> R,
-    done: &'a Cell<Option<R>>,
-}
-
-impl<R: Copy> Real<'_, R> {
-    #[inline]
-    pub fn call(&self) -> R {
-        let r = (self.call)();
-        self.done.set(Some(r));
-        r
-    }
-}
-
 /// Runs a handler; if our code panics, logs once and falls back to the driver (fail open).
 #[inline]
-pub fn guard<R: Code>(name: &'static str, call: &dyn Fn() -> R, handler: impl FnOnce(Real<'_, R>) -> R) -> R {
+pub fn guard<R: Code>(
+    name: &'static str,
+    per_thread: bool,
+    call: &dyn Fn() -> R,
+    handler: impl FnOnce(Real<'_, R>) -> R,
+) -> R {
     let done = Cell::new(None);
-    match catch_unwind(AssertUnwindSafe(|| handler(Real { call, done: &done }))) {
+    match catch_unwind(AssertUnwindSafe(|| handler(Real::new(call, &done, per_thread)))) {
         Ok(r) => r,
         Err(_) => {
             report_panic(name);
@@ -188,7 +106,8 @@ mod tests {
     fn panic_before_the_real_call_falls_through_to_it_once() {
         let calls = Cell::new(0);
         let real = counting(&calls, CUresult::ERROR_INVALID_VALUE);
-        let r = guard::<CUresult>("test_before", &real, |_real| panic!("handler fails before calling the driver"));
+        let r =
+            guard::<CUresult>("test_before", false, &real, |_real| panic!("handler fails before calling the driver"));
         assert_eq!(r, CUresult::ERROR_INVALID_VALUE, "the driver's own code");
         assert_eq!(calls.get(), 1, "the driver is called exactly once");
     }
@@ -197,7 +116,7 @@ mod tests {
     fn panic_after_the_real_call_returns_its_code_without_calling_again() {
         let calls = Cell::new(0);
         let real = counting(&calls, CUresult::ERROR_OUT_OF_MEMORY);
-        let r = guard::<CUresult>("test_after", &real, |real| {
+        let r = guard::<CUresult>("test_after", false, &real, |real| {
             let rc = real.call();
             assert_eq!(rc, CUresult::ERROR_OUT_OF_MEMORY);
             panic!("handler fails after the driver answered")
@@ -210,7 +129,7 @@ mod tests {
     fn panic_after_a_successful_real_call_returns_success() {
         let calls = Cell::new(0);
         let real = counting(&calls, nvmlReturn_t::SUCCESS);
-        let r = guard::<nvmlReturn_t>("test_after_nvml", &real, |real| {
+        let r = guard::<nvmlReturn_t>("test_after_nvml", false, &real, |real| {
             real.call();
             panic!("post-processing of a successful call fails")
         });
@@ -223,13 +142,13 @@ mod tests {
         // A handler that refuses without reaching the driver.
         let calls = Cell::new(0);
         let real = counting(&calls, CUresult::SUCCESS);
-        let r = guard::<CUresult>("test_refuse", &real, |_real| CUresult::ERROR_OUT_OF_MEMORY);
+        let r = guard::<CUresult>("test_refuse", false, &real, |_real| CUresult::ERROR_OUT_OF_MEMORY);
         assert_eq!(r, CUresult::ERROR_OUT_OF_MEMORY);
         assert_eq!(calls.get(), 0, "the handler chose not to call the driver");
 
         // A handler that calls the driver and answers something else.
         let real = counting(&calls, CUresult::SUCCESS);
-        let r = guard::<CUresult>("test_rewrite", &real, |real| {
+        let r = guard::<CUresult>("test_rewrite", false, &real, |real| {
             assert_eq!(real.call(), CUresult::SUCCESS);
             CUresult::ERROR_INVALID_DEVICE
         });

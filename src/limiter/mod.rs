@@ -212,7 +212,7 @@ fn refresh(now: u64) {
     if now.saturating_sub(written) >= 1_000_000_000
         && HAMI_WRITTEN_AT.compare_exchange(written, now, Relaxed, Relaxed).is_ok()
     {
-        let s = state().ledger.accounting().region().shared();
+        let s = state().container().region().shared();
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         s.last_kernel_time.store(unix, Relaxed);
         if s.recent_kernel.load(Relaxed) >= 0 {
@@ -247,14 +247,14 @@ fn coordinates() -> bool {
 
 /// HAMi's monitor blocks a container (a higher-priority one is running) with `recent_kernel = -1`.
 fn hami_blocked() -> bool {
-    state().ledger.accounting().region().shared().recent_kernel.load(Relaxed) < 0
+    state().container().region().shared().recent_kernel.load(Relaxed) < 0
 }
 
 /// The share (ppm) device `dev` is limited to now, if any.
 fn share_for(dev: usize) -> Option<u64> {
     let st = state();
-    let s = st.ledger.accounting().region().shared();
-    let limit = s.sm_limit.get(st.ledger.accounting().index(dev))?.load(Relaxed);
+    let s = st.container().region().shared();
+    let limit = st.container().sm_limit_at(st.container().index(dev));
     let on = match st.config.core_policy {
         CorePolicy::Force => true,
         CorePolicy::Disable => false,
@@ -279,7 +279,7 @@ fn bookkeeping(stream: CUstream, idle: bool, window: u32) -> bool {
     if driver::stream_capturing(stream) {
         return false;
     }
-    let bucket = share.and(st.ledger.accounting().region().extension().buckets.get(st.ledger.accounting().index(dev)));
+    let bucket = share.and(st.container().bucket(dev));
     let Ok(ctx) = driver::current_context_handle() else { return false };
     let now = now_ns();
     if let Some(p) = place {
@@ -298,67 +298,88 @@ fn bookkeeping(stream: CUstream, idle: bool, window: u32) -> bool {
         // A thread away for a while may have left its stream idle, and that gap is not GPU time;
         // but if our last marker is still pending the stream has been busy all along.
         chain.new_segment |= idle && chain.idle();
-        // The GPU is RING markers behind: wait for the oldest before queueing more.
-        let mut waited = 0;
-        while chain.full() && waited < 2_000 {
-            std::thread::sleep(Duration::from_micros(200));
-            waited += 1;
-            if let Some(p) = place
-                && let Some(t) = p.token
-            {
-                t.renew(p.index, now_ns());
-            }
-            chain.charge_completed(bucket);
-        }
+        wait_for_a_free_marker(&mut chain, place, bucket);
         // The window of launches so far is closed now: whatever waiting follows is not in it.
         let segment = std::mem::replace(&mut chain.new_segment, false);
         chain.record(stream, segment, window, false);
-        let mut waited = false;
-        if st.config.priority != 0 && must_yield(place) {
-            if let Some(p) = place {
-                token::release(p, dev, &mut chain, bucket);
-            }
-            waited |= yield_to_high_priority(place, bucket);
-        }
-        let burst = st.config.sm_burst && place.is_some_and(|p| p.token.is_some());
-        let claim = || {
-            let within = match (share, bucket) {
-                (Some(s), Some(b)) => b.wait_ns(now_ns(), s, burst_ns(s, PERIOD_NS), 0) == 0,
-                _ => true,
-            };
-            sched::claim(share, burst, within)
-        };
-        // Budget first, then the turn; a turn's end can charge the slice's drained work and use
-        // the budget up again, and then it is budget again: never a launch without the turn.
-        for _ in 0..1_000 {
-            if let (Some(share), Some(b), false) = (share, bucket, burst) {
-                waited |= throttle(share, b, place, dev, &mut chain);
-            }
-            let Some(p) = place else { break };
-            match token::take_turn(p, dev, &claim, &mut chain, bucket) {
-                token::Turn::Go { waited: w } => {
-                    waited |= w;
-                    break;
-                }
-                token::Turn::OutOfBudget => waited = true,
-            }
-        }
+        let waited = wait_for_budget_and_turn(dev, share, place, bucket, &mut chain);
         // What is launched from here on is charged as this slice is (burst or not).
         chain.burst = token::burst_slice(dev);
-        if !waited {
-            return chain.arm_sample();
-        }
-        // The time spent waiting is not the thread being away from its stream.
-        update_gate(|gate| gate.next_check = coarse_ns() + CHECK_NS);
-        // If everything we queued completed while we waited, the stream idled: what follows
-        // starts a new segment, and it must start *here*, before the launch we held back.
-        // Starting it at the next check instead would leave that launch uncharged, once per
-        // wait: with 0.2 ms kernels and a wait every few ms that is a tenth of the work, and the
-        // share overshoots. Work still pending means the stream stayed busy, and the window
-        // counts as it is.
-        chain.new_segment = false;
-        if chain.idle() { chain.record(stream, true, 0, true) } else { chain.arm_sample() }
+        if waited { resume_after_wait(&mut chain, stream) } else { chain.arm_sample() }
     })
+}
+
+/// The GPU is `RING` markers behind: waits (bounded) for the oldest before queueing more,
+/// keeping the turn's lease alive meanwhile.
+fn wait_for_a_free_marker(chain: &mut Chain, place: Option<&Place>, bucket: Option<&BucketState>) {
+    let mut waited = 0;
+    while chain.full() && waited < 2_000 {
+        std::thread::sleep(Duration::from_micros(200));
+        waited += 1;
+        if let Some(p) = place
+            && let Some(t) = p.token
+        {
+            t.renew(p.index, now_ns());
+        }
+        chain.charge_completed(bucket);
+    }
+}
+
+/// Waits for a high-priority container, then the budget, then the turn on the GPU; whether it
+/// waited at all.
+fn wait_for_budget_and_turn(
+    dev: usize,
+    share: Option<u64>,
+    place: Option<&'static Place>,
+    bucket: Option<&BucketState>,
+    chain: &mut Chain,
+) -> bool {
+    let st = state();
+    let mut waited = false;
+    if st.config.priority != 0 && must_yield(place) {
+        if let Some(p) = place {
+            token::release(p, dev, chain, bucket);
+        }
+        waited |= yield_to_high_priority(place, bucket);
+    }
+    let burst = st.config.sm_burst && place.is_some_and(|p| p.token.is_some());
+    let claim = || {
+        let within = match (share, bucket) {
+            (Some(s), Some(b)) => b.wait_ns(now_ns(), s, burst_ns(s, PERIOD_NS), 0) == 0,
+            _ => true,
+        };
+        sched::claim(share, burst, within)
+    };
+    // Budget first, then the turn; a turn's end can charge the slice's drained work and use
+    // the budget up again, and then it is budget again: never a launch without the turn.
+    for _ in 0..1_000 {
+        if let (Some(share), Some(b), false) = (share, bucket, burst) {
+            waited |= throttle(share, b, place, dev, chain);
+        }
+        let Some(p) = place else { break };
+        match token::take_turn(p, dev, &claim, chain, bucket) {
+            token::Turn::Go { waited: w } => {
+                waited |= w;
+                break;
+            }
+            token::Turn::OutOfBudget => waited = true,
+        }
+    }
+    waited
+}
+
+/// After a wait, the launch held back starts the next window.
+fn resume_after_wait(chain: &mut Chain, stream: CUstream) -> bool {
+    // The time spent waiting is not the thread being away from its stream.
+    update_gate(|gate| gate.next_check = coarse_ns() + CHECK_NS);
+    // If everything we queued completed while we waited, the stream idled: what follows
+    // starts a new segment, and it must start *here*, before the launch we held back.
+    // Starting it at the next check instead would leave that launch uncharged, once per
+    // wait: with 0.2 ms kernels and a wait every few ms that is a tenth of the work, and the
+    // share overshoots. Work still pending means the stream stayed busy, and the window
+    // counts as it is.
+    chain.new_segment = false;
+    if chain.idle() { chain.record(stream, true, 0, true) } else { chain.arm_sample() }
 }
 
 /// Waits while the container's budget is used up. A container that takes turns with others

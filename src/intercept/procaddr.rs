@@ -9,7 +9,8 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 
 use cuda_types::*;
 
-use crate::intercept::{Lib, Real, hook_for, hook_name};
+use crate::driver::{Lib, Real};
+use crate::intercept::{hook_for, hook_name};
 use crate::state::state;
 
 unsafe fn swap(pfn: *mut *mut c_void, symbol: *const c_char, version: c_int, flags: u64) {
@@ -31,6 +32,10 @@ unsafe fn swap(pfn: *mut *mut c_void, symbol: *const c_char, version: c_int, fla
     }
 }
 
+/// `cuGetProcAddress` and `_v2` (whose `symbolStatus` the driver writes, untouched).
+///
+/// # Safety
+/// `symbol` a C string and `pfn` null or valid for writes (the driver's contract).
 pub unsafe fn get_proc_address(
     real: Real<'_, CUresult>,
     symbol: *const c_char,
@@ -46,16 +51,4 @@ pub unsafe fn get_proc_address(
         unsafe { swap(pfn, symbol, version, flags) };
     }
     rc
-}
-
-pub unsafe fn get_proc_address_v2(
-    real: Real<'_, CUresult>,
-    symbol: *const c_char,
-    pfn: *mut *mut c_void,
-    version: c_int,
-    flags: u64,
-    _status: *mut CUdriverProcAddressQueryResult,
-) -> CUresult {
-    // SAFETY: the caller's arguments, passed on under the driver's contract for this entry point.
-    unsafe { get_proc_address(real, symbol, pfn, version, flags) }
 }

@@ -1,5 +1,5 @@
 //! Watches the region file for changes made under this process (truncated, deleted, replaced,
-//! re-initialised) and has `container` re-attach (issue 15, defects 3 and 11). One thread per
+//! re-initialised) and has the container re-attach (issue 15, defects 3 and 11). One thread per
 //! process that shares a region file, blocked in `read` on an inotify descriptor (`O_CLOEXEC`),
 //! started with the region on the first CUDA call, never at load; no signal handler is involved.
 //!
@@ -13,32 +13,32 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::state::state;
+use super::LedgerOf;
 
 /// The process whose watcher runs (a forked child starts its own).
 static WATCHER_PID: AtomicU32 = AtomicU32::new(0);
 
 /// Starts this process's watcher if it has none.
-pub fn ensure() {
+pub fn ensure(ledger: LedgerOf) {
     let pid = std::process::id();
     if WATCHER_PID.swap(pid, Ordering::AcqRel) == pid {
         return;
     }
-    if let Err(e) = std::thread::Builder::new().name("libvgpu-watch".into()).spawn(run) {
+    if let Err(e) = std::thread::Builder::new().name("libvgpu-watch".into()).spawn(move || run(ledger)) {
         tracing::debug!("cannot start the region watcher: {e}");
         WATCHER_PID.store(0, Ordering::Release);
     }
 }
 
-fn run() {
-    let st = state();
-    let acc = st.ledger.accounting();
+fn run(ledger: LedgerOf) {
+    let ledger = ledger();
+    let acc = ledger.accounting();
     loop {
         let Some(path) = acc.watched_path() else { return };
         // Watch first, then look: a change between the two is seen by the look.
         let watch = Inotify::watch(path);
         if let Some(change) = acc.file_change() {
-            acc.reattach(change, &st.ledger);
+            acc.reattach(change, ledger);
             // A file that keeps changing must not keep this thread spinning.
             std::thread::sleep(Duration::from_millis(10));
             continue;

@@ -10,7 +10,7 @@
 //! Exit: an `atexit` handler gives the slot back, so a clean exit leaves no dead slot behind
 //! (a crash still does; the next refused charge or `vgpu reap` reclaims it).
 //!
-//! The file under us: `crate::watch` tells us when the region file is truncated, deleted or
+//! The file under us: [`watch`] tells us when the region file is truncated, deleted or
 //! replaced while we use it. Truncated: the mapping is replaced by private memory first (its
 //! pages would raise SIGBUS), then, as for a deleted or replaced file, we re-attach to whatever
 //! region the path names now (creating it, with the live limits, if nobody has) and charge this
@@ -26,12 +26,19 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
 use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::{Config, TrustedOwners};
 use vgpu_core::ledger::{Accounting, Kind, MemoryLedger};
+use vgpu_core::limiter::BucketState;
 use vgpu_region::layout::{FILE_SIZE, MAGIC, MAX_PROCS, slot_offset};
 use vgpu_region::{InitParams, Limit, LimitChange, Region, RegionAccounting, SlotState};
 
+mod watch;
+
+/// Where the process's ledger lives (the state, which owns it): a re-attach charges the new
+/// region with what the ledger records, and the watcher thread that re-attaches needs it.
+pub type LedgerOf = fn() -> &'static MemoryLedger<Container>;
+
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-/// How often a memory query may reap dead slots (see `ContainerAccounting::reap_now_and_then`).
+/// How often a memory query may reap dead slots (see `Container::reap_now_and_then`).
 const REAP_EVERY_NS: u64 = 100_000_000;
 
 /// The attachment in use, for the `atexit` handler (the same pointer as `current`).
@@ -69,7 +76,7 @@ extern "C" fn release_at_exit() {
     });
 }
 
-/// What happened to the region file under us (see `ContainerAccounting::file_change`).
+/// What happened to the region file under us (see `Container::file_change`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileChange {
     /// Shorter than a region: its pages are gone from under the mapping.
@@ -103,7 +110,7 @@ struct Attachment {
     generation: u64,
 }
 
-pub struct ContainerAccounting {
+pub struct Container {
     /// Leaked on replacement (after a fork): a mapping is 2 MiB of address space, once per fork.
     current: AtomicPtr<Attachment>,
     init: InitParams,
@@ -112,20 +119,21 @@ pub struct ContainerAccounting {
     trust: TrustedOwners,
     /// The UUIDs last placed (`place_devices`), to place them again in a new region.
     uuids: Mutex<Vec<String>>,
+    ledger: LedgerOf,
     /// The region's index of each CUDA ordinal of this process (see `Region::place_uuids`);
     /// the ordinal itself until CUDA names the devices, `MAX_DEVICES` for one left out.
     index: [AtomicUsize; MAX_DEVICES],
 }
 
-impl ContainerAccounting {
-    pub fn new(config: &Config) -> Self {
+impl Container {
+    pub fn new(config: &Config, ledger: LedgerOf) -> Self {
         let init = InitParams {
             limits: config.memory_limit,
             sm_limits: config.sm_limit,
             uuids: Vec::new(),
             priority: config.priority,
         };
-        let attachment = attach(&config.shared_cache, config.region_mode, &init, &config.trusted);
+        let attachment = attach(&config.shared_cache, config.region_mode, &init, &config.trusted, ledger);
         // SAFETY: registering plain functions with no captured state; neither touches signals,
         // the umask or the environment.
         unsafe {
@@ -134,13 +142,14 @@ impl ContainerAccounting {
         }
         let current = Box::into_raw(Box::new(attachment));
         EXIT_TARGET.store(current, Release);
-        ContainerAccounting {
+        Container {
             current: AtomicPtr::new(current),
             init,
             path: config.shared_cache.clone(),
             mode: config.region_mode,
             trust: config.trusted.clone(),
             uuids: Mutex::new(Vec::new()),
+            ledger,
             index: std::array::from_fn(AtomicUsize::new),
         }
     }
@@ -162,6 +171,16 @@ impl ContainerAccounting {
         if let Some(l) = self.region().extension().spill_limit.get(self.index(dev)) {
             l.store(bytes, SeqCst);
         }
+    }
+
+    /// The SM limit (percent; 0 or 100 and above: none) at a region index, read live.
+    pub fn sm_limit_at(&self, index: usize) -> u64 {
+        self.region().shared().sm_limit.get(index).map_or(0, |l| l.load(Relaxed))
+    }
+
+    /// The compute budget of CUDA ordinal `dev`, shared by the container's processes.
+    pub fn bucket(&self, dev: usize) -> Option<&BucketState> {
+        self.region().extension().buckets.get(self.index(dev))
     }
 
     /// The container's usage at a region index.
@@ -210,7 +229,7 @@ impl ContainerAccounting {
         // SAFETY: as in `get`.
         let a = unsafe { &*self.current.load(Acquire) };
         if a.generation != FORK_GENERATION.load(Relaxed) {
-            let fresh = Box::into_raw(Box::new(attach(&self.path, self.mode, &self.init, &self.trust)));
+            let fresh = Box::into_raw(Box::new(attach(&self.path, self.mode, &self.init, &self.trust, self.ledger)));
             self.current.store(fresh, Release);
             EXIT_TARGET.store(fresh, Release);
         }
@@ -246,7 +265,7 @@ impl ContainerAccounting {
         release_at_exit();
     }
 
-    /// The region file's path when this process shares one (for `crate::watch`).
+    /// The region file's path when this process shares one (for [`watch`]).
     pub fn watched_path(&self) -> Option<&str> {
         self.get().region().file().map(|_| self.path.as_str())
     }
@@ -278,7 +297,7 @@ impl ContainerAccounting {
 
     /// Leaves a region file that changed under us for the one its path names now (see the
     /// module's comment), charging there what `ledger` says this process holds.
-    pub fn reattach(&self, change: FileChange, ledger: &MemoryLedger<ContainerAccounting>) {
+    pub fn reattach(&self, change: FileChange, ledger: &MemoryLedger<Container>) {
         let _guard = REATTACH.lock().unwrap_or_else(|p| p.into_inner());
         if self.file_change() != Some(change) {
             return; // another thread did it, or it resolved itself
@@ -303,7 +322,7 @@ impl ContainerAccounting {
         // be the same file, where our old lock would keep the slot from being claimed again.
         // What we hold is charged again below, from the ledger's records.
         old.accounting.region().release_slot(old.accounting.slot());
-        let fresh = attach(&self.path, self.mode, &init, &self.trust);
+        let fresh = attach(&self.path, self.mode, &init, &self.trust, self.ledger);
         let uuids = self.uuids.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !uuids.is_empty() {
             let placed = fresh.accounting.region().place_uuids(&uuids);
@@ -357,7 +376,7 @@ impl ContainerAccounting {
     }
 }
 
-fn attach(path: &str, mode: u32, init: &InitParams, trust: &TrustedOwners) -> Attachment {
+fn attach(path: &str, mode: u32, init: &InitParams, trust: &TrustedOwners, ledger: LedgerOf) -> Attachment {
     let generation = FORK_GENERATION.load(Relaxed);
     let pid = std::process::id() as i32;
     let shared = Region::open_or_create_trusting(Path::new(path), mode, init, trust)
@@ -370,7 +389,7 @@ fn attach(path: &str, mode: u32, init: &InitParams, trust: &TrustedOwners) -> At
                         describe_changes(&replaced)
                     );
                 }
-                crate::watch::ensure();
+                watch::ensure(ledger);
                 Ok(RegionAccounting::new(r, slot))
             }
             Err(e) => Err(format!("region file {path}: {e}")),
@@ -423,7 +442,7 @@ fn private(init: &InitParams) -> RegionAccounting {
     RegionAccounting::new(region, slot)
 }
 
-impl Accounting for ContainerAccounting {
+impl Accounting for Container {
     fn limit(&self, dev: usize) -> Option<u64> {
         self.get().limit(self.index(dev))
     }
