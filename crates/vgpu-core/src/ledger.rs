@@ -134,75 +134,6 @@ impl Hasher for FxHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
-/// Per-process counters with fixed limits.
-pub struct ProcessAccounting {
-    limits: [Option<u64>; MAX_DEVICES],
-    used: [AtomicU64; MAX_DEVICES],
-    spilled: [AtomicU64; MAX_DEVICES],
-}
-
-impl ProcessAccounting {
-    pub fn new(limits: [Option<u64>; MAX_DEVICES]) -> Self {
-        ProcessAccounting {
-            limits,
-            used: std::array::from_fn(|_| AtomicU64::new(0)),
-            spilled: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-
-    fn counter(&self, dev: usize, kind: Kind) -> Option<&AtomicU64> {
-        if kind == Kind::Spilled { self.spilled.get(dev) } else { self.used.get(dev) }
-    }
-}
-
-/// Adds `bytes` to `counter` if the sum stays within `limit`; all or nothing, never wrapping.
-fn add_within(counter: &AtomicU64, bytes: u64, limit: Option<u64>) -> bool {
-    counter
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-            let next = used.checked_add(bytes)?;
-            limit.is_none_or(|cap| next <= cap).then_some(next)
-        })
-        .is_ok()
-}
-
-impl Accounting for ProcessAccounting {
-    fn limit(&self, dev: usize) -> Option<u64> {
-        self.limits.get(dev).copied().flatten()
-    }
-
-    fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
-        let Some(counter) = self.used.get(dev) else {
-            return limit.is_none();
-        };
-        add_within(counter, bytes, limit)
-    }
-
-    fn try_charge_spill(&self, dev: usize, bytes: u64, limit: u64) -> bool {
-        self.spilled.get(dev).is_some_and(|c| add_within(c, bytes, Some(limit)))
-    }
-
-    fn spilled(&self, dev: usize) -> u64 {
-        self.spilled.get(dev).map_or(0, |c| c.load(Ordering::SeqCst))
-    }
-
-    fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
-        if let Some(counter) = self.counter(dev, kind) {
-            counter.fetch_add(bytes, Ordering::SeqCst);
-        }
-    }
-
-    fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
-        if let Some(counter) = self.counter(dev, kind) {
-            // Saturating: an accounting bug must never show 2^64 bytes in use.
-            let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| Some(u.saturating_sub(bytes)));
-        }
-    }
-
-    fn used(&self, dev: usize) -> u64 {
-        self.used.get(dev).map_or(0, |c| c.load(Ordering::SeqCst))
-    }
-}
-
 /// What a free will name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key {
@@ -452,31 +383,10 @@ impl<A: Accounting> MemoryLedger<A> {
             .sum()
     }
 
-    pub fn lookup(&self, key: Key) -> Option<Allocation> {
-        self.check_epoch();
-        if let Key::DevicePtr(p) = key
-            && let Some(a) = self.pointers.get().and_then(|t| t.get(p))
-        {
-            return Some(a);
-        }
-        self.lock().get(&key).copied()
-    }
-
     /// What the ledger charges this process on `dev` for what passed through our hooks
     /// (allocations and contexts, in flight included), driver overhead excluded.
     pub fn charged_by_process(&self, dev: usize) -> u64 {
         self.accounting.own(dev).saturating_sub(self.accounting.driver_overhead(dev))
-    }
-
-    /// Device bytes this process holds on `dev`, by our own records (spilled ones excluded).
-    pub fn held_by_process(&self, dev: usize) -> u64 {
-        self.check_epoch();
-        let on_device = |a: &Allocation| a.dev == dev && a.kind != Kind::Spilled;
-        let mut held = 0;
-        if let Some(t) = self.pointers.get() {
-            t.for_each(|a| held += if on_device(a) { a.bytes } else { 0 });
-        }
-        held + self.lock().values().filter(|a| on_device(a)).map(|a| a.bytes).sum::<u64>()
     }
 
     fn insert(&self, key: Key, alloc: Allocation) {
@@ -664,10 +574,63 @@ mod tests {
         assert_eq!(counts(&l), (0, 0));
     }
 
-    fn ledger(cap: u64) -> MemoryLedger<ProcessAccounting> {
-        let mut limits = [None; MAX_DEVICES];
-        limits[0] = Some(cap);
-        MemoryLedger::new(ProcessAccounting::new(limits))
+    /// Per-process counters with a cap on device 0 only, all-or-nothing as the region's are.
+    struct Counters {
+        cap: u64,
+        used: [AtomicU64; MAX_DEVICES],
+        spilled: [AtomicU64; MAX_DEVICES],
+    }
+
+    impl Counters {
+        fn new(cap: u64) -> Self {
+            Counters { cap, used: Default::default(), spilled: Default::default() }
+        }
+
+        fn counter(&self, dev: usize, kind: Kind) -> Option<&AtomicU64> {
+            if kind == Kind::Spilled { self.spilled.get(dev) } else { self.used.get(dev) }
+        }
+    }
+
+    /// Adds `bytes` to `counter` if the sum stays within `limit`; all or nothing, never wrapping.
+    fn add_within(counter: &AtomicU64, bytes: u64, limit: Option<u64>) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                let next = used.checked_add(bytes)?;
+                limit.is_none_or(|cap| next <= cap).then_some(next)
+            })
+            .is_ok()
+    }
+
+    impl Accounting for Counters {
+        fn limit(&self, dev: usize) -> Option<u64> {
+            (dev == 0).then_some(self.cap)
+        }
+        fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
+            self.used.get(dev).map_or(limit.is_none(), |c| add_within(c, bytes, limit))
+        }
+        fn try_charge_spill(&self, dev: usize, bytes: u64, limit: u64) -> bool {
+            self.spilled.get(dev).is_some_and(|c| add_within(c, bytes, Some(limit)))
+        }
+        fn spilled(&self, dev: usize) -> u64 {
+            self.spilled.get(dev).map_or(0, |c| c.load(Ordering::SeqCst))
+        }
+        fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
+            if let Some(c) = self.counter(dev, kind) {
+                c.fetch_add(bytes, Ordering::SeqCst);
+            }
+        }
+        fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
+            if let Some(c) = self.counter(dev, kind) {
+                c.fetch_sub(bytes, Ordering::SeqCst);
+            }
+        }
+        fn used(&self, dev: usize) -> u64 {
+            self.used.get(dev).map_or(0, |c| c.load(Ordering::SeqCst))
+        }
+    }
+
+    fn ledger(cap: u64) -> MemoryLedger<Counters> {
+        MemoryLedger::new(Counters::new(cap))
     }
 
     #[test]
@@ -722,7 +685,7 @@ mod tests {
         assert_eq!((l.used(0), l.spilled(0)), (100 * MIB, 128 * MIB));
         let past = l.reserve_spill(0, MIB, 128 * MIB).err().unwrap();
         assert_eq!(past, Denied { dev: 0, requested: MIB, used: 128 * MIB, limit: 128 * MIB, spill: true });
-        assert_eq!(l.held_by_process(0), 100 * MIB, "spilled bytes are not device bytes");
+        assert_eq!(l.held_by_process_of(0, Kind::Data), 100 * MIB, "spilled bytes are not device bytes");
         assert_eq!(l.release(Key::DevicePtr(2)).map(|a| a.kind), Some(Kind::Spilled));
         assert_eq!((l.used(0), l.spilled(0)), (100 * MIB, 64 * MIB));
         {
@@ -835,14 +798,14 @@ mod tests {
         assert_eq!(l.release_context(5), 20 * MIB);
         assert_eq!(l.release(Key::Context(5)).unwrap().bytes, 10 * MIB);
         assert_eq!(l.used(0), 30 * MIB);
-        assert_eq!(l.held_by_process(0), 30 * MIB);
+        assert_eq!(l.held_by_process_of(0, Kind::Data), 30 * MIB);
     }
 
     /// Issue 15, defect 13: a forked child (a new epoch) starts with no records of the parent's
     /// memory: freeing its copy of a parent's pointer takes nothing off the child's count.
     #[test]
     fn a_new_epoch_forgets_the_parents_records() {
-        struct Epoch(ProcessAccounting, AtomicU64);
+        struct Epoch(Counters, AtomicU64);
         impl Accounting for Epoch {
             fn limit(&self, dev: usize) -> Option<u64> {
                 self.0.limit(dev)
@@ -863,25 +826,15 @@ mod tests {
                 self.1.load(Ordering::Relaxed)
             }
         }
-        let mut limits = [None; MAX_DEVICES];
-        limits[0] = Some(1024 * MIB);
-        let l = MemoryLedger::new(Epoch(ProcessAccounting::new(limits), AtomicU64::new(0)));
+        let l = MemoryLedger::new(Epoch(Counters::new(1024 * MIB), AtomicU64::new(0)));
         l.reserve(0, 600 * MIB).unwrap().commit(Key::DevicePtr(1), 0);
         l.record(Key::Context(9), Allocation { dev: 0, bytes: 10 * MIB, kind: Kind::Context, context: 0 });
         l.accounting().1.store(1, Ordering::Relaxed); // fork
         l.reserve(0, 100 * MIB).unwrap().commit(Key::DevicePtr(2), 0);
         assert_eq!(l.release(Key::DevicePtr(1)), None, "the parent's pointer is not the child's");
         assert_eq!(l.release(Key::Context(9)), None);
-        assert_eq!(l.held_by_process(0), 100 * MIB);
         assert_eq!(l.held_by_process_of(0, Kind::Data), 100 * MIB);
         assert_eq!(l.release(Key::DevicePtr(2)).map(|a| a.bytes), Some(100 * MIB));
-    }
-
-    #[test]
-    fn uncharge_saturates() {
-        let acc = ProcessAccounting::new([None; MAX_DEVICES]);
-        acc.uncharge(0, 5, Kind::Data);
-        assert_eq!(acc.used(0), 0);
     }
 
     #[test]

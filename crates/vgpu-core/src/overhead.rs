@@ -71,11 +71,6 @@ impl Throttle {
         }
         self.next.compare_exchange(next, now.saturating_add(interval), Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
-
-    /// Makes the next `due` true whatever the interval (something just grew the footprint).
-    pub fn expire(&self) {
-        self.next.store(0, Ordering::Relaxed);
-    }
 }
 
 impl Default for Throttle {
@@ -112,9 +107,7 @@ mod tests {
         assert!(t.due(1_000, 100));
         assert!(!t.due(1_050, 100));
         assert!(t.due(1_100, 100));
-        t.expire();
-        assert!(t.due(1_101, 100));
-        assert!(!t.due(1_102, 100));
+        assert!(!t.due(1_101, 100));
         let z = Throttle::new();
         assert!(z.due(7, 0) && z.due(7, 0), "interval 0: every call");
     }

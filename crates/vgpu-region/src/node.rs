@@ -232,10 +232,6 @@ impl NodeTable {
         (i < NODE_ENTRIES).then_some(i)
     }
 
-    pub fn entry_at(&self, index: usize) -> Option<&NodeEntry> {
-        self.entries().get(index)
-    }
-
     /// The token of GPU `gpu`, taken into use if it has none; `None` when all are in use.
     pub fn token(&self, gpu: u64) -> Option<&GpuToken> {
         let gpu = gpu.max(1);
@@ -493,7 +489,7 @@ mod tests {
             )],
             "b's claim is stale, c is on another GPU"
         );
-        assert_eq!(t.entry_at(t.index_of(b).unwrap()).map(|e| e as *const _), Some(b as *const _));
+        assert_eq!(t.entries().get(t.index_of(b).unwrap()).map(|e| e as *const _), Some(b as *const _));
         a.set_claim(None, now);
         assert_eq!(t.contenders(g0, now).count(), 0, "withdrawn");
         assert!(!t.has_limited(2, now), "a has not been busy");
