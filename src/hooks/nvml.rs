@@ -194,7 +194,7 @@ pub unsafe fn running_processes<T: ProcessEntry>(
     // A GPU the container does not limit shows the driver's answer, as every other view does.
     let accounting = state().ledger.accounting();
     let sm = accounting.region().shared().sm_limit.get(index).map_or(0, |l| l.load(Ordering::Relaxed));
-    if accounting.limit_at(index).is_none() && !(1..100).contains(&sm) {
+    if accounting.limit_at(index).is_none() && !vgpu_core::limiter::sm_limit_applies(sm) {
         return rc;
     }
     let ours = accounting.processes_on(index);

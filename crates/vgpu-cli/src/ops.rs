@@ -120,7 +120,7 @@ fn charged(region: &Region, dev: usize) -> u64 {
 }
 
 fn sm_of(raw: u64) -> Option<u64> {
-    (raw != 0 && raw < 100).then_some(raw)
+    vgpu_core::limiter::sm_limit_applies(raw).then_some(raw)
 }
 
 /// Writes limits live: processes read `limit[dev]`/`sm_limit[dev]` on every charge or launch.

@@ -4,6 +4,7 @@
 use super::read::{Refusal, Var};
 use super::{Config, MEMORY_LIMIT, SM_LIMIT};
 use crate::MAX_DEVICES;
+use crate::limiter::sm_limit_applies;
 use crate::size::{ACCEPTED_SIZES, parse_cap};
 
 const ACCEPTED_PERCENT: &str = "a whole percentage 0-100 (0 or 100 = unlimited), e.g. 30";
@@ -96,7 +97,7 @@ fn memory_cap(value: &str) -> Result<Option<u64>, Refusal> {
 /// An SM share in percent; `None` for 0 or 100, HAMi's "unlimited".
 fn sm_share(value: &str) -> Result<Option<u8>, Refusal> {
     let p = parse_percent(value).map_err(|problem| Refusal::new(problem, ACCEPTED_PERCENT, NOT_APPLIED))?;
-    Ok((p > 0 && p < 100).then_some(p))
+    Ok(sm_limit_applies(p.into()).then_some(p))
 }
 
 fn parse_percent(value: &str) -> Result<u8, String> {
