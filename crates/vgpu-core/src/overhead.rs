@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn footprint_above_the_ledger_is_overhead() {
-        // The H200 run of issue 19: NVML 18 792 MiB against 18 608 MiB in the ledger.
+        // As measured on an H200: NVML 18 792 MiB against 18 608 MiB in the ledger.
         assert_eq!(overhead(Measure::Footprint(18_792 * MIB), 18_608 * MIB), 184 * MIB);
         // Below: the ledger's figure stands; no negative overhead.
         assert_eq!(overhead(Measure::Footprint(500 * MIB), 520 * MIB), 0);

@@ -1,6 +1,6 @@
 //! Whose limits a region holds. A region outlives its processes (`/tmp/cudevshr.cache` stays
-//! after the last one exits), and its limits used to outlive them too: a later process that
-//! asked for another cap, or for none, was held to the first one's, silently. The rule:
+//! after the last one exits), but its limits must not simply outlive them too: a later process
+//! that asks for another cap, or for none, would be held to the first one's, silently. The rule:
 //!
 //! - while a live process holds the region, its limits are the container's: a newcomer whose
 //!   environment differs is told (by the library) and the region's limits apply;

@@ -44,8 +44,8 @@ pub const STALE_NS: u64 = 60_000_000_000;
 pub const ACTIVE_NS: u64 = 10_000_000;
 /// Low-priority containers stay off a GPU this long after a high-priority one's last sign of
 /// work. Longer than `ACTIVE_NS`: the high-priority thread may sit in a launch, its queue full
-/// behind the low ones' queued kernels, unable to say it is busy; with 10 ms the low ones came
-/// back every ~16 ms and the two shared the GPU half and half (tests/limiter.rs).
+/// behind the low ones' queued kernels, unable to say it is busy; a 10 ms hold lets the low ones
+/// back every ~16 ms, and the two then share the GPU half and half (tests/limiter.rs).
 pub const HIGH_PRIORITY_HOLD_NS: u64 = 100_000_000;
 /// A claim not repeated for this long is withdrawn (its container stopped asking, or died).
 pub const CLAIM_FRESH_NS: u64 = 20_000_000;

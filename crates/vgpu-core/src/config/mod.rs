@@ -32,7 +32,7 @@ pub const REGION_MODE: &str = "LIBVGPU_REGION_MODE";
 /// empty or `off` = none.
 pub const NODE_FILE: &str = "LIBVGPU_NODE_FILE";
 pub const DEFAULT_NODE_FILE: &str = "/tmp/libvgpu-node.v2";
-/// Ours: a limited container also takes the GPU time others leave idle.
+/// Our own: a limited container also takes the GPU time others leave idle.
 pub const SM_BURST: &str = "LIBVGPU_SM_BURST";
 /// Our own: owners (uids) of a region or node table file to trust besides this process's own uid
 /// and root: a comma-separated list of numeric uids, or `*` for any owner. For containers whose

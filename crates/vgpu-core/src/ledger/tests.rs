@@ -276,7 +276,7 @@ fn context_destruction_releases_its_allocations() {
     assert_eq!(l.held_by_process_of(0, Kind::Data), 30 * MIB);
 }
 
-/// Issue 15, defect 13: a forked child (a new epoch) starts with no records of the parent's
+/// A forked child (a new epoch) starts with no records of the parent's
 /// memory: freeing its copy of a parent's pointer takes nothing off the child's count.
 #[test]
 fn a_new_epoch_forgets_the_parents_records() {
