@@ -188,7 +188,7 @@ pub unsafe fn running_processes<T: ProcessEntry>(
     // A GPU the container does not limit shows the driver's answer, as every other view does.
     let accounting = state().container();
     let sm = accounting.sm_limit_at(index);
-    if accounting.limit_at(index).is_none() && vgpu_core::limiter::share_ppm(sm).is_none() {
+    if accounting.limit_at(index).is_none() && !vgpu_core::limiter::sm_limit_applies(sm) {
         return rc;
     }
     let ours = accounting.processes_on(index);

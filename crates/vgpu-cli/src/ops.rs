@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::SeqCst;
 
 use vgpu_core::MAX_DEVICES;
-use vgpu_region::layout::MAX_PROCS;
 use vgpu_region::{Limit, Region, RegionError};
 
 use crate::CliError;
@@ -117,13 +116,11 @@ fn starts_like_a_region(path: &Path) -> bool {
 /// What the cap is enforced against: every slot's `total`, dead ones included until reaped
 /// (the same sum `RegionAccounting` computes).
 fn charged(region: &Region, dev: usize) -> u64 {
-    let s = region.shared();
-    let n = s.proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
-    s.procs[..n].iter().map(|p| p.used[dev].total.load(SeqCst)).fold(0, u64::saturating_add)
+    region.used(dev)
 }
 
 fn sm_of(raw: u64) -> Option<u64> {
-    (raw != 0 && raw < 100).then_some(raw)
+    vgpu_core::limiter::sm_limit_applies(raw).then_some(raw)
 }
 
 /// Writes limits live: processes read `limit[dev]`/`sm_limit[dev]` on every charge or launch.

@@ -207,7 +207,7 @@ fn warn_if_region_differs(path: &Path, o: &RunOpts) {
         }
         if let Some(want) = o.sm.filter(|_| held || region.operator_set(d, Limit::Sm)) {
             let have = s.sm_limit[d].load(SeqCst);
-            let norm = |v: u64| (v != 0 && v < 100).then_some(v);
+            let norm = |v: u64| vgpu_core::limiter::sm_limit_applies(v).then_some(v);
             if norm(have) != norm(want) {
                 eprintln!(
                     "vgpu: note: region {} already exists with device {d} SM limit {}, which stays in force (not {})",

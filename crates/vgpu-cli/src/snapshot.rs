@@ -165,7 +165,7 @@ pub fn take(r: &Region, path: &str) -> Status {
                 index: d,
                 uuid: r.uuid(d),
                 memory_limit: (limit != 0).then_some(limit),
-                sm_limit: (sm != 0 && sm < 100).then_some(sm),
+                sm_limit: vgpu_core::limiter::sm_limit_applies(sm).then_some(sm),
                 used: sum("alive", d, |u| u.total),
                 context: sum("alive", d, |u| u.context),
                 driver_overhead: sum("alive", d, |u| u.driver_overhead),

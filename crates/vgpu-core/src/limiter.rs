@@ -39,9 +39,16 @@ pub struct BucketState {
 
 const _: () = assert!(size_of::<BucketState>() == 64);
 
-/// The share for an SM limit in percent (HAMi: 0 or ≥ 100 = unlimited).
+/// Whether an SM limit of `percent` limits anything: HAMi stores "no limit" as 0, and 100 or
+/// more is the whole GPU. Every reader of `sm_limit` (the limiter, NVML's views, `vgpu`) asks
+/// this, so they agree on which devices are limited.
+pub fn sm_limit_applies(percent: u64) -> bool {
+    percent > 0 && percent < 100
+}
+
+/// The share for an SM limit in percent; `None` where the limit does not apply.
 pub fn share_ppm(sm_limit_percent: u64) -> Option<u64> {
-    (sm_limit_percent > 0 && sm_limit_percent < 100).then(|| sm_limit_percent * PPM / 100)
+    sm_limit_applies(sm_limit_percent).then(|| sm_limit_percent * PPM / 100)
 }
 
 impl BucketState {

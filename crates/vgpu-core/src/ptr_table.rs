@@ -150,24 +150,14 @@ impl PtrTable {
         slot.key.store(ptr, Release);
     }
 
-    /// Takes `ptr`'s entry out, if it is here.
+    /// Takes `ptr`'s entry out, if it is here: reads it while owning its slot, then frees the slot.
     pub fn remove(&self, ptr: u64) -> Option<Allocation> {
-        self.read(ptr, EMPTY)
-    }
-
-    /// A copy of `ptr`'s entry, if it is here.
-    pub fn get(&self, ptr: u64) -> Option<Allocation> {
-        self.read(ptr, ptr)
-    }
-
-    /// Reads `ptr`'s entry while owning its slot, then leaves the slot holding `then`.
-    fn read(&self, ptr: u64, then: u64) -> Option<Allocation> {
         if ptr <= BUSY {
             return None;
         }
         let slot = self.window(ptr).find(|s| own_if(s, ptr))?;
         let alloc = unpack(slot.meta.load(Relaxed), slot.context.load(Relaxed));
-        slot.key.store(then, Release);
+        slot.key.store(EMPTY, Release);
         Some(alloc)
     }
 
@@ -212,7 +202,6 @@ mod tests {
     fn stores_finds_and_removes() {
         let t = PtrTable::new();
         assert_eq!(t.insert(0x7f00_0000_0000, data(3, 1 << 20, 9)), Ok(None));
-        assert_eq!(t.get(0x7f00_0000_0000), Some(data(3, 1 << 20, 9)));
         let ctx = Allocation { dev: 15, bytes: BYTES_MASK, kind: Kind::Context, context: u64::MAX };
         assert_eq!(t.insert(0x7f00_0020_0000, ctx), Ok(None));
         assert_eq!(t.remove(0x7f00_0020_0000), Some(ctx));
@@ -241,7 +230,7 @@ mod tests {
         assert_eq!(t.remove(same[3]), Some(data(0, same[3], 0)));
         assert_eq!(t.insert(same[WINDOW], data(0, 1, 0)), Ok(None));
         for &p in same.iter().filter(|&&p| p != same[3]) {
-            assert!(t.get(p).is_some(), "{p:#x} still found");
+            assert!(t.remove(p).is_some(), "{p:#x} still found");
         }
     }
 

@@ -241,7 +241,7 @@ mod tests {
         }
     }
 
-    /// The scenarios, as a table: limits (0 = unlimited), burst flags, expected shares.
+    /// The sharing the policy must give, as a table: limits (0 = unlimited), burst flags, expected shares.
     #[test]
     fn scenario_table() {
         // (limit in percent, bursts) per tenant, and the shares each should get.

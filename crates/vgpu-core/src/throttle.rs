@@ -1,5 +1,5 @@
 //! Rate-limited log lines: a program that retries a refused allocation in a loop must not flood
-//! its own stderr (200 refusals once gave 200 WARN lines). The first event of a kind is said in
+//! its own stderr with one WARN line per refusal. The first event of a kind is said in
 //! full; later ones are counted, and said at most once per interval, with the count of those not
 //! shown; what is left is said at exit. Time is an argument, so the policy is tested with a fake
 //! clock.

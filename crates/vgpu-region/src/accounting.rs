@@ -10,10 +10,9 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 
-use vgpu_core::MAX_DEVICES;
 use vgpu_core::ledger::{Accounting, Kind};
 
-use crate::layout::{DeviceUsage, MAX_PROCS};
+use crate::layout::DeviceUsage;
 use crate::map::Region;
 
 pub struct RegionAccounting {
@@ -47,34 +46,21 @@ impl RegionAccounting {
         self.region.extension().spilled.get(self.slot)?.get(dev)
     }
 
-    /// The container's spill on `dev`: every slot's, as `sum` for device usage.
-    fn spill_sum(&self, dev: usize) -> u64 {
-        let n = self.region.shared().proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
-        let x = self.region.extension();
-        x.spilled[..n].iter().map(|s| s.get(dev).map_or(0, |c| c.load(SeqCst))).fold(0, u64::saturating_add)
-    }
-
     /// The spill counterpart of `attempt`: add to our own counter, then check the sum.
     fn attempt_spill(&self, dev: usize, bytes: u64, limit: u64) -> bool {
         let Some(own) = self.spill_counter(dev) else { return false };
         own.fetch_add(bytes, SeqCst);
-        if self.spill_sum(dev) <= limit {
+        if self.region.spilled(dev) <= limit {
             return true;
         }
         sub(own, bytes);
         false
     }
 
-    fn sum(&self, dev: usize) -> u64 {
-        let s = self.region.shared();
-        let n = s.proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
-        s.procs[..n].iter().map(|p| p.used[dev].total.load(SeqCst)).fold(0, u64::saturating_add)
-    }
-
     fn attempt(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
         let Some(own) = self.own_usage(dev) else { return limit.is_none() };
         own.total.fetch_add(bytes, SeqCst);
-        if limit.is_none_or(|cap| self.sum(dev) <= cap) {
+        if limit.is_none_or(|cap| self.region.used(dev) <= cap) {
             own.data_size.fetch_add(bytes, SeqCst);
             return true;
         }
@@ -147,10 +133,7 @@ impl Accounting for RegionAccounting {
     }
 
     fn spilled(&self, dev: usize) -> u64 {
-        if dev >= MAX_DEVICES {
-            return 0;
-        }
-        self.spill_sum(dev)
+        self.region.spilled(dev)
     }
 
     fn record_spill_denial(&self, dev: usize) {
@@ -160,10 +143,7 @@ impl Accounting for RegionAccounting {
     }
 
     fn used(&self, dev: usize) -> u64 {
-        if dev >= MAX_DEVICES {
-            return 0;
-        }
-        self.sum(dev)
+        self.region.used(dev)
     }
 
     fn own(&self, dev: usize) -> u64 {

@@ -1,6 +1,6 @@
 //! Whose limits a region holds. A region outlives its processes (`/tmp/cudevshr.cache` stays
-//! after the last one exits), and its limits used to outlive them too: a later process that
-//! asked for another cap, or for none, was held to the first one's, silently. The rule:
+//! after the last one exits), but its limits must not simply outlive them too: a later process
+//! that asks for another cap, or for none, would be held to the first one's, silently. The rule:
 //!
 //! - while a live process holds the region, its limits are the container's: a newcomer whose
 //!   environment differs is told (by the library) and the region's limits apply;
@@ -17,7 +17,6 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use vgpu_core::MAX_DEVICES;
 
-use crate::layout::MAX_PROCS;
 use crate::lock;
 use crate::map::{INIT_LOCK, InitParams, Region};
 use crate::slots::SlotState;
@@ -64,8 +63,7 @@ impl Region {
 
     /// Whether any process holding a slot is alive.
     pub fn any_live_slot(&self) -> bool {
-        let n = self.shared().proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
-        (0..n).any(|i| self.slot_state(i, None) == SlotState::Alive)
+        (0..self.slots_in_use()).any(|i| self.slot_state(i, None) == SlotState::Alive)
     }
 
     /// Writes the environment's limits over those nobody holds any more; returns the changes.

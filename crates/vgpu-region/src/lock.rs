@@ -49,7 +49,7 @@ pub fn lock(file: &File, offset: u64) -> io::Result<()> {
 /// (`SIGSTOP`, `docker pause`, a debugger) while holding one, and the kernel releases a lock
 /// only when its owner dies: a blocking wait (`F_OFD_SETLKW`) would then hang every new process.
 /// Polls the non-blocking `F_OFD_SETLK`: first by yielding, then with sleeps growing from 50 µs
-/// to 2 ms, so an uncontended or briefly contended lock costs nothing more than before.
+/// to 2 ms, so an uncontended or briefly contended lock costs no more than one `F_OFD_SETLK`.
 pub fn lock_within(file: &File, offset: u64, within: std::time::Duration) -> io::Result<bool> {
     let start = std::time::Instant::now();
     let mut pause = std::time::Duration::from_micros(50);

@@ -182,7 +182,7 @@ mod tests {
         let p = dir.path().join("f");
         std::fs::write(&p, b"").unwrap();
         // Our own file is trusted; whether someone else's is depends only on `allows`, which
-        // config.rs tests (a test cannot chown without root).
+        // vgpu-core's config tests cover (a test cannot chown without root).
         assert!(open_shared(&p, false, 0, Some(&trust())).is_ok());
         let me = effective_uid();
         assert!(trust().allows(me, me) && trust().allows(0, me) && !trust().allows(me + 1, me));

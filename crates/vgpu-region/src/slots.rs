@@ -23,6 +23,25 @@ pub enum SlotState {
 }
 
 impl Region {
+    /// How many slots readers scan: `0..proc_num`, bounded by the table's size.
+    pub fn slots_in_use(&self) -> usize {
+        self.shared().proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize
+    }
+
+    /// What the cap on `dev` is enforced against: every slot's `total`, dead ones included until
+    /// reaped. 0 for a device past the region's.
+    pub fn used(&self, dev: usize) -> u64 {
+        let procs = &self.shared().procs[..self.slots_in_use()];
+        procs.iter().map(|p| p.used.get(dev).map_or(0, |u| u.total.load(SeqCst))).fold(0, u64::saturating_add)
+    }
+
+    /// Host memory the container has spilled past the cap on `dev`: every slot's, as for
+    /// [`used`](Self::used) (spilled bytes are kept apart from `total`).
+    pub fn spilled(&self, dev: usize) -> u64 {
+        let spilled = &self.extension().spilled[..self.slots_in_use()];
+        spilled.iter().map(|s| s.get(dev).map_or(0, |c| c.load(SeqCst))).fold(0, u64::saturating_add)
+    }
+
     /// Claims a slot for this process (`pid` as the container sees it, `hostpid` 0 if unknown).
     /// A private region has no other processes: its slot 0 is simply taken.
     pub fn claim_slot(&self, pid: i32, hostpid: i32) -> io::Result<usize> {
@@ -88,7 +107,7 @@ impl Region {
     /// pid and bytes per device they held.
     pub fn reap(&self, own: Option<usize>) -> Vec<(usize, i32, u64)> {
         let Some(file) = self.file() else { return Vec::new() };
-        let n = self.shared().proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
+        let n = self.slots_in_use();
         let mut reaped = Vec::new();
         for i in (0..n).filter(|&i| own != Some(i)) {
             let slot = &self.shared().procs[i];

@@ -192,8 +192,7 @@ fn racing_charges_never_exceed_the_cap() {
         t.join().unwrap();
     }
     let r = Region::open_existing(&path).unwrap();
-    let total: u64 = r.shared().procs.iter().map(|p| p.used[0].total.load(SeqCst)).sum();
-    assert_eq!(total, 0);
+    assert_eq!(r.used(0), 0);
 }
 
 /// Slot claim and release under churn: no two live owners ever share a slot.
@@ -298,8 +297,8 @@ fn a_region_of_the_previous_release_is_grown_in_place() {
     assert!(r.extension().spilled.iter().flatten().all(|c| c.load(SeqCst) == 0));
 }
 
-/// Issue 15, defect 1: a planted symbolic link (or FIFO) at the region's path is refused and
-/// its target left untouched; nothing is created through a dangling link either.
+/// A planted symbolic link (or FIFO) at the region's path, in a directory other users can
+/// write, is refused and its target left untouched; nothing is created through a dangling link either.
 #[test]
 fn a_link_at_the_region_path_is_refused_and_its_target_untouched() {
     let dir = tempfile::tempdir().unwrap();
@@ -321,7 +320,7 @@ fn a_link_at_the_region_path_is_refused_and_its_target_untouched() {
     assert!(std::fs::read(&zero_headed).unwrap().iter().all(|&b| b == 0));
 }
 
-/// Issue 15, defect 9: a creator killed inside initialisation (the file sized, some fields
+/// A creator killed inside initialisation (the file sized, some fields
 /// written, the magic not yet) leaves a region the next process re-initialises.
 #[test]
 fn a_region_whose_creator_died_mid_initialisation_is_reinitialised() {
@@ -339,7 +338,7 @@ fn a_region_whose_creator_died_mid_initialisation_is_reinitialised() {
     assert!(Region::open_existing(&path).is_ok());
 }
 
-/// Issue 15, defect 5: a process stopped while holding the initialisation lock does not hang
+/// A process stopped (`SIGSTOP`, `docker pause`) while holding the initialisation lock does not hang
 /// the next ones: they give up after a bounded wait.
 #[test]
 fn a_held_initialisation_lock_is_waited_for_a_bounded_time() {
@@ -359,8 +358,8 @@ fn a_held_initialisation_lock_is_waited_for_a_bounded_time() {
     assert!(Region::open_or_create(&path, 0o600, &params(1)).is_ok());
 }
 
-/// Issue 15, defect 4: a copy read with pread is unaffected by the file being truncated, and
-/// writes through `set_limit` and `reap` reach the file.
+/// A copy read with pread (the operator's view of a tenant's file) is unaffected by the file
+/// being truncated, and writes through `set_limit` and `reap` reach the file.
 #[test]
 fn a_copy_survives_truncation_and_writes_through() {
     let dir = tempfile::tempdir().unwrap();
