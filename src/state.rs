@@ -105,7 +105,7 @@ pub fn record_cuda_uuids() {
     let placed = accounting.place_devices(&uuids);
     for (dev, (uuid, index)) in uuids.iter().zip(&placed).enumerate() {
         match index {
-            Some(i) if *i != dev => tracing::info!(
+            Some(i) if i.get() != dev => tracing::info!(
                 "CUDA device {dev} ({uuid}) is device {i} of the container's region: its cap and share apply"
             ),
             Some(_) => {}

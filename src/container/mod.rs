@@ -32,6 +32,31 @@ use vgpu_region::{InitParams, Limit, LimitChange, Region, RegionAccounting, Slot
 
 mod watch;
 
+/// A device's index in the container's region: the same physical GPU in every process of the
+/// container. Not a CUDA ordinal, which numbers the devices this process sees (its
+/// `CUDA_VISIBLE_DEVICES`) and is what the ledger and the hooks name a device by; only
+/// [`Container::index`] turns one into the other.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RegionIndex(usize);
+
+impl RegionIndex {
+    /// The position in the region's per-device arrays (out of range for a device left out).
+    pub fn get(self) -> usize {
+        self.0
+    }
+
+    /// Back from [`get`](Self::get), for a cache of indices that keeps plain words.
+    pub fn from_stored(index: usize) -> Self {
+        RegionIndex(index)
+    }
+}
+
+impl std::fmt::Display for RegionIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Where the process's ledger lives (the state, which owns it): a re-attach charges the new
 /// region with what the ledger records, and the watcher thread that re-attaches needs it.
 pub type LedgerOf = fn() -> &'static MemoryLedger<Container>;
@@ -156,37 +181,42 @@ impl Container {
 
     /// The region's index for CUDA ordinal `dev`: the same physical GPU in every process of the
     /// container, whatever each one's `CUDA_VISIBLE_DEVICES`. Out of range stays out of range.
-    pub fn index(&self, dev: usize) -> usize {
-        self.index.get(dev).map_or(dev, |i| i.load(Relaxed))
+    pub fn index(&self, dev: usize) -> RegionIndex {
+        RegionIndex(self.index.get(dev).map_or(dev, |i| i.load(Relaxed)))
+    }
+
+    /// The region index of a GPU by UUID, if a process of the container placed it.
+    pub fn index_of_uuid(&self, uuid: &str) -> Option<RegionIndex> {
+        self.region().index_of_uuid(uuid).map(RegionIndex)
     }
 
     /// The cap at a region index (NVML names devices by UUID, not by this process's ordinals).
-    pub fn limit_at(&self, index: usize) -> Option<u64> {
-        self.get().limit(index)
+    pub fn limit_at(&self, index: RegionIndex) -> Option<u64> {
+        self.get().limit(index.0)
     }
 
     /// Publishes this process's spill limit for CUDA ordinal `dev` where `vgpu status` and the
     /// metrics read it (each process enforces its own; see the extension's `spill_limit`).
     pub fn publish_spill_limit(&self, dev: usize, bytes: u64) {
-        if let Some(l) = self.region().extension().spill_limit.get(self.index(dev)) {
+        if let Some(l) = self.region().extension().spill_limit.get(self.index(dev).0) {
             l.store(bytes, SeqCst);
         }
     }
 
     /// The SM limit (percent; 0 or 100 and above: none) at a region index, read live.
-    pub fn sm_limit_at(&self, index: usize) -> u64 {
-        self.region().shared().sm_limit.get(index).map_or(0, |l| l.load(Relaxed))
+    pub fn sm_limit_at(&self, index: RegionIndex) -> u64 {
+        self.region().shared().sm_limit.get(index.0).map_or(0, |l| l.load(Relaxed))
     }
 
     /// The compute budget of CUDA ordinal `dev`, shared by the container's processes.
     pub fn bucket(&self, dev: usize) -> Option<&BucketState> {
-        self.region().extension().buckets.get(self.index(dev))
+        self.region().extension().buckets.get(self.index(dev).0)
     }
 
     /// The container's usage at a region index.
-    pub fn used_at(&self, index: usize) -> u64 {
+    pub fn used_at(&self, index: RegionIndex) -> u64 {
         self.reap_now_and_then();
-        self.get().used(index)
+        self.get().used(index.0)
     }
 
     /// Usage shown to the application (memory views, NVML) must not include the memory of
@@ -205,13 +235,13 @@ impl Container {
     }
 
     /// Places this process's devices (UUIDs by ordinal) in the region; returns the indices.
-    pub fn place_devices(&self, uuids: &[String]) -> Vec<Option<usize>> {
+    pub fn place_devices(&self, uuids: &[String]) -> Vec<Option<RegionIndex>> {
         *self.uuids.lock().unwrap_or_else(|p| p.into_inner()) = uuids.to_vec();
         let placed = self.region().place_uuids(uuids);
         for (slot, index) in self.index.iter().zip(&placed) {
             slot.store(index.unwrap_or(MAX_DEVICES), Relaxed);
         }
-        placed
+        placed.into_iter().map(|i| i.map(RegionIndex)).collect()
     }
 
     fn get(&self) -> &RegionAccounting {
@@ -243,7 +273,7 @@ impl Container {
 
     /// The container's live processes with memory charged on region index `index`: (PID as the
     /// container sees it, bytes). For NVML's process lists where the driver's is useless.
-    pub fn processes_on(&self, index: usize) -> Vec<(u32, u64)> {
+    pub fn processes_on(&self, index: RegionIndex) -> Vec<(u32, u64)> {
         let acc = self.get();
         let region = acc.region();
         let s = region.shared();
@@ -251,7 +281,7 @@ impl Container {
         (0..n)
             .filter_map(|i| {
                 let slot = &s.procs[i];
-                let used = slot.used.get(index)?.total.load(SeqCst);
+                let used = slot.used.get(index.0)?.total.load(SeqCst);
                 let pid = u32::try_from(slot.pid.load(SeqCst)).ok().filter(|&p| p != 0)?;
                 let alive = region.slot_state(i, Some(acc.slot())) == SlotState::Alive;
                 (used > 0 && alive).then_some((pid, used))
@@ -337,12 +367,12 @@ impl Container {
             for kind in [Kind::Data, Kind::Context] {
                 let bytes = ledger.held_by_process_of(dev, kind);
                 if bytes > 0 {
-                    fresh.accounting.charge(index, bytes, kind);
+                    fresh.accounting.charge(index.0, bytes, kind);
                     moved += bytes;
                 }
             }
-            if let Some(cap) = fresh.accounting.limit(index) {
-                let used = fresh.accounting.used(index);
+            if let Some(cap) = fresh.accounting.limit(index.0) {
+                let used = fresh.accounting.used(index.0);
                 if used > cap && !over.iter().any(|&(i, _, _)| i == index) {
                     over.push((index, used, cap));
                 }
@@ -444,47 +474,47 @@ fn private(init: &InitParams) -> RegionAccounting {
 
 impl Accounting for Container {
     fn limit(&self, dev: usize) -> Option<u64> {
-        self.get().limit(self.index(dev))
+        self.get().limit(self.index(dev).0)
     }
     fn any_limit(&self) -> bool {
         self.get().any_limit()
     }
     fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
-        self.get().try_charge(self.index(dev), bytes, limit)
+        self.get().try_charge(self.index(dev).0, bytes, limit)
     }
     fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
-        self.get().charge(self.index(dev), bytes, kind)
+        self.get().charge(self.index(dev).0, bytes, kind)
     }
     fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
-        self.get().uncharge(self.index(dev), bytes, kind)
+        self.get().uncharge(self.index(dev).0, bytes, kind)
     }
     fn used(&self, dev: usize) -> u64 {
         self.reap_now_and_then();
-        self.get().used(self.index(dev))
+        self.get().used(self.index(dev).0)
     }
     fn record_denial(&self, dev: usize) {
-        self.get().record_denial(self.index(dev))
+        self.get().record_denial(self.index(dev).0)
     }
     fn own(&self, dev: usize) -> u64 {
-        self.get().own(self.index(dev))
+        self.get().own(self.index(dev).0)
     }
     fn driver_overhead(&self, dev: usize) -> u64 {
-        self.get().driver_overhead(self.index(dev))
+        self.get().driver_overhead(self.index(dev).0)
     }
     fn set_driver_overhead(&self, dev: usize, bytes: u64) {
-        self.get().set_driver_overhead(self.index(dev), bytes)
+        self.get().set_driver_overhead(self.index(dev).0, bytes)
     }
     fn record_driver_denial(&self, dev: usize) {
-        self.get().record_driver_denial(self.index(dev))
+        self.get().record_driver_denial(self.index(dev).0)
     }
     fn try_charge_spill(&self, dev: usize, bytes: u64, limit: u64) -> bool {
-        self.get().try_charge_spill(self.index(dev), bytes, limit)
+        self.get().try_charge_spill(self.index(dev).0, bytes, limit)
     }
     fn spilled(&self, dev: usize) -> u64 {
-        self.get().spilled(self.index(dev))
+        self.get().spilled(self.index(dev).0)
     }
     fn record_spill_denial(&self, dev: usize) {
-        self.get().record_spill_denial(self.index(dev))
+        self.get().record_spill_denial(self.index(dev).0)
     }
     fn epoch(&self) -> u64 {
         FORK_GENERATION.load(Relaxed)

@@ -41,7 +41,7 @@ fn cost_of(dev: usize, create: impl FnOnce() -> CUresult) -> (CUresult, u64) {
     // Measured once per container: contexts of one device cost the same, and NVML's start-up
     // would otherwise be paid by every process.
     let ext = st.container().region().extension();
-    let index = st.container().index(dev);
+    let index = st.container().index(dev).get();
     let (Some(cached), Some(creating)) = (ext.context_cost.get(index), ext.contexts_creating.get(index)) else {
         return (create(), FALLBACK_COST);
     };

@@ -8,6 +8,7 @@ use vgpu_core::view::{MemoryView, virtual_view};
 
 use std::ffi::c_uint;
 
+use crate::container::RegionIndex;
 use crate::driver;
 use crate::driver::Real;
 use crate::driver::nvml::ProcessList;
@@ -30,7 +31,7 @@ static HANDLES: [HandleSlot; HANDLE_SLOTS] =
     [const { HandleSlot { handle: AtomicUsize::new(0), index: AtomicUsize::new(0) } }; HANDLE_SLOTS];
 
 /// The region index of an NVML device (`None`: the container does not have it, or we cannot tell).
-fn index_of(device: nvmlDevice_t) -> Option<usize> {
+fn index_of(device: nvmlDevice_t) -> Option<RegionIndex> {
     let key = device as usize;
     if key == 0 {
         return None;
@@ -42,7 +43,7 @@ fn index_of(device: nvmlDevice_t) -> Option<usize> {
                 match slot.index.load(Ordering::Acquire) {
                     0 => break, // being filled in by another thread
                     NOT_CUDA => return None,
-                    o => return Some(o - 1),
+                    o => return Some(RegionIndex::from_stored(o - 1)),
                 }
             }
             _ => {}
@@ -50,11 +51,11 @@ fn index_of(device: nvmlDevice_t) -> Option<usize> {
     }
     let uuid = driver::nvml_device_uuid(device).ok()?;
     let accounting = state().container();
-    let resolved = match accounting.region().index_of_uuid(&uuid) {
+    let resolved = match accounting.index_of_uuid(&uuid) {
         Some(i) => Some(i),
         None => resolve_ordinal(&uuid)?.map(|o| accounting.index(o)),
     };
-    let value = resolved.map_or(NOT_CUDA, |o| o + 1);
+    let value = resolved.map_or(NOT_CUDA, |i| i.get() + 1);
     for slot in &HANDLES {
         match slot.handle.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
