@@ -194,7 +194,6 @@ fn the_first_processes_context_measurement_serves_the_container() {
     let later = String::from_utf8_lossy(&later.stdout);
     let line = later.lines().find(|l| l.starts_with("meminfo")).unwrap();
     assert_eq!(field(line, "free"), 4 * GIB - CONTEXT, "{later}");
-    let _ = std::fs::remove_file(&region);
 }
 
 /// Operators see refusals: the cap's own (`cap_denials`) apart from a driver out of memory
@@ -214,7 +213,6 @@ fn refusals_are_counted_by_whom() {
         } else {
             assert_eq!((cap_n, driver_n), (0, 1), "{cap}: the 16g device ran out first");
         }
-        let _ = std::fs::remove_file(&region);
     }
 }
 
@@ -237,7 +235,4 @@ fn the_node_shares_the_context_cost_between_containers() {
     };
     assert_eq!(run(&first, "300m"), 4 * GIB - CONTEXT);
     assert_eq!(run(&second, "500m"), 4 * GIB - CONTEXT, "the node's figure, not a new measurement");
-    for f in [&first, &second, &node] {
-        let _ = std::fs::remove_file(f);
-    }
 }

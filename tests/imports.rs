@@ -58,11 +58,6 @@ fn container_total(region: &Path) -> u64 {
     r.shared().procs[..n].iter().map(|p| p.used[0].total.load(SeqCst)).sum()
 }
 
-fn remove(region: &Path) {
-    let _ = std::fs::remove_file(region);
-    let _ = std::fs::remove_file(region.with_extension("node"));
-}
-
 /// Process A allocates 1.5 GiB, exports it and holds it; returns A and the handle.
 fn ipc_exporter(region: &Path) -> (common::Spawned, String) {
     let mut a = container(region).args(["init", "alloc", "1536m", "ipc-export", "wait", "meminfo", "free-all"]).spawn();
@@ -102,7 +97,6 @@ fn an_ipc_import_in_the_same_container_is_not_charged_to_the_importer() {
 
     a.release();
     assert_eq!(code(a.finish().line("free-all")), 0);
-    remove(&region);
 }
 
 /// B in a container of its own opens A's memory on its device 0 and, as a peer, on device 1:
@@ -138,8 +132,6 @@ fn an_ipc_import_from_another_container_leaves_the_importers_cap_whole() {
     }
     a.release();
     a.finish();
-    remove(&region_a);
-    remove(&region_b);
 }
 
 /// `cuMemExportToShareableHandle` (a POSIX descriptor) in A, `cuMemImportFromShareableHandle` and
@@ -179,7 +171,6 @@ fn vmm_memory_imported_from_a_shareable_handle_is_not_charged_to_the_importer() 
     assert_eq!(charged(&region, a.pid(), 0), EXPORTED + CONTEXT, "A still pays for its memory");
     a.release();
     assert_eq!(code(a.finish().line("free-all")), 0);
-    remove(&region);
 }
 
 /// Host-located physical memory (location HOST or HOST_NUMA, as NCCL creates it) is not device
@@ -207,7 +198,6 @@ fn host_located_cumemcreate_is_not_charged_and_device_located_is() {
     assert_eq!(code(r.line("release-last")), 0);
     assert_eq!(field(r.lines("meminfo ")[2], "free"), own);
     assert_eq!(code(r.line("free-all")), 0, "the host handles are released");
-    remove(&region);
 }
 
 /// Device 0's memory mapped for device 1 (`cuMemSetAccess`) and peer access from device 1's
@@ -230,5 +220,4 @@ fn peer_mappings_are_not_charged_to_the_peer() {
     assert_eq!(field(r.line("alloc-until-oom"), "bytes"), own, "device 1 keeps its whole cap");
     assert_eq!(field(infos[2], "free"), own - GIB, "the memory is device 0's");
     assert_eq!(code(r.line("free-all")), 0);
-    remove(&region);
 }
