@@ -1,5 +1,5 @@
-//! What a newcomer meets (issue 16): a region left behind by an earlier run does not cap later
-//! processes silently, a clean exit leaves no dead slot, and refusals do not flood stderr.
+//! What a newcomer meets: a region left behind by an earlier run does not cap later processes
+//! silently, a clean exit leaves no dead slot, and refusals do not flood stderr.
 
 mod common;
 

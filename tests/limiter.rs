@@ -294,8 +294,7 @@ fn scenario(tenants: &[Tenant], want: &[f64], extra: &[&str]) {
 }
 
 /// Containers on one GPU take turns (the node table's token), so each one's measured time is
-/// its own: limits that fit are ceilings each gets (without turns, 30 + 60 gave 22 + 51, and
-/// the node table's old overlap split gave every tenant the same).
+/// its own: limits that fit are ceilings each gets (without turns, 30 + 60 got about 22 + 51).
 #[test]
 fn containers_on_one_gpu_each_get_their_limit() {
     let _serial = serial();

@@ -1,6 +1,6 @@
-//! Issue 15: no neighbour, file or value can crash, stall or deceive a process. One test per
-//! defect of the issue's adversarial pass (the numbers in the names), each run as real programs
-//! under the preload against the fake driver.
+//! No neighbour, file or value can crash, stall or deceive a process. One test per hostile case
+//! (`dNN`, the number its comment starts with), each run as real programs under the preload
+//! against the fake driver.
 
 mod common;
 

@@ -156,7 +156,7 @@ impl Run {
     }
 
     /// As [`output`](Self::output), but kills the program if it is still running after
-    /// `limit` and returns `None` (a test of something that used to hang).
+    /// `limit` and returns `None` (for a test whose failure would be a hang).
     pub fn output_within(mut self, limit: std::time::Duration) -> Option<Result> {
         let mut child = self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn test program");
         let start = std::time::Instant::now();

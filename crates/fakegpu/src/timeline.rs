@@ -203,7 +203,7 @@ fn map_file(path: &str) -> Result<*mut u8, String> {
 }
 
 /// FNV-1a of /proc/sys/kernel/random/boot_id (1 where it cannot be read: then stale times
-/// after a reboot are not detected, as before this check existed).
+/// after a reboot go undetected).
 fn boot_hash() -> u64 {
     let id = std::fs::read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let h = id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));

@@ -485,8 +485,8 @@ fn history_samples_memory_and_the_achieved_share() {
     assert!(points(&v, 0) >= 2, "every device of the region is sampled");
 }
 
-/// Issue 15, defect 12: clients that trickle their request a byte at a time hold no
-/// connection past the request deadline, and scrapes keep working while they try.
+/// Clients that trickle their request a byte at a time hold no connection past the request
+/// deadline, and scrapes keep working while they try.
 #[test]
 fn slow_clients_cannot_lock_scrapes_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -522,8 +522,8 @@ fn slow_clients_cannot_lock_scrapes_out() {
     }
 }
 
-/// Issue 15, defect 4: a tenant truncating and re-growing its own region cannot kill the
-/// exporter (nor `vgpu status`): they read copies, never a mapping of the tenant's file.
+/// A tenant truncating and re-growing its own region cannot kill the exporter (nor
+/// `vgpu status`): they read copies, never a mapping of the tenant's file.
 #[test]
 fn a_region_truncated_and_regrown_under_the_readers_does_not_kill_them() {
     use std::os::unix::fs::FileExt;
