@@ -13,8 +13,8 @@
 //! (CI sets it after installing valgrind). `LIBVGPU_BUDGET_DEMO_REGRESSION=1` makes the preloaded
 //! runs call each operation twice per iteration (`BENCH_REPEAT=2`) — a stand-in for a hook that
 //! calls the driver twice — and the budgets must then fail. The full table is printed by
-//! `instruction_table` (run with `--nocapture`) and written to
-//! `target/release/budgets/instructions.txt`.
+//! `every_operation_is_measured_and_budgeted_or_recorded` (run with `--nocapture`) and written
+//! to `target/release/budgets/instructions.txt`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,34 @@ const N: u64 = 1000;
 const LAUNCH_BUDGET: f64 = 150.0;
 const ALLOC_FREE_BUDGET: f64 = 3000.0;
 const BIN_TRUE_BUDGET: u64 = 200_000;
+
+/// What a row of the table is held to.
+#[derive(Clone, Copy, Debug)]
+enum Budget {
+    /// At most this many instructions added per call.
+    Limit(f64),
+    /// Measured and shown, held to nothing.
+    Recorded,
+}
+
+use Budget::{Limit, Recorded};
+
+/// Every operation `bench_api list` names, with its budget without a limit and under one
+/// (`Mode::Uncapped`, `Mode::Capped`). A new operation must be added here, budgeted or recorded.
+const BUDGETS: &[(&str, Budget, Budget)] = &[
+    ("launch", Limit(LAUNCH_BUDGET), Recorded),
+    ("alloc_free", Limit(ALLOC_FREE_BUDGET), Limit(ALLOC_FREE_BUDGET)),
+    ("async_free", Limit(ALLOC_FREE_BUDGET), Limit(ALLOC_FREE_BUDGET)),
+    // A wait on an idle stream is as cheap as a launch (PyTorch waits at every `.item()`).
+    ("stream_sync", Limit(LAUNCH_BUDGET), Recorded),
+    ("meminfo", Recorded, Recorded),
+    ("procaddr", Recorded, Recorded),
+    ("dlsym_hooked", Recorded, Recorded),
+    ("dlsym_cuda", Recorded, Recorded),
+    ("dlsym_other", Recorded, Recorded),
+    ("dlsym_next", Recorded, Recorded),
+    ("nvml_meminfo", Recorded, Recorded),
+];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Mode {
@@ -120,60 +148,31 @@ fn measure() -> Measurements {
     ]));
     let lib = std::env::var_os("LIBVGPU_BUDGET_LIB").map_or(release.join("libvgpu.so"), PathBuf::from);
     let lib = std::fs::canonicalize(&lib).unwrap_or_else(|e| panic!("{}: {e}", lib.display()));
-    let work = release.join("budgets");
-    let _ = std::fs::remove_dir_all(&work);
+    // The driver directory, the programs, callgrind's output and the regions: gone with `scratch`.
+    let scratch = tempfile::tempdir_in(&release).unwrap();
+    let work = scratch.path();
     let driver = work.join("driver");
     let bin = work.join("bin");
     run_checked(Command::new("sh").arg(repo().join("crates/fakegpu/make-driver-dir.sh")).arg(&release).arg(&driver));
     run_checked(Command::new("sh").arg(repo().join("tests/c/build.sh")).arg(&driver).arg(&bin));
     let bench = bin.join("bench_api");
 
-    let env = Env { lib: lib.clone(), driver: driver.clone(), work: work.clone() };
+    let env = Env { lib: lib.clone(), driver: driver.clone(), work: work.to_path_buf() };
     let list = run_checked(env.command(&bench, Mode::None, 0).arg("list"));
     let op_names: Vec<String> = String::from_utf8_lossy(&list.stdout).lines().map(str::to_owned).collect();
     assert!(op_names.iter().any(|o| o == "alloc_free"), "bench_api list: {op_names:?}");
-
-    let mut ops = BTreeMap::new();
-    for (i, mode) in [Mode::None, Mode::Uncapped, Mode::Capped].into_iter().enumerate() {
-        let dir = work.join(format!("ops-{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = env.command(Path::new("valgrind"), mode, i);
-        cmd.arg("--tool=callgrind")
-            .arg(format!("--callgrind-out-file={}/cg.%p", dir.display()))
-            .arg("--toggle-collect=bench_op_*");
-        for op in &op_names {
-            cmd.arg(format!("--dump-after=bench_op_{op}"));
-        }
-        cmd.arg(&bench).args(["ops", "-n", &N.to_string(), "all"]);
-        run_checked(&mut cmd);
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let Some(op) = text.lines().find_map(|l| l.strip_prefix("desc: Trigger: --dump-after=bench_op_")) else {
-                continue; // the program-termination dump (empty: collection is off outside the loops)
-            };
-            ops.insert((mode, op.to_owned()), parse_callgrind(&text));
-        }
-        for op in &op_names {
-            assert!(ops.contains_key(&(mode, op.clone())), "no callgrind dump for {op} ({})", mode.name());
-        }
-    }
-
-    let whole = |mode: Mode, i: usize, program: &Path, args: &[&str]| -> u64 {
-        let out = work.join(format!("whole-{i}.cg"));
-        let mut cmd = env.command(Path::new("valgrind"), mode, 10 + i);
-        cmd.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out.display())).arg(program).args(args);
-        let o = run_checked(&mut cmd);
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(!stderr.contains("cannot be preloaded"), "the preload did not load:\n{stderr}");
-        parse_callgrind(&std::fs::read_to_string(&out).unwrap()).total
-    };
-    let bin_true =
-        (whole(Mode::None, 0, Path::new("/bin/true"), &[]), whole(Mode::Uncapped, 1, Path::new("/bin/true"), &[]));
-    let startup = (whole(Mode::None, 2, &bench, &["first-alloc"]), whole(Mode::Capped, 3, &bench, &["first-alloc"]));
+    let ops = env.ops(&bench, &op_names);
+    let bin_true = (
+        env.whole(Mode::None, 0, Path::new("/bin/true"), &[]),
+        env.whole(Mode::Uncapped, 1, Path::new("/bin/true"), &[]),
+    );
+    let startup =
+        (env.whole(Mode::None, 2, &bench, &["first-alloc"]), env.whole(Mode::Capped, 3, &bench, &["first-alloc"]));
     let m = Measurements { lib, ops, op_names, bin_true, startup };
-    let table = m.table();
-    std::fs::write(work.join("instructions.txt"), &table).unwrap();
+    let results = release.join("budgets");
+    let _ = std::fs::remove_dir_all(&results);
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(results.join("instructions.txt"), m.table()).unwrap();
     m
 }
 
@@ -208,6 +207,48 @@ impl Env {
             cmd.env("CUDA_DEVICE_MEMORY_LIMIT", "8g").env("CUDA_DEVICE_SM_LIMIT", "50");
         }
         cmd
+    }
+
+    /// N calls of every operation in each mode, one callgrind dump per operation.
+    fn ops(&self, bench: &Path, op_names: &[String]) -> BTreeMap<(Mode, String), Cost> {
+        let mut ops = BTreeMap::new();
+        for (i, mode) in [Mode::None, Mode::Uncapped, Mode::Capped].into_iter().enumerate() {
+            let dir = self.work.join(format!("ops-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut cmd = self.command(Path::new("valgrind"), mode, i);
+            cmd.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}/cg.%p", dir.display()))
+                .arg("--toggle-collect=bench_op_*");
+            for op in op_names {
+                cmd.arg(format!("--dump-after=bench_op_{op}"));
+            }
+            cmd.arg(bench).args(["ops", "-n", &N.to_string(), "all"]);
+            run_checked(&mut cmd);
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                let Some(op) = text.lines().find_map(|l| l.strip_prefix("desc: Trigger: --dump-after=bench_op_"))
+                else {
+                    continue; // the program-termination dump (empty: collection is off outside the loops)
+                };
+                ops.insert((mode, op.to_owned()), parse_callgrind(&text));
+            }
+            for op in op_names {
+                assert!(ops.contains_key(&(mode, op.clone())), "no callgrind dump for {op} ({})", mode.name());
+            }
+        }
+        ops
+    }
+
+    /// Instructions of the whole run of `program` in `mode`.
+    fn whole(&self, mode: Mode, i: usize, program: &Path, args: &[&str]) -> u64 {
+        let out = self.work.join(format!("whole-{i}.cg"));
+        let mut cmd = self.command(Path::new("valgrind"), mode, 10 + i);
+        cmd.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out.display())).arg(program).args(args);
+        let o = run_checked(&mut cmd);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("cannot be preloaded"), "the preload did not load:\n{stderr}");
+        parse_callgrind(&std::fs::read_to_string(&out).unwrap()).total
     }
 }
 
@@ -341,12 +382,13 @@ impl Measurements {
     }
 }
 
-/// The budget a row is held to (instructions added per call); `None` = recorded only.
+/// The budget a row is held to (instructions added per call); `None` = recorded only, or an
+/// operation missing from `BUDGETS` (which `every_operation_is_measured_and_budgeted_or_recorded`
+/// reports).
 fn budget_for(mode: Mode, op: &str) -> Option<f64> {
-    match (mode, op) {
-        // A wait on an idle stream is as cheap as a launch (PyTorch waits at every `.item()`).
-        (Mode::Uncapped, "launch" | "stream_sync") => Some(LAUNCH_BUDGET),
-        (_, "alloc_free" | "async_free") => Some(ALLOC_FREE_BUDGET),
+    let &(_, uncapped, capped) = BUDGETS.iter().find(|(name, ..)| *name == op)?;
+    match (mode, uncapped, capped) {
+        (Mode::Uncapped, Limit(b), _) | (Mode::Capped, _, Limit(b)) => Some(b),
         _ => None,
     }
 }
@@ -365,10 +407,36 @@ fn check(m: &Measurements, mode: Mode, op: &str) {
     eprintln!("{op} ({}): +{added:.1} instructions per call (budget {budget:.0})", mode.name());
 }
 
+/// The table and the budgets describe the same operations, every figure is a measurement
+/// (callgrind collected something inside each `bench_op_<op>` loop and each whole process), and
+/// every budgeted row holds, named test of its own or not.
 #[test]
-fn instruction_table() {
+fn every_operation_is_measured_and_budgeted_or_recorded() {
     let Some(m) = measurements() else { return };
     eprintln!("{}", m.table());
+    for op in &m.op_names {
+        assert!(
+            BUDGETS.iter().any(|(name, ..)| name == op),
+            "bench_api measures {op}, which BUDGETS neither budgets nor lists as recorded"
+        );
+    }
+    for (op, ..) in BUDGETS {
+        assert!(m.op_names.iter().any(|name| name == op), "BUDGETS has {op}, which bench_api list does not name");
+    }
+    for ((mode, op), cost) in &m.ops {
+        assert!(cost.total > 0, "no instructions counted inside bench_op_{op} ({})", mode.name());
+    }
+    assert_eq!(m.ops.len(), 3 * m.op_names.len(), "one row per operation and run");
+    let (t0, t1) = m.bin_true;
+    let (s0, s1) = m.startup;
+    assert!(t0 > 0 && t1 > 0 && s0 > 0 && s1 > 0, "whole-process counts: {:?} {:?}", m.bin_true, m.startup);
+    for op in &m.op_names {
+        for mode in [Mode::Uncapped, Mode::Capped] {
+            if budget_for(mode, op).is_some() {
+                check(m, mode, op);
+            }
+        }
+    }
 }
 
 #[test]

@@ -35,8 +35,8 @@ fn the_runtime_is_there_when_required() {
 )]
 fn real_cudart_receives_our_hooks_for_every_hooked_entry_point() {
     let lib = cudart();
-    let log = std::env::temp_dir().join(format!("libvgpu-cudart-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("fakegpu.log");
     let r = Run::new("cudart_real")
         .env("LIBCUDA_LOG_LEVEL", "4")
         .env("CUDA_DEVICE_MEMORY_LIMIT", "2g")
@@ -44,7 +44,6 @@ fn real_cudart_receives_our_hooks_for_every_hooked_entry_point() {
         .args([&lib])
         .output();
     let driver_log = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_file(&log);
     assert!(r.status.success(), "cudart must not crash: {:?}\n{}\n{}", r.status, r.stdout, r.stderr);
     assert!(r.stdout.starts_with("cudaDriverGetVersion 0"), "{}", r.stdout);
 

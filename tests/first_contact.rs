@@ -1,5 +1,5 @@
-//! What a newcomer meets (issue 16): a region left behind by an earlier run does not cap later
-//! processes silently, a clean exit leaves no dead slot, and refusals do not flood stderr.
+//! What a newcomer meets: a region left behind by an earlier run does not cap later processes
+//! silently, a clean exit leaves no dead slot, and refusals do not flood stderr.
 
 mod common;
 
@@ -58,8 +58,6 @@ fn a_capped_process_exits_cleanly_and_a_later_uncapped_one_is_uncapped() {
         .args(["init", "meminfo"])
         .ok();
     assert_eq!(third.field("meminfo ", "total"), 2 * GIB, "a new cap applies: {}", third.stderr);
-    let _ = std::fs::remove_file(&region);
-    let _ = std::fs::remove_file(&node);
 }
 
 /// While a process holds the region, a newcomer with another cap gets the container's, and is
@@ -94,8 +92,6 @@ fn a_live_region_keeps_its_cap_and_an_operators_cap_persists_until_cleared() {
     vgpu(&["set", "--memory", "env"]);
     let after = in_region(None).args(["init", "meminfo"]).ok();
     assert_eq!(after.field("meminfo ", "total"), 16 * GIB, "handed back to the environment: {}", after.stderr);
-    let _ = std::fs::remove_file(&region);
-    let _ = std::fs::remove_file(&node);
 }
 
 /// A program that retries a refused allocation 200 times gets a few lines, not 200.

@@ -195,9 +195,6 @@ fn a_containers_processes_share_one_budget() {
     let gpu_ms: f64 = children.into_iter().map(|c| summary(&c.wait_with_output().unwrap()).0).sum();
     let wall_ms = start.elapsed().unwrap().as_secs_f64() * 1000.0;
     let got = gpu_ms / wall_ms * 100.0;
-    for f in [&timeline, &node] {
-        let _ = std::fs::remove_file(f);
-    }
     assert!((got - 30.0).abs() <= 5.0, "container share {got:.2}% (gpu {gpu_ms:.0} ms over {wall_ms:.0} ms)");
 }
 
@@ -254,27 +251,21 @@ fn together(tenants: &[Tenant], us: u64, extra: &[&str]) -> Vec<f64> {
             let region = base.with_extension(format!("{i}.cache"));
             let mut args = time_args(us, "3000", extra);
             args.extend(["--start-at".to_string(), start.to_string()]);
-            let child = container(&region, &timeline, &node)
+            container(&region, &timeline, &node)
                 .env("CUDA_DEVICE_SM_LIMIT", t.limit.to_string())
                 .env("LIBVGPU_SM_BURST", if t.burst { "1" } else { "0" })
                 .args(args)
                 .spawn()
-                .unwrap();
-            (region, child)
+                .unwrap()
         })
         .collect();
-    let shares = children
+    children
         .into_iter()
-        .map(|(region, child)| {
+        .map(|child| {
             let (gpu_ms, start, end) = summary(&child.wait_with_output().unwrap());
-            let _ = std::fs::remove_file(region);
             gpu_ms * 1e6 / (end - start) as f64 * 100.0
         })
-        .collect();
-    for f in [&timeline, &node] {
-        let _ = std::fs::remove_file(f);
-    }
-    shares
+        .collect()
 }
 
 fn monotonic_ns() -> u64 {
@@ -303,8 +294,7 @@ fn scenario(tenants: &[Tenant], want: &[f64], extra: &[&str]) {
 }
 
 /// Containers on one GPU take turns (the node table's token), so each one's measured time is
-/// its own: limits that fit are ceilings each gets (without turns, 30 + 60 gave 22 + 51, and
-/// the node table's old overlap split gave every tenant the same).
+/// its own: limits that fit are ceilings each gets (without turns, 30 + 60 got about 22 + 51).
 #[test]
 fn containers_on_one_gpu_each_get_their_limit() {
     let _serial = serial();
@@ -360,9 +350,6 @@ fn a_stopped_container_does_not_stall_the_others() {
     // SAFETY: as above.
     unsafe { libc::kill(stopped.id() as i32, libc::SIGKILL) };
     let _ = stopped.wait();
-    for f in [&timeline, &node, &base.with_extension("a.cache"), &base.with_extension("b.cache")] {
-        let _ = std::fs::remove_file(f);
-    }
     let share = gpu_ms * 1e6 / (end - start) as f64 * 100.0;
     assert!(share >= 50.0, "the running container got {share:.1} % while the other was stopped");
 }
@@ -390,9 +377,6 @@ fn a_low_priority_container_yields_to_a_high_priority_one() {
         .unwrap();
     let (high_gpu, high_start, high_end) = summary(&high.wait_with_output().unwrap());
     let (low_gpu, low_start, low_end) = summary(&low.wait_with_output().unwrap());
-    for f in [&timeline, &node, &low_region, &high_region] {
-        let _ = std::fs::remove_file(f);
-    }
     let high_share = high_gpu * 1e6 / (high_end - high_start) as f64;
     eprintln!(
         "high: {high_gpu:.0} ms of GPU in {:.0} ms ({:.1}%); low: {low_gpu:.0} ms in {:.0} ms",

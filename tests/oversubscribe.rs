@@ -173,7 +173,6 @@ fn the_spill_counter_is_in_the_region_and_shown_by_vgpu_status() {
     assert!(status(true).contains("\"spilled\": 0"), "back to 0 after the frees");
     p.release();
     p.finish();
-    let _ = std::fs::remove_file(&region);
 }
 
 /// Through the runtime's door (every entry point from `cuGetProcAddress_v2`, as PyTorch's

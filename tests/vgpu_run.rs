@@ -216,8 +216,9 @@ fn the_library_is_found_next_to_the_binary_or_in_lib_or_named() {
     let a = common::artifacts();
     let bin = vgpu_bin();
     // bin/vgpu + lib/libvgpu.so (an install prefix) works; a lone binary says where it looked.
-    let root = a.bin_dir.parent().unwrap().join(format!("run-layout-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    // The prefix is next to the artifacts, so that the files can be hard links, not copies.
+    let dir = tempfile::tempdir_in(a.bin_dir.parent().unwrap()).unwrap();
+    let root = dir.path();
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("lib")).unwrap();
     let place = |from: &Path, to: &Path| {
@@ -249,5 +250,4 @@ fn the_library_is_found_next_to_the_binary_or_in_lib_or_named() {
     let lib = root.join("lib/libvgpu.so");
     let o = run(vgpu(&show).env("LIBVGPU_LIB", &lib));
     assert_eq!(text(&o.stdout), lib.display().to_string());
-    let _ = std::fs::remove_dir_all(&root);
 }

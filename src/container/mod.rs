@@ -27,7 +27,7 @@ use vgpu_core::MAX_DEVICES;
 use vgpu_core::config::{Config, TrustedOwners};
 use vgpu_core::ledger::{Accounting, Kind, MemoryLedger};
 use vgpu_core::limiter::BucketState;
-use vgpu_region::layout::{FILE_SIZE, MAGIC, MAX_PROCS, slot_offset};
+use vgpu_region::layout::{FILE_SIZE, MAGIC, slot_offset};
 use vgpu_region::{InitParams, Limit, LimitChange, Region, RegionAccounting, SlotState};
 
 mod watch;
@@ -277,8 +277,7 @@ impl Container {
         let acc = self.get();
         let region = acc.region();
         let s = region.shared();
-        let n = s.proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
-        (0..n)
+        (0..region.slots_in_use())
             .filter_map(|i| {
                 let slot = &s.procs[i];
                 let used = slot.used.get(index.0)?.total.load(SeqCst);

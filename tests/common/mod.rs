@@ -61,22 +61,45 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
-/// A region path no other run uses (the file does not exist yet).
-pub fn fresh_region_path() -> PathBuf {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = artifacts().bin_dir.parent().unwrap().join("regions");
-    std::fs::create_dir_all(&dir).unwrap();
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("{}-{n}.cache", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    path
+/// A region path no other run uses (the file does not exist yet), in a directory of its own
+/// under `target/<profile>/e2e/regions`. The directory, with what the run left there (the region,
+/// the node table, any sibling a test derives with `with_extension`), goes when this is dropped.
+pub struct RegionPath {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for RegionPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for RegionPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for RegionPath {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+pub fn fresh_region_path() -> RegionPath {
+    let parent = artifacts().bin_dir.parent().unwrap().join("regions");
+    std::fs::create_dir_all(&parent).unwrap();
+    let dir = tempfile::tempdir_in(&parent).unwrap();
+    RegionPath { path: dir.path().join("region.cache"), _dir: dir }
 }
 
 /// A program run under the preload against the fake driver.
 pub struct Run {
     cmd: Command,
     /// This run's own region file, removed once the program has exited.
-    region: PathBuf,
+    region: RegionPath,
 }
 
 impl Run {
@@ -124,8 +147,7 @@ impl Run {
 
     pub fn output(mut self) -> Result {
         let out: Output = self.cmd.output().expect("spawn test program");
-        let _ = std::fs::remove_file(&self.region);
-        let _ = std::fs::remove_file(self.region.with_extension("node"));
+        drop(self.region); // its directory, with the region and the node table
         Result {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -134,7 +156,7 @@ impl Run {
     }
 
     /// As [`output`](Self::output), but kills the program if it is still running after
-    /// `limit` and returns `None` (a test of something that used to hang).
+    /// `limit` and returns `None` (for a test whose failure would be a hang).
     pub fn output_within(mut self, limit: std::time::Duration) -> Option<Result> {
         let mut child = self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn test program");
         let start = std::time::Instant::now();
@@ -156,8 +178,7 @@ impl Run {
         if let Some(mut e) = child.stderr.take() {
             let _ = e.read_to_string(&mut stderr);
         }
-        let _ = std::fs::remove_file(&self.region);
-        let _ = std::fs::remove_file(self.region.with_extension("node"));
+        drop(self.region); // its directory, with the region and the node table
         Some(Result { status: status?, stdout, stderr })
     }
 
@@ -190,7 +211,7 @@ pub struct Spawned {
     stdout: BufReader<ChildStdout>,
     /// Everything read from stdout so far.
     seen: String,
-    region: PathBuf,
+    region: RegionPath,
 }
 
 impl Spawned {
@@ -229,8 +250,7 @@ impl Spawned {
             e.read_to_string(&mut stderr).expect("read test program stderr");
         }
         let status = self.child.wait().expect("wait for test program");
-        let _ = std::fs::remove_file(&self.region);
-        let _ = std::fs::remove_file(self.region.with_extension("node"));
+        drop(self.region); // its directory, with the region and the node table
         assert!(status.success(), "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
         Result { status, stdout, stderr }
     }

@@ -240,7 +240,8 @@ const _: () = {
     assert!(size_of::<nvmlProcessInfo_v1_t>() == 16);
 };
 
-// ---- Added for the fake driver (crates/fakegpu) and its C test programs. ----
+// ---- Launches, events, graphs, arrays and memory pools: what the fake driver needs to implement
+// these calls. libvgpu's hooks read only a little of it (a launch's stream, a pool attribute). ----
 
 pub type CUfunction = *mut c_void;
 pub type CUevent = *mut c_void;

@@ -203,7 +203,7 @@ fn map_file(path: &str) -> Result<*mut u8, String> {
 }
 
 /// FNV-1a of /proc/sys/kernel/random/boot_id (1 where it cannot be read: then stale times
-/// after a reboot are not detected, as before this check existed).
+/// after a reboot go undetected).
 fn boot_hash() -> u64 {
     let id = std::fs::read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let h = id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
@@ -288,15 +288,16 @@ mod tests {
         assert_eq!(slot.totals(), (8000 * 7, 8000));
     }
 
-    fn temp(name: &str) -> String {
-        let p = std::env::temp_dir().join(format!("fakegpu-tl-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_file(&p);
-        p.to_string_lossy().into_owned()
+    /// The path of `name` in a fresh directory, which goes with the returned `TempDir`.
+    fn temp(name: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name).to_string_lossy().into_owned();
+        (dir, path)
     }
 
     #[test]
     fn shared_file_meets_by_uuid() {
-        let path = temp("uuid");
+        let (_dir, path) = temp("uuid");
         let (u0, u1, u2) = ([1u8; 16], [2u8; 16], [3u8; 16]);
         // Two "processes" (two mappings) that list the devices in different orders.
         let a = Timeline::shared(&path, &[u0, u1]).unwrap();
@@ -309,12 +310,11 @@ mod tests {
         assert_eq!(a.slot(0).totals(), (5, 1), "u0 is index 0 in one, 2 in the other");
         std::fs::write(&path, b"garbage!").unwrap();
         assert!(Timeline::shared(&path, &[u0]).is_err(), "a foreign file is refused");
-        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
     fn concurrent_claims_of_one_uuid_agree() {
-        let path = temp("claim");
+        let (_dir, path) = temp("claim");
         let tls: Vec<Timeline> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..4)
                 .map(|i| {
@@ -329,7 +329,6 @@ mod tests {
             t.slot(0).enqueue(0, 0, 1);
         }
         assert_eq!(first.totals().1, 4, "all four mapped the same slot for uuid 9");
-        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

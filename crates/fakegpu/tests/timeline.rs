@@ -126,10 +126,11 @@ fn together(jobs: Vec<Command>) -> Vec<Report> {
         .collect()
 }
 
-fn fresh_timeline(name: &str) -> PathBuf {
-    let p = tools().dir.join(format!("timeline-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_file(&p);
-    p
+/// A timeline path no other test uses, in a directory that goes with the returned `TempDir`.
+fn fresh_timeline() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in(&tools().dir).unwrap();
+    let path = dir.path().join("timeline");
+    (dir, path)
 }
 
 const BUSY: &[&str] = &["--us", "1000", "--n", "300"];
@@ -144,7 +145,7 @@ fn one_process_keeps_the_gpu_busy() {
 
 #[test]
 fn two_processes_on_one_timeline_get_half_each() {
-    let tl = fresh_timeline("pair");
+    let (_dir, tl) = fresh_timeline();
     let rs = together(vec![job(BUSY, Some(&tl)), job(BUSY, Some(&tl))]);
     for r in &rs {
         assert!((0.4..=0.6).contains(&r.share), "{rs:?}");
@@ -153,7 +154,6 @@ fn two_processes_on_one_timeline_get_half_each() {
     // One device cannot have done more work than the time both runs took together.
     let span_ms = (rs[0].end_ns.max(rs[1].end_ns) - rs[0].start_ns.min(rs[1].start_ns)) / 1e6;
     assert!(rs[0].gpu_ms + rs[1].gpu_ms <= span_ms + 0.01, "{rs:?}");
-    let _ = std::fs::remove_file(tl);
 }
 
 #[test]
@@ -166,14 +166,13 @@ fn private_timelines_do_not_meet() {
 
 #[test]
 fn different_devices_of_one_timeline_do_not_meet() {
-    let tl = fresh_timeline("devices");
+    let (_dir, tl) = fresh_timeline();
     let mut second = job(BUSY, Some(&tl));
     second.args(["--device", "1"]);
     let rs = together(vec![job(BUSY, Some(&tl)), second]);
     for r in &rs {
         assert!(r.share > 0.85, "{rs:?}");
     }
-    let _ = std::fs::remove_file(tl);
 }
 
 #[test]

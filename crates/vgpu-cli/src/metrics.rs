@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::snapshot::{Process, Status};
+use crate::snapshot::{Device, Process, Status};
 
 /// A region with where it came from, as labels.
 pub struct Located<'a> {
@@ -88,37 +88,137 @@ impl std::fmt::Display for Value {
     }
 }
 
-struct Family {
+/// A family's name, `# TYPE` and `# HELP` text.
+struct Spec {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    samples: Vec<(Vec<(&'static str, String)>, Value)>,
+}
+
+const fn gauge(name: &'static str, help: &'static str) -> Spec {
+    Spec { name, kind: "gauge", help }
+}
+
+const fn counter(name: &'static str, help: &'static str) -> Spec {
+    Spec { name, kind: "counter", help }
+}
+
+const USED: Spec = gauge(
+    "hami_vgpu_memory_used_bytes",
+    "Device memory charged to the container's live processes (allocations and contexts), bytes; HAMi vGPUmonitor compatible.",
+);
+const LIMIT: Spec = gauge(
+    "hami_vgpu_memory_limit_bytes",
+    "Device memory cap of the container, bytes; 0 = no cap; HAMi vGPUmonitor compatible.",
+);
+const CORE: Spec =
+    gauge("hami_vgpu_core_limit_percent", "SM (compute) share of the container in percent; 0 = no limit.");
+const CONTEXT: Spec = gauge(
+    "hami_vgpu_memory_context_bytes",
+    "Of the used memory, what CUDA contexts take, bytes; HAMi vGPUmonitor compatible.",
+);
+const MODULE: Spec = gauge(
+    "hami_vgpu_memory_module_bytes",
+    "Of the used memory, what loaded modules take, bytes; HAMi vGPUmonitor compatible.",
+);
+const BUFFER: Spec = gauge(
+    "hami_vgpu_memory_buffer_bytes",
+    "Of the used memory, what allocations take, bytes; HAMi vGPUmonitor compatible.",
+);
+const DRIVER: Spec = gauge(
+    "libvgpu_memory_driver_overhead_bytes",
+    "Of the used memory, what the driver spends outside the hooked allocations (lazily loaded modules, graph memory, pool caches, library workspaces), found by reconciling with its per-process count, bytes.",
+);
+const LAST_KERNEL: Spec = gauge(
+    "hami_container_last_kernel_elapsed_seconds",
+    "Seconds since the container last launched a kernel (only once it has); HAMi vGPUmonitor compatible.",
+);
+const DEAD: Spec = gauge(
+    "libvgpu_memory_dead_bytes",
+    "Device memory still charged to processes that died, counted against the cap until reaped (vgpu reap), bytes.",
+);
+const SPILLED: Spec = gauge(
+    "libvgpu_memory_spilled_bytes",
+    "Host memory the container spilled past its cap (CUDA_OVERSUBSCRIBE), bytes; not part of the used device memory.",
+);
+const SPILL_LIMIT: Spec = gauge(
+    "libvgpu_memory_spill_limit_bytes",
+    "The container's spill limit (LIBVGPU_SPILL_LIMIT, default twice the cap) as its spilling processes published it, bytes; 0 = none has spilled.",
+);
+const DENIALS: Spec = counter(
+    "libvgpu_allocation_denials_total",
+    "Allocations refused: reason=cap by the container's cap, reason=driver by the driver while within the cap, reason=spill_limit past the spill limit while oversubscribing.",
+);
+const GPU_TIME: Spec = counter(
+    "libvgpu_gpu_time_seconds_total",
+    "GPU time the compute limiter charged to the container (the union of its processes' busy intervals), seconds; measured only while an SM limit applies.",
+);
+const THROTTLED: Spec = counter(
+    "libvgpu_throttled_seconds_total",
+    "Time the container's launching threads slept waiting for the compute limiter, seconds, summed over threads.",
+);
+const PROCS: Spec = gauge(
+    "libvgpu_processes",
+    "Process slots of the region: state=alive (owner running) or dead (owner gone, not yet reaped).",
+);
+const PER_PROCESS: Spec =
+    gauge("libvgpu_process_memory_used_bytes", "Device memory charged to one process (slot), bytes.");
+const INFO: Spec = gauge(
+    "libvgpu_region_info",
+    "Always 1; labels give the region's layout version (HAMi major.minor) and libvgpu extension version.",
+);
+const COUNT: Spec = gauge("libvgpu_exporter_regions", "Regions read for this scrape.");
+const SKIP: Spec = gauge(
+    "libvgpu_exporter_skipped_files",
+    "Files passed over for this scrape (not a region, unreadable, foreign or corrupt; see /api/status).",
+);
+
+type Labels = Vec<(&'static str, String)>;
+
+struct Family {
+    spec: Spec,
+    samples: Vec<(Labels, Value)>,
 }
 
 impl Family {
-    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Self {
-        Family { name, kind, help, samples: Vec::new() }
+    fn new(spec: Spec) -> Self {
+        Family { spec, samples: Vec::new() }
     }
-    fn add(&mut self, labels: Vec<(&'static str, String)>, value: u64) {
+    fn add(&mut self, labels: Labels, value: u64) {
         self.samples.push((labels, Value::Count(value)));
     }
-    fn add_nanos(&mut self, labels: Vec<(&'static str, String)>, ns: u64) {
+    fn add_nanos(&mut self, labels: Labels, ns: u64) {
         self.samples.push((labels, Value::Nanos(ns)));
+    }
+
+    /// `# HELP`, `# TYPE`, then one line per sample.
+    fn write(&self, out: &mut String) {
+        let Spec { name, kind, help } = self.spec;
+        let _ = writeln!(out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in &self.samples {
+            out.push_str(name);
+            if !labels.is_empty() {
+                let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape_label(v))).collect();
+                let _ = write!(out, "{{{}}}", parts.join(","));
+            }
+            let _ = writeln!(out, " {value}");
+        }
     }
 }
 
-fn region_labels(r: &Located) -> Vec<(&'static str, String)> {
+fn region_labels(r: &Located) -> Labels {
     vec![("container", r.container.clone()), ("pod_uid", r.pod_uid.clone()), ("path", r.status.path.clone())]
 }
 
-fn device_labels(r: &Located, index: usize, uuid: &str) -> Vec<(&'static str, String)> {
+fn device_labels(r: &Located, index: usize, uuid: &str) -> Labels {
     let mut l = region_labels(r);
     l.push(("vdevice_index", index.to_string()));
     l.push(("device_uuid", uuid.to_string()));
     l
 }
 
-fn with(mut labels: Vec<(&'static str, String)>, k: &'static str, v: impl Into<String>) -> Vec<(&'static str, String)> {
+fn with(mut labels: Labels, k: &'static str, v: impl Into<String>) -> Labels {
     labels.push((k, v.into()));
     labels
 }
@@ -134,174 +234,137 @@ fn live_sum(processes: &[Process], dev: usize, f: fn(&crate::snapshot::Usage) ->
         .fold(0, u64::saturating_add)
 }
 
-/// The whole `/metrics` body. `skipped`: files a scan passed over (or a `--cache` region that
-/// could not be read); `now`: unix seconds, for the time since the last kernel.
-pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
-    let mut used = Family::new(
-        "hami_vgpu_memory_used_bytes",
-        "gauge",
-        "Device memory charged to the container's live processes (allocations and contexts), bytes; HAMi vGPUmonitor compatible.",
-    );
-    let mut limit = Family::new(
-        "hami_vgpu_memory_limit_bytes",
-        "gauge",
-        "Device memory cap of the container, bytes; 0 = no cap; HAMi vGPUmonitor compatible.",
-    );
-    let mut core = Family::new(
-        "hami_vgpu_core_limit_percent",
-        "gauge",
-        "SM (compute) share of the container in percent; 0 = no limit.",
-    );
-    let mut context = Family::new(
-        "hami_vgpu_memory_context_bytes",
-        "gauge",
-        "Of the used memory, what CUDA contexts take, bytes; HAMi vGPUmonitor compatible.",
-    );
-    let mut module = Family::new(
-        "hami_vgpu_memory_module_bytes",
-        "gauge",
-        "Of the used memory, what loaded modules take, bytes; HAMi vGPUmonitor compatible.",
-    );
-    let mut driver = Family::new(
-        "libvgpu_memory_driver_overhead_bytes",
-        "gauge",
-        "Of the used memory, what the driver spends outside the hooked allocations (lazily loaded modules, graph memory, pool caches, library workspaces), found by reconciling with its per-process count, bytes.",
-    );
-    let mut buffer = Family::new(
-        "hami_vgpu_memory_buffer_bytes",
-        "gauge",
-        "Of the used memory, what allocations take, bytes; HAMi vGPUmonitor compatible.",
-    );
-    let mut last_kernel = Family::new(
-        "hami_container_last_kernel_elapsed_seconds",
-        "gauge",
-        "Seconds since the container last launched a kernel (only once it has); HAMi vGPUmonitor compatible.",
-    );
-    let mut dead = Family::new(
-        "libvgpu_memory_dead_bytes",
-        "gauge",
-        "Device memory still charged to processes that died, counted against the cap until reaped (vgpu reap), bytes.",
-    );
-    let mut denials = Family::new(
-        "libvgpu_allocation_denials_total",
-        "counter",
-        "Allocations refused: reason=cap by the container's cap, reason=driver by the driver while within the cap, reason=spill_limit past the spill limit while oversubscribing.",
-    );
-    let mut spilled = Family::new(
-        "libvgpu_memory_spilled_bytes",
-        "gauge",
-        "Host memory the container spilled past its cap (CUDA_OVERSUBSCRIBE), bytes; not part of the used device memory.",
-    );
-    let mut spill_limit = Family::new(
-        "libvgpu_memory_spill_limit_bytes",
-        "gauge",
-        "The container's spill limit (LIBVGPU_SPILL_LIMIT, default twice the cap) as its spilling processes published it, bytes; 0 = none has spilled.",
-    );
-    let mut gpu_time = Family::new(
-        "libvgpu_gpu_time_seconds_total",
-        "counter",
-        "GPU time the compute limiter charged to the container (the union of its processes' busy intervals), seconds; measured only while an SM limit applies.",
-    );
-    let mut throttled = Family::new(
-        "libvgpu_throttled_seconds_total",
-        "counter",
-        "Time the container's launching threads slept waiting for the compute limiter, seconds, summed over threads.",
-    );
-    let mut procs = Family::new(
-        "libvgpu_processes",
-        "gauge",
-        "Process slots of the region: state=alive (owner running) or dead (owner gone, not yet reaped).",
-    );
-    let mut per_process = Family::new(
-        "libvgpu_process_memory_used_bytes",
-        "gauge",
-        "Device memory charged to one process (slot), bytes.",
-    );
-    let mut info = Family::new(
-        "libvgpu_region_info",
-        "gauge",
-        "Always 1; labels give the region's layout version (HAMi major.minor) and libvgpu extension version.",
-    );
-    let mut count = Family::new("libvgpu_exporter_regions", "gauge", "Regions read for this scrape.");
-    let mut skip = Family::new(
-        "libvgpu_exporter_skipped_files",
-        "gauge",
-        "Files passed over for this scrape (not a region, unreadable, foreign or corrupt; see /api/status).",
-    );
+/// Every family of the body, fields in the order they are written.
+struct Families {
+    used: Family,
+    limit: Family,
+    core: Family,
+    context: Family,
+    module: Family,
+    buffer: Family,
+    driver: Family,
+    last_kernel: Family,
+    dead: Family,
+    spilled: Family,
+    spill_limit: Family,
+    denials: Family,
+    gpu_time: Family,
+    throttled: Family,
+    procs: Family,
+    per_process: Family,
+    info: Family,
+    count: Family,
+    skip: Family,
+}
 
-    for r in regions {
+impl Families {
+    fn new() -> Self {
+        Families {
+            used: Family::new(USED),
+            limit: Family::new(LIMIT),
+            core: Family::new(CORE),
+            context: Family::new(CONTEXT),
+            module: Family::new(MODULE),
+            buffer: Family::new(BUFFER),
+            driver: Family::new(DRIVER),
+            last_kernel: Family::new(LAST_KERNEL),
+            dead: Family::new(DEAD),
+            spilled: Family::new(SPILLED),
+            spill_limit: Family::new(SPILL_LIMIT),
+            denials: Family::new(DENIALS),
+            gpu_time: Family::new(GPU_TIME),
+            throttled: Family::new(THROTTLED),
+            procs: Family::new(PROCS),
+            per_process: Family::new(PER_PROCESS),
+            info: Family::new(INFO),
+            count: Family::new(COUNT),
+            skip: Family::new(SKIP),
+        }
+    }
+
+    /// One region's samples: its devices, its processes' usage, then its own gauges.
+    fn add_region(&mut self, r: &Located, now: u64) {
         let s = r.status;
         for d in &s.devices {
-            let l = device_labels(r, d.index, &d.uuid);
-            used.add(l.clone(), d.used);
-            limit.add(l.clone(), d.memory_limit.unwrap_or(0));
-            core.add(l.clone(), d.sm_limit.unwrap_or(0));
-            context.add(l.clone(), d.context);
-            module.add(l.clone(), live_sum(&s.processes, d.index, |u| u.module));
-            buffer.add(l.clone(), live_sum(&s.processes, d.index, |u| u.data));
-            driver.add(l.clone(), d.driver_overhead);
-            dead.add(l.clone(), d.dead_used);
-            denials.add(with(l.clone(), "reason", "cap"), d.cap_denials);
-            denials.add(with(l.clone(), "reason", "driver"), d.driver_denials);
-            denials.add(with(l.clone(), "reason", "spill_limit"), d.spill_denials);
-            spilled.add(l.clone(), d.spilled);
-            spill_limit.add(l.clone(), d.spill_limit.unwrap_or(0));
-            gpu_time.add_nanos(l.clone(), d.gpu_time_ns);
-            throttled.add_nanos(l, d.throttled_ns);
+            self.add_device(r, d);
         }
         for p in &s.processes {
             for u in &p.usage {
                 let uuid = s.devices.get(u.device).map_or("", |d| d.uuid.as_str());
                 let l = device_labels(r, u.device, uuid);
                 let l = with(with(with(l, "slot", p.slot.to_string()), "pid", p.pid.to_string()), "state", p.state);
-                per_process.add(l, u.total);
+                self.per_process.add(l, u.total);
             }
         }
         if s.last_kernel_time > 0 {
-            last_kernel.add(region_labels(r), now.saturating_sub(s.last_kernel_time));
+            self.last_kernel.add(region_labels(r), now.saturating_sub(s.last_kernel_time));
         }
-        procs.add(with(region_labels(r), "state", "alive"), s.alive_processes as u64);
-        procs.add(with(region_labels(r), "state", "dead"), s.dead_slots as u64);
+        self.procs.add(with(region_labels(r), "state", "alive"), s.alive_processes as u64);
+        self.procs.add(with(region_labels(r), "state", "dead"), s.dead_slots as u64);
         let version = format!("{}.{}", s.version.major, s.version.minor);
-        info.add(with(with(region_labels(r), "version", version), "extension", s.version.extension.to_string()), 1);
+        let info = with(with(region_labels(r), "version", version), "extension", s.version.extension.to_string());
+        self.info.add(info, 1);
     }
-    count.add(Vec::new(), regions.len() as u64);
-    skip.add(Vec::new(), skipped as u64);
 
-    let mut out = String::new();
-    let families = [
-        used,
-        limit,
-        core,
-        context,
-        module,
-        buffer,
-        driver,
-        last_kernel,
-        dead,
-        spilled,
-        spill_limit,
-        denials,
-        gpu_time,
-        throttled,
-        procs,
-        per_process,
-        info,
-        count,
-        skip,
-    ];
-    for f in families {
-        let _ = writeln!(out, "# HELP {} {}", f.name, f.help.replace('\\', "\\\\").replace('\n', "\\n"));
-        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
-        for (labels, value) in &f.samples {
-            out.push_str(f.name);
-            if !labels.is_empty() {
-                let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape_label(v))).collect();
-                let _ = write!(out, "{{{}}}", parts.join(","));
-            }
-            let _ = writeln!(out, " {value}");
+    /// The per-device families of one of `r`'s devices.
+    fn add_device(&mut self, r: &Located, d: &Device) {
+        let processes = &r.status.processes;
+        let l = device_labels(r, d.index, &d.uuid);
+        self.used.add(l.clone(), d.used);
+        self.limit.add(l.clone(), d.memory_limit.unwrap_or(0));
+        self.core.add(l.clone(), d.sm_limit.unwrap_or(0));
+        self.context.add(l.clone(), d.context);
+        self.module.add(l.clone(), live_sum(processes, d.index, |u| u.module));
+        self.buffer.add(l.clone(), live_sum(processes, d.index, |u| u.data));
+        self.driver.add(l.clone(), d.driver_overhead);
+        self.dead.add(l.clone(), d.dead_used);
+        self.denials.add(with(l.clone(), "reason", "cap"), d.cap_denials);
+        self.denials.add(with(l.clone(), "reason", "driver"), d.driver_denials);
+        self.denials.add(with(l.clone(), "reason", "spill_limit"), d.spill_denials);
+        self.spilled.add(l.clone(), d.spilled);
+        self.spill_limit.add(l.clone(), d.spill_limit.unwrap_or(0));
+        self.gpu_time.add_nanos(l.clone(), d.gpu_time_ns);
+        self.throttled.add_nanos(l, d.throttled_ns);
+    }
+
+    fn write(&self, out: &mut String) {
+        for f in [
+            &self.used,
+            &self.limit,
+            &self.core,
+            &self.context,
+            &self.module,
+            &self.buffer,
+            &self.driver,
+            &self.last_kernel,
+            &self.dead,
+            &self.spilled,
+            &self.spill_limit,
+            &self.denials,
+            &self.gpu_time,
+            &self.throttled,
+            &self.procs,
+            &self.per_process,
+            &self.info,
+            &self.count,
+            &self.skip,
+        ] {
+            f.write(out);
         }
     }
+}
+
+/// The whole `/metrics` body. `skipped`: files a scan passed over (or a `--cache` region that
+/// could not be read); `now`: unix seconds, for the time since the last kernel.
+pub fn render(regions: &[Located], skipped: usize, now: u64) -> String {
+    let mut families = Families::new();
+    for r in regions {
+        families.add_region(r, now);
+    }
+    families.count.add(Vec::new(), regions.len() as u64);
+    families.skip.add(Vec::new(), skipped as u64);
+    let mut out = String::new();
+    families.write(&mut out);
     out
 }
 

@@ -1,7 +1,7 @@
 //! Human output: readable at a glance, sizes in binary units ("1.5 GiB"), "unlimited" for no cap.
 //! Scripts should use `--json`; this text may change.
 
-use crate::snapshot::{Scan, Status};
+use crate::snapshot::{Device, Process, Scan, Status, Usage};
 
 /// Bytes in the largest binary unit that keeps the number ≥ 1, with at most two decimals.
 /// Binary units because caps are written that way (`4g` = 4 GiB) and must read back the same.
@@ -66,28 +66,42 @@ pub fn status(s: &Status) -> String {
     );
     out += &format!("processes: {} alive, {} dead (proc_num {})\n", s.alive_processes, s.dead_slots, s.proc_num);
     out.push('\n');
-    if s.devices.is_empty() {
-        out += "no devices recorded yet (no process has initialised CUDA)\n";
-    } else {
-        let mut rows =
-            vec![strings(["DEV", "UUID", "MEMORY CAP", "USED", "CONTEXTS", "DRIVER", "SM LIMIT", "CAP DENIALS"])];
-        for d in &s.devices {
-            rows.push(vec![
-                d.index.to_string(),
-                if d.uuid.is_empty() { "-".into() } else { d.uuid.clone() },
-                cap(d.memory_limit),
-                size(d.used),
-                size(d.context),
-                size(d.driver_overhead),
-                percent(d.sm_limit),
-                d.cap_denials.to_string(),
-            ]);
-        }
-        out += &table(&rows);
+    out += &devices(&s.devices);
+    out += &device_notes(&s.devices);
+    out.push('\n');
+    out += &processes(&s.processes);
+    out
+}
+
+/// The device table, or a line saying there is none yet.
+fn devices(devices: &[Device]) -> String {
+    if devices.is_empty() {
+        return "no devices recorded yet (no process has initialised CUDA)\n".into();
     }
+    let mut rows =
+        vec![strings(["DEV", "UUID", "MEMORY CAP", "USED", "CONTEXTS", "DRIVER", "SM LIMIT", "CAP DENIALS"])];
+    for d in devices {
+        rows.push(vec![
+            d.index.to_string(),
+            if d.uuid.is_empty() { "-".into() } else { d.uuid.clone() },
+            cap(d.memory_limit),
+            size(d.used),
+            size(d.context),
+            size(d.driver_overhead),
+            percent(d.sm_limit),
+            d.cap_denials.to_string(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Lines under the device table, each only where it says something: limiter time, spilling,
+/// memory held by dead processes, a charge above the cap.
+fn device_notes(devices: &[Device]) -> String {
+    let mut out = String::new();
     // Only where the limiter ran: an unlimited device measures nothing, and a line of zeros would
     // read as "idle".
-    for d in s.devices.iter().filter(|d| d.gpu_time_ns > 0 || d.throttled_ns > 0) {
+    for d in devices.iter().filter(|d| d.gpu_time_ns > 0 || d.throttled_ns > 0) {
         out += &format!(
             "device {}: {} of GPU time under the SM limit, {} throttled\n",
             d.index,
@@ -97,7 +111,7 @@ pub fn status(s: &Status) -> String {
     }
     // Only where oversubscription (CUDA_OVERSUBSCRIBE) was used: spilled bytes are host memory,
     // not part of USED.
-    for d in s.devices.iter().filter(|d| d.spilled > 0 || d.spill_limit.is_some() || d.spill_denials > 0) {
+    for d in devices.iter().filter(|d| d.spilled > 0 || d.spill_limit.is_some() || d.spill_denials > 0) {
         out += &format!(
             "device {}: {} spilled to host memory past the cap (spill limit {}, {} refused at it)\n",
             d.index,
@@ -106,14 +120,14 @@ pub fn status(s: &Status) -> String {
             d.spill_denials
         );
     }
-    for d in s.devices.iter().filter(|d| d.dead_used > 0) {
+    for d in devices.iter().filter(|d| d.dead_used > 0) {
         out += &format!(
             "note: device {}: {} held by dead processes still counts against the cap (run `vgpu reap`)\n",
             d.index,
             size(d.dead_used)
         );
     }
-    for d in &s.devices {
+    for d in devices {
         let charged = d.used.saturating_add(d.dead_used);
         if let Some(cap) = d.memory_limit.filter(|&cap| charged > cap) {
             out += &format!(
@@ -124,31 +138,17 @@ pub fn status(s: &Status) -> String {
             );
         }
     }
-    out.push('\n');
-    if s.processes.is_empty() {
-        out += "no processes\n";
-        return out;
+    out
+}
+
+/// The process table, or "no processes".
+fn processes(processes: &[Process]) -> String {
+    if processes.is_empty() {
+        return "no processes\n".into();
     }
     let mut rows = vec![strings(["SLOT", "PID", "HOSTPID", "STATE", "USAGE"])];
-    for p in &s.processes {
-        let usage: Vec<String> = p
-            .usage
-            .iter()
-            .map(|u| {
-                let mut parts = Vec::new();
-                if u.context > 0 {
-                    parts.push(format!("contexts {}", size(u.context)));
-                }
-                if u.driver_overhead > 0 {
-                    parts.push(format!("driver {}", size(u.driver_overhead)));
-                }
-                if u.spilled > 0 {
-                    parts.push(format!("spilled to host {}", size(u.spilled)));
-                }
-                let apart = if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) };
-                format!("dev {}: {}{apart}", u.device, size(u.total))
-            })
-            .collect();
+    for p in processes {
+        let usage: Vec<String> = p.usage.iter().map(usage).collect();
         rows.push(vec![
             p.slot.to_string(),
             p.pid.to_string(),
@@ -157,8 +157,23 @@ pub fn status(s: &Status) -> String {
             if usage.is_empty() { "-".into() } else { usage.join(", ") },
         ]);
     }
-    out += &table(&rows);
-    out
+    table(&rows)
+}
+
+/// One device's usage by one process: "dev 0: 1.5 GiB (contexts 300 MiB, driver 2 MiB)".
+fn usage(u: &Usage) -> String {
+    let mut parts = Vec::new();
+    if u.context > 0 {
+        parts.push(format!("contexts {}", size(u.context)));
+    }
+    if u.driver_overhead > 0 {
+        parts.push(format!("driver {}", size(u.driver_overhead)));
+    }
+    if u.spilled > 0 {
+        parts.push(format!("spilled to host {}", size(u.spilled)));
+    }
+    let apart = if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) };
+    format!("dev {}: {}{apart}", u.device, size(u.total))
 }
 
 pub fn scan(s: &Scan) -> String {

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use serde::Serialize;
 use vgpu_core::MAX_DEVICES;
-use vgpu_region::layout::MAX_PROCS;
 use vgpu_region::{Region, SlotState};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -118,68 +117,9 @@ fn device_count(r: &Region, processes: &[Process]) -> usize {
 pub fn take(r: &Region, path: &str) -> Status {
     let s = r.shared();
     let x = r.extension();
-    let n = s.proc_num.load(SeqCst).clamp(0, MAX_PROCS as i32) as usize;
-    let mut processes = Vec::new();
-    for i in 0..n {
-        // None: the command owns no slot, so a lock it can take means the owner is gone.
-        let state = match r.slot_state(i, None) {
-            SlotState::Free => continue,
-            SlotState::Alive => "alive",
-            SlotState::Dead => "dead",
-        };
-        let slot = &s.procs[i];
-        let usage = (0..MAX_DEVICES)
-            .map(|d| {
-                let u = &slot.used[d];
-                Usage {
-                    device: d,
-                    total: u.total.load(SeqCst),
-                    context: u.context_size.load(SeqCst),
-                    module: u.module_size.load(SeqCst),
-                    data: u.data_size.load(SeqCst),
-                    driver_overhead: x.driver_overhead[i][d].load(SeqCst),
-                    spilled: x.spilled[i][d].load(SeqCst),
-                }
-            })
-            .filter(|u| u.total | u.context | u.module | u.data | u.driver_overhead | u.spilled != 0)
-            .collect();
-        let hostpid = slot.hostpid.load(SeqCst);
-        processes.push(Process {
-            slot: i,
-            pid: slot.pid.load(SeqCst),
-            hostpid: (hostpid != 0).then_some(hostpid),
-            state,
-            generation: x.slot_generation[i].load(SeqCst),
-            usage,
-        });
-    }
-    let sum = |state: &str, d: usize, f: fn(&Usage) -> u64| -> u64 {
-        let on_dev = processes.iter().filter(|p| p.state == state).flat_map(|p| &p.usage);
-        on_dev.filter(|u| u.device == d).map(f).fold(0, u64::saturating_add)
-    };
-    let devices = (0..device_count(r, &processes))
-        .map(|d| {
-            let limit = s.limit[d].load(SeqCst);
-            let sm = s.sm_limit[d].load(SeqCst);
-            Device {
-                index: d,
-                uuid: r.uuid(d),
-                memory_limit: (limit != 0).then_some(limit),
-                sm_limit: vgpu_core::limiter::sm_limit_applies(sm).then_some(sm),
-                used: sum("alive", d, |u| u.total),
-                context: sum("alive", d, |u| u.context),
-                driver_overhead: sum("alive", d, |u| u.driver_overhead),
-                dead_used: sum("dead", d, |u| u.total),
-                cap_denials: x.cap_denials[d].load(SeqCst),
-                driver_denials: x.driver_denials[d].load(SeqCst),
-                spilled: sum("alive", d, |u| u.spilled),
-                spill_limit: Some(x.spill_limit[d].load(SeqCst)).filter(|&l| l != 0),
-                spill_denials: x.spill_denials[d].load(SeqCst),
-                gpu_time_ns: x.buckets[d].consumed_ns.load(SeqCst),
-                throttled_ns: x.buckets[d].throttled_ns.load(SeqCst),
-            }
-        })
-        .collect();
+    let n = r.slots_in_use();
+    let processes: Vec<Process> = (0..n).filter_map(|i| process(r, i)).collect();
+    let devices = (0..device_count(r, &processes)).map(|d| device(r, d, &processes)).collect();
     let count = |state: &str| processes.iter().filter(|p| p.state == state).count();
     Status {
         schema_version: SCHEMA_VERSION,
@@ -198,6 +138,72 @@ pub fn take(r: &Region, path: &str) -> Status {
         last_kernel_time: s.last_kernel_time.load(SeqCst),
         devices,
         processes,
+    }
+}
+
+/// Slot `i`, or `None` when it is free.
+fn process(r: &Region, i: usize) -> Option<Process> {
+    let s = r.shared();
+    let x = r.extension();
+    // None: the command owns no slot, so a lock it can take means the owner is gone.
+    let state = match r.slot_state(i, None) {
+        SlotState::Free => return None,
+        SlotState::Alive => "alive",
+        SlotState::Dead => "dead",
+    };
+    let slot = &s.procs[i];
+    let usage = (0..MAX_DEVICES)
+        .map(|d| {
+            let u = &slot.used[d];
+            Usage {
+                device: d,
+                total: u.total.load(SeqCst),
+                context: u.context_size.load(SeqCst),
+                module: u.module_size.load(SeqCst),
+                data: u.data_size.load(SeqCst),
+                driver_overhead: x.driver_overhead[i][d].load(SeqCst),
+                spilled: x.spilled[i][d].load(SeqCst),
+            }
+        })
+        .filter(|u| u.total | u.context | u.module | u.data | u.driver_overhead | u.spilled != 0)
+        .collect();
+    let hostpid = slot.hostpid.load(SeqCst);
+    Some(Process {
+        slot: i,
+        pid: slot.pid.load(SeqCst),
+        hostpid: (hostpid != 0).then_some(hostpid),
+        state,
+        generation: x.slot_generation[i].load(SeqCst),
+        usage,
+    })
+}
+
+/// Device `d`: its limits and counters from the region, its usage summed over `processes`.
+fn device(r: &Region, d: usize, processes: &[Process]) -> Device {
+    let s = r.shared();
+    let x = r.extension();
+    let sum = |state: &str, f: fn(&Usage) -> u64| -> u64 {
+        let on_dev = processes.iter().filter(|p| p.state == state).flat_map(|p| &p.usage);
+        on_dev.filter(|u| u.device == d).map(f).fold(0, u64::saturating_add)
+    };
+    let limit = s.limit[d].load(SeqCst);
+    let sm = s.sm_limit[d].load(SeqCst);
+    Device {
+        index: d,
+        uuid: r.uuid(d),
+        memory_limit: (limit != 0).then_some(limit),
+        sm_limit: vgpu_core::limiter::sm_limit_applies(sm).then_some(sm),
+        used: sum("alive", |u| u.total),
+        context: sum("alive", |u| u.context),
+        driver_overhead: sum("alive", |u| u.driver_overhead),
+        dead_used: sum("dead", |u| u.total),
+        cap_denials: x.cap_denials[d].load(SeqCst),
+        driver_denials: x.driver_denials[d].load(SeqCst),
+        spilled: sum("alive", |u| u.spilled),
+        spill_limit: Some(x.spill_limit[d].load(SeqCst)).filter(|&l| l != 0),
+        spill_denials: x.spill_denials[d].load(SeqCst),
+        gpu_time_ns: x.buckets[d].consumed_ns.load(SeqCst),
+        throttled_ns: x.buckets[d].throttled_ns.load(SeqCst),
     }
 }
 

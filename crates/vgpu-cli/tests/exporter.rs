@@ -7,11 +7,14 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering::SeqCst;
 
 use common::*;
+use tempfile::TempDir;
 use vgpu_core::ledger::{Accounting, Kind};
+use vgpu_region::{Region, RegionAccounting};
 
 /// A running exporter, killed when dropped.
 struct Exporter {
@@ -182,11 +185,23 @@ fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
 
 const POD: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
-#[test]
-fn metrics_over_http_match_the_regions_in_the_exposition_format() {
+/// A directory for `--scan`: region `a.cache` directly in it (two live processes on two devices,
+/// a dead one, denials, limiter time), one in a HAMi container directory (`b`), one in a
+/// directory whose name needs escaping in a label value (`c`), and a file that is not a region.
+struct ScanDir {
+    a: PathBuf,
+    b: PathBuf,
+    c: PathBuf,
+    /// The first live process of `a`: pid 100, 1.5 GiB on device 0.
+    pa: RegionAccounting,
+    /// The other live process (pid 200) and the regions, kept open for the test's length.
+    _kept: (RegionAccounting, [Region; 3]),
+    /// Dropped last: the files go with it.
+    dir: TempDir,
+}
+
+fn scan_dir() -> ScanDir {
     let dir = tempfile::tempdir().unwrap();
-    // One region directly in DIR, one in a HAMi container directory, one in a directory whose
-    // name needs escaping in a label value.
     let a = dir.path().join("a.cache");
     let ra = region(&a, 2 * GIB);
     let pa = process(&a, 100, 4242);
@@ -206,60 +221,68 @@ fn metrics_over_http_match_the_regions_in_the_exposition_format() {
     let hami = dir.path().join(format!("{POD}_trainer"));
     std::fs::create_dir(&hami).unwrap();
     let b = hami.join("9e2c.cache");
-    let _rb = region(&b, 3 * GIB);
+    let rb = region(&b, 3 * GIB);
     let weird = dir.path().join("we\"ird\\dir");
     std::fs::create_dir(&weird).unwrap();
     let c = weird.join("x.cache");
-    let _rc = region(&c, GIB);
+    let rc = region(&c, GIB);
     std::fs::write(dir.path().join("junk.txt"), b"not a region").unwrap();
+    ScanDir { a, b, c, pa, _kept: (pb, [ra, rb, rc]), dir }
+}
 
-    let e = Exporter::start(&["--scan", s(dir.path())]);
+/// The labels of region `a`'s device 0 (process 100's).
+fn a_dev0(a: &Path) -> [(&'static str, &str); 4] {
+    [("path", s(a)), ("container", "a.cache"), ("vdevice_index", "0"), ("device_uuid", "GPU-aaaa")]
+}
+
+/// Every family's value for region `a` of `scan_dir`.
+fn check_region_a(m: &[Sample], a: &Path) {
+    let pa_labels = a_dev0(a);
+    assert_eq!(value(m, "hami_vgpu_memory_used_bytes", &pa_labels), (GIB + 512 * MIB) as f64);
+    assert_eq!(value(m, "hami_vgpu_memory_limit_bytes", &pa_labels), (2 * GIB) as f64);
+    assert_eq!(value(m, "hami_vgpu_memory_context_bytes", &pa_labels), (512 * MIB) as f64);
+    assert_eq!(value(m, "hami_vgpu_memory_buffer_bytes", &pa_labels), GIB as f64);
+    assert_eq!(value(m, "hami_vgpu_core_limit_percent", &pa_labels), 0.0);
+    assert_eq!(value(m, "libvgpu_memory_dead_bytes", &pa_labels), (300 * MIB) as f64);
+    let with_reason = |r| [pa_labels[0], pa_labels[2], ("reason", r)];
+    assert_eq!(value(m, "libvgpu_allocation_denials_total", &with_reason("cap")), 2.0);
+    assert_eq!(value(m, "libvgpu_allocation_denials_total", &with_reason("driver")), 5.0);
+    assert_eq!(value(m, "libvgpu_gpu_time_seconds_total", &pa_labels), 12.25);
+    assert_eq!(value(m, "libvgpu_throttled_seconds_total", &pa_labels), 0.003);
+    let dev1 = [("path", s(a)), ("vdevice_index", "1"), ("device_uuid", "GPU-bbbb")];
+    assert_eq!(value(m, "hami_vgpu_memory_used_bytes", &dev1), (200 * MIB) as f64);
+    assert_eq!(value(m, "hami_vgpu_memory_limit_bytes", &dev1), 0.0, "0 = no cap");
+    assert_eq!(value(m, "hami_vgpu_core_limit_percent", &dev1), 30.0);
+    assert_eq!(value(m, "libvgpu_processes", &[("path", s(a)), ("state", "alive")]), 2.0);
+    assert_eq!(value(m, "libvgpu_processes", &[("path", s(a)), ("state", "dead")]), 1.0);
+    assert_eq!(
+        value(m, "libvgpu_process_memory_used_bytes", &[("path", s(a)), ("pid", "100"), ("vdevice_index", "0")]),
+        (GIB + 512 * MIB) as f64
+    );
+    assert_eq!(value(m, "libvgpu_process_memory_used_bytes", &[("pid", "300"), ("state", "dead")]), (300 * MIB) as f64);
+    assert_eq!(value(m, "libvgpu_region_info", &[("path", s(a)), ("version", "1.2"), ("extension", "1")]), 1.0);
+}
+
+/// Labels of regions `b` and `c` of `scan_dir`, from their directories' names.
+fn check_directory_labels(m: &[Sample], b: &Path, c: &Path) {
+    // HAMi's directory gives the pod UID and the container name.
+    let b_labels = [("path", s(b)), ("container", "trainer"), ("pod_uid", POD), ("vdevice_index", "0")];
+    assert_eq!(value(m, "hami_vgpu_memory_limit_bytes", &b_labels), (3 * GIB) as f64);
+    // Quotes and backslashes survive the round trip through escaping.
+    let c_labels = [("container", "we\"ird\\dir"), ("path", s(c)), ("vdevice_index", "0")];
+    assert_eq!(value(m, "hami_vgpu_memory_limit_bytes", &c_labels), GIB as f64);
+}
+
+#[test]
+fn metrics_over_http_match_the_regions_in_the_exposition_format() {
+    let f = scan_dir();
+    let e = Exporter::start(&["--scan", s(f.dir.path())]);
     let (code, headers, body) = e.get("/metrics");
     assert_eq!(code, 200);
     assert_eq!(headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
     let m = parse_exposition(&body);
-
-    let pa_labels = [("path", s(&a)), ("container", "a.cache"), ("vdevice_index", "0"), ("device_uuid", "GPU-aaaa")];
-    assert_eq!(value(&m, "hami_vgpu_memory_used_bytes", &pa_labels), (GIB + 512 * MIB) as f64);
-    assert_eq!(value(&m, "hami_vgpu_memory_limit_bytes", &pa_labels), (2 * GIB) as f64);
-    assert_eq!(value(&m, "hami_vgpu_memory_context_bytes", &pa_labels), (512 * MIB) as f64);
-    assert_eq!(value(&m, "hami_vgpu_memory_buffer_bytes", &pa_labels), GIB as f64);
-    assert_eq!(value(&m, "hami_vgpu_core_limit_percent", &pa_labels), 0.0);
-    assert_eq!(value(&m, "libvgpu_memory_dead_bytes", &pa_labels), (300 * MIB) as f64);
-    let with_reason = |r| [pa_labels[0], pa_labels[2], ("reason", r)];
-    assert_eq!(value(&m, "libvgpu_allocation_denials_total", &with_reason("cap")), 2.0);
-    assert_eq!(value(&m, "libvgpu_allocation_denials_total", &with_reason("driver")), 5.0);
-    assert_eq!(value(&m, "libvgpu_gpu_time_seconds_total", &pa_labels), 12.25);
-    assert_eq!(value(&m, "libvgpu_throttled_seconds_total", &pa_labels), 0.003);
-    let dev1 = [("path", s(&a)), ("vdevice_index", "1"), ("device_uuid", "GPU-bbbb")];
-    assert_eq!(value(&m, "hami_vgpu_memory_used_bytes", &dev1), (200 * MIB) as f64);
-    assert_eq!(value(&m, "hami_vgpu_memory_limit_bytes", &dev1), 0.0, "0 = no cap");
-    assert_eq!(value(&m, "hami_vgpu_core_limit_percent", &dev1), 30.0);
-    assert_eq!(value(&m, "libvgpu_processes", &[("path", s(&a)), ("state", "alive")]), 2.0);
-    assert_eq!(value(&m, "libvgpu_processes", &[("path", s(&a)), ("state", "dead")]), 1.0);
-    assert_eq!(
-        value(&m, "libvgpu_process_memory_used_bytes", &[("path", s(&a)), ("pid", "100"), ("vdevice_index", "0")]),
-        (GIB + 512 * MIB) as f64
-    );
-    assert_eq!(
-        value(&m, "libvgpu_process_memory_used_bytes", &[("pid", "300"), ("state", "dead")]),
-        (300 * MIB) as f64
-    );
-    assert_eq!(value(&m, "libvgpu_region_info", &[("path", s(&a)), ("version", "1.2"), ("extension", "1")]), 1.0);
-
-    // HAMi's directory gives the pod UID and the container name.
-    let b_labels = [("path", s(&b)), ("container", "trainer"), ("pod_uid", POD), ("vdevice_index", "0")];
-    assert_eq!(value(&m, "hami_vgpu_memory_limit_bytes", &b_labels), (3 * GIB) as f64);
-    // Quotes and backslashes survive the round trip through escaping.
-    assert_eq!(
-        value(
-            &m,
-            "hami_vgpu_memory_limit_bytes",
-            &[("container", "we\"ird\\dir"), ("path", s(&c)), ("vdevice_index", "0")]
-        ),
-        GIB as f64
-    );
-
+    check_region_a(&m, &f.a);
+    check_directory_labels(&m, &f.b, &f.c);
     assert_eq!(value(&m, "libvgpu_exporter_regions", &[]), 3.0);
     assert_eq!(value(&m, "libvgpu_exporter_skipped_files", &[]), 1.0);
     // No kernel launched yet: HAMi emits the elapsed time only once there was one.
@@ -269,12 +292,12 @@ fn metrics_over_http_match_the_regions_in_the_exposition_format() {
     let (code, headers, body) = e.get("/api/status");
     assert_eq!((code, headers["content-type"].as_str()), (200, "application/json"));
     let served: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(served, json(&["status", "--scan", s(dir.path()), "--json"]));
+    assert_eq!(served, json(&["status", "--scan", s(f.dir.path()), "--json"]));
 
     // Regions are re-read per request: a new charge shows on the next scrape.
-    assert!(pa.try_charge(0, 256 * MIB, pa.limit(0)));
+    assert!(f.pa.try_charge(0, 256 * MIB, f.pa.limit(0)));
     let m = parse_exposition(&e.get("/metrics").2);
-    assert_eq!(value(&m, "hami_vgpu_memory_used_bytes", &pa_labels), (GIB + 768 * MIB) as f64);
+    assert_eq!(value(&m, "hami_vgpu_memory_used_bytes", &a_dev0(&f.a)), (GIB + 768 * MIB) as f64);
 }
 
 #[test]
@@ -462,8 +485,8 @@ fn history_samples_memory_and_the_achieved_share() {
     assert!(points(&v, 0) >= 2, "every device of the region is sampled");
 }
 
-/// Issue 15, defect 12: clients that trickle their request a byte at a time hold no
-/// connection past the request deadline, and scrapes keep working while they try.
+/// Clients that trickle their request a byte at a time hold no connection past the request
+/// deadline, and scrapes keep working while they try.
 #[test]
 fn slow_clients_cannot_lock_scrapes_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -499,8 +522,8 @@ fn slow_clients_cannot_lock_scrapes_out() {
     }
 }
 
-/// Issue 15, defect 4: a tenant truncating and re-growing its own region cannot kill the
-/// exporter (nor `vgpu status`): they read copies, never a mapping of the tenant's file.
+/// A tenant truncating and re-growing its own region cannot kill the exporter (nor
+/// `vgpu status`): they read copies, never a mapping of the tenant's file.
 #[test]
 fn a_region_truncated_and_regrown_under_the_readers_does_not_kill_them() {
     use std::os::unix::fs::FileExt;

@@ -5,6 +5,7 @@
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
 
+use cuda_types::CUevent;
 use cuda_types::*;
 
 use super::context::*;
@@ -24,7 +25,31 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// What the steps share: a context of their own on device 1, a module with `sleep_us_2000` (`f`,
+/// 2 ms) and `other` (`g`, the default 10 µs), a stream and two events.
+struct Setup {
+    ctx: CUcontext,
+    module: CUmodule,
+    f: CUfunction,
+    g: CUfunction,
+    s: CUstream,
+    e0: CUevent,
+    e1: CUevent,
+}
+
 pub unsafe fn launch_and_wait() {
+    unsafe {
+        let x = set_up();
+        queued_kernels_take_their_time_at_synchronise(&x);
+        every_launch_flavour_queues(&x);
+        a_captured_graph_replays_its_kernels(&x);
+        synchronise_spoils_a_capture(&x);
+        proc_address_and_busy_time();
+        tear_down(x);
+    }
+}
+
+unsafe fn set_up() -> Setup {
     unsafe {
         let mut ctx: CUcontext = std::ptr::null_mut();
         assert_eq!(cuCtxCreate_v2(&mut ctx, 0, 1), OK);
@@ -39,8 +64,24 @@ pub unsafe fn launch_and_wait() {
         let (mut e0, mut e1) = (std::ptr::null_mut(), std::ptr::null_mut());
         assert_eq!(cuEventCreate(&mut e0, 0), OK);
         assert_eq!(cuEventCreate(&mut e1, 0), OK);
+        Setup { ctx, module, f, g, s, e0, e1 }
+    }
+}
 
-        // Ten 2 ms kernels: queued at once, 20 ms to synchronise.
+unsafe fn tear_down(x: Setup) {
+    unsafe {
+        assert_eq!(cuEventDestroy_v2(x.e0), OK);
+        assert_eq!(cuEventDestroy_v2(x.e1), OK);
+        assert_eq!(cuStreamDestroy_v2(x.s), OK);
+        assert_eq!(cuModuleUnload(x.module), OK);
+        assert_eq!(cuCtxDestroy_v2(x.ctx), OK);
+    }
+}
+
+/// Ten 2 ms kernels: queued at once, 20 ms to synchronise.
+unsafe fn queued_kernels_take_their_time_at_synchronise(x: &Setup) {
+    let &Setup { f, s, e0, e1, .. } = x;
+    unsafe {
         let t = Instant::now();
         assert_eq!(cuEventRecord(e0, s), OK);
         for _ in 0..10 {
@@ -61,21 +102,27 @@ pub unsafe fn launch_and_wait() {
         // launched: the events are 20 ms apart plus the host's gap before that launch (at most
         // the whole queueing time; tens of µs on a loaded CI host).
         assert!(elapsed >= 20.0 - 0.01 && elapsed <= 20.0 + ms(queued) as f32 + 0.01, "{elapsed} ({queued:?})");
+    }
+}
 
-        // Every other launch flavour queues too; an unknown name gets the default 10 µs.
-        let config = CUlaunchConfig {
-            gridDimX: 1,
-            gridDimY: 1,
-            gridDimZ: 1,
-            blockDimX: 1,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: 0,
-            hStream: s,
-            attrs: std::ptr::null_mut(),
-            numAttrs: 0,
-        };
-        let null = std::ptr::null_mut();
+/// Every other launch flavour queues too; an unknown name gets the default 10 µs, and a pointer
+/// the fake never handed out a 0 µs kernel.
+unsafe fn every_launch_flavour_queues(x: &Setup) {
+    let &Setup { f, g, s, .. } = x;
+    let config = CUlaunchConfig {
+        gridDimX: 1,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: 1,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        hStream: s,
+        attrs: std::ptr::null_mut(),
+        numAttrs: 0,
+    };
+    let null = std::ptr::null_mut();
+    unsafe {
         let t = Instant::now();
         assert_eq!(cuLaunchKernelEx(&config, f, null, null), OK);
         assert_eq!(cuLaunchKernelEx_ptsz(&config, f, null, null), OK);
@@ -94,8 +141,13 @@ pub unsafe fn launch_and_wait() {
         assert!(ms(t.elapsed()) < 1000.0);
         assert_eq!(cuStreamQuery(s), OK);
         assert_eq!(cuLaunchKernel(f, 0, 1, 1, 1, 1, 1, 0, s, null, null), CUresult::ERROR_INVALID_VALUE);
+    }
+}
 
-        // Capture five launches, replay the graph twice: 20 ms, one queue entry per replay.
+/// Capture five launches, replay the graph twice: 20 ms, one queue entry per replay.
+unsafe fn a_captured_graph_replays_its_kernels(x: &Setup) {
+    let &Setup { f, s, e1, .. } = x;
+    unsafe {
         let mut status = 9u32;
         assert_eq!(cuStreamBeginCapture_v2(s, 0), OK);
         assert_eq!(cuStreamIsCapturing(s, &mut status), OK);
@@ -118,14 +170,24 @@ pub unsafe fn launch_and_wait() {
         assert!(ms(t.elapsed()) >= 20.0, "{:?}", t.elapsed());
         assert_eq!(cuGraphExecDestroy(exec), OK);
         assert_eq!(cuGraphDestroy(graph), OK);
+    }
+}
 
-        // Synchronising a capturing stream is refused and spoils the capture.
-        assert_eq!(cuStreamBeginCapture_v2(s, 0), OK);
-        assert_eq!(cuStreamSynchronize(s), ERROR_CAPTURE_UNSUPPORTED);
-        assert_eq!(cuStreamEndCapture(s, &mut graph), CUresult(901));
+/// Synchronising a capturing stream is refused and spoils the capture.
+unsafe fn synchronise_spoils_a_capture(x: &Setup) {
+    unsafe {
+        let mut graph: CUgraph = std::ptr::null_mut();
+        assert_eq!(cuStreamBeginCapture_v2(x.s, 0), OK);
+        assert_eq!(cuStreamSynchronize(x.s), ERROR_CAPTURE_UNSUPPORTED);
+        assert_eq!(cuStreamEndCapture(x.s, &mut graph), CUresult(901));
         assert!(graph.is_null());
+    }
+}
 
-        // The entry points cuGetProcAddress hands out are these very functions.
+/// The entry points cuGetProcAddress hands out are these very functions; device 1's busy time is
+/// the sum of the kernels above.
+unsafe fn proc_address_and_busy_time() {
+    unsafe {
         let mut pfn: *mut c_void = std::ptr::null_mut();
         let mut st = 0u32;
         let r = cuGetProcAddress_v2(c"cuLaunchKernelEx".as_ptr(), &mut pfn, 12000, 2, &mut st);
@@ -137,11 +199,5 @@ pub unsafe fn launch_and_wait() {
         assert_eq!(fakegpu_device_busy(1, &mut busy, &mut n), OK);
         assert_eq!((busy, n), (((10 + 4 + 10) * 2000 + 10) * 1000, 10 + 5 + 2000 + 2), "device 1 only ran ours");
         assert_eq!(fakegpu_device_busy(9, &mut busy, std::ptr::null_mut()), CUresult::ERROR_INVALID_DEVICE);
-
-        assert_eq!(cuEventDestroy_v2(e0), OK);
-        assert_eq!(cuEventDestroy_v2(e1), OK);
-        assert_eq!(cuStreamDestroy_v2(s), OK);
-        assert_eq!(cuModuleUnload(module), OK);
-        assert_eq!(cuCtxDestroy_v2(ctx), OK);
     }
 }
