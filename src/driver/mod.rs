@@ -1,7 +1,9 @@
 //! Every call into the real driver libraries (`libcuda`, `libnvidia-ml`) goes through here:
 //! the libraries' handles ([`libs`]), the symbol slots ([`symbols`]), the call a hook was made
 //! for ([`Real`]) and thin `Result` wrappers for our own queries ([`cuda`], [`nvml`]). Nothing
-//! in this module knows about hooks, limits or the region.
+//! in this module knows about hooks, limits or the region. (A hooked function's own slot, which
+//! its export calls, is generated from its one declaration in `intercept::table`; when we call
+//! a hooked function for ourselves, it is through a slot here.)
 
 pub mod cuda;
 pub mod libs;
