@@ -1,4 +1,4 @@
-//! Reconciliation of the ledger with the driver's per-process count (issue 19).
+//! Reconciliation of the ledger with the driver's per-process count.
 //!
 //! The driver spends memory for a process outside every allocation entry point: module code it
 //! loads lazily, graph-exec state and graph memory nodes, what a stream-ordered pool keeps

@@ -1,6 +1,6 @@
 //! Watches the region file for changes made under this process (truncated, deleted, replaced,
-//! re-initialised) and has the container re-attach (issue 15, defects 3 and 11). One thread per
-//! process that shares a region file, blocked in `read` on an inotify descriptor (`O_CLOEXEC`),
+//! re-initialised) and has the container re-attach. One thread per process that shares a
+//! region file, blocked in `read` on an inotify descriptor (`O_CLOEXEC`),
 //! started with the region on the first CUDA call, never at load; no signal handler is involved.
 //!
 //! The window no design closes: a truncation unmaps the file's pages from every mapping at

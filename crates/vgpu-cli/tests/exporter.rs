@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use common::*;
 use tempfile::TempDir;
-use vgpu_core::ledger::{Accounting, Kind};
+use vgpu_core::ledger::Kind;
 use vgpu_region::{Region, RegionAccounting};
 
 /// A running exporter, killed when dropped.

@@ -6,7 +6,6 @@ mod common;
 use std::sync::atomic::Ordering::SeqCst;
 
 use common::*;
-use vgpu_core::ledger::Accounting;
 
 #[test]
 fn set_memory_changes_the_limit_live() {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use vgpu_core::ledger::{Accounting, Kind};
+use vgpu_core::ledger::Kind;
 
 #[test]
 fn status_shows_caps_usage_and_processes() {

@@ -1,4 +1,5 @@
-//! Container-wide accounting over the region: the reservation protocol of DESIGN §3.
+//! Container-wide accounting over the region: the reservation protocol of DESIGN §3. Devices
+//! are named by their region index throughout.
 //!
 //! A charge adds to this process's own counter (its slot's `used[dev].total`, SeqCst), *then*
 //! sums every slot's counter for the device and compares with the live `limit[dev]`; over the
@@ -10,7 +11,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 
-use vgpu_core::ledger::{Accounting, Kind};
+use vgpu_core::ledger::Kind;
 
 use crate::layout::DeviceUsage;
 use crate::map::Region;
@@ -74,33 +75,36 @@ fn sub(counter: &AtomicU64, bytes: u64) {
     let _ = counter.fetch_update(SeqCst, SeqCst, |v| Some(v.saturating_sub(bytes)));
 }
 
-impl Accounting for RegionAccounting {
-    fn limit(&self, dev: usize) -> Option<u64> {
-        let cap = self.region.shared().limit.get(dev)?.load(SeqCst);
+/// The operations of [`Accounting`](vgpu_core::ledger::Accounting), by region index: this crate numbers devices only by
+/// their place in the region. The library's container implements `Accounting` itself, by CUDA
+/// ordinal, and maps each ordinal onto an index here.
+impl RegionAccounting {
+    pub fn limit(&self, index: usize) -> Option<u64> {
+        let cap = self.region.shared().limit.get(index)?.load(SeqCst);
         (cap > 0).then_some(cap)
     }
 
-    fn any_limit(&self) -> bool {
+    pub fn any_limit(&self) -> bool {
         // Relaxed: a cap set a moment ago may be missed by one call either way, as with SeqCst.
         self.region.shared().limit.iter().any(|l| l.load(std::sync::atomic::Ordering::Relaxed) > 0)
     }
 
-    fn try_charge(&self, dev: usize, bytes: u64, limit: Option<u64>) -> bool {
-        if self.attempt(dev, bytes, limit) {
+    pub fn try_charge(&self, index: usize, bytes: u64, limit: Option<u64>) -> bool {
+        if self.attempt(index, bytes, limit) {
             return true;
         }
         self.region.reap(Some(self.slot));
-        self.attempt(dev, bytes, limit)
+        self.attempt(index, bytes, limit)
     }
 
-    fn charge(&self, dev: usize, bytes: u64, kind: Kind) {
+    pub fn charge(&self, index: usize, bytes: u64, kind: Kind) {
         if kind == Kind::Spilled {
-            if let Some(c) = self.spill_counter(dev) {
+            if let Some(c) = self.spill_counter(index) {
                 c.fetch_add(bytes, SeqCst);
             }
             return;
         }
-        let Some(own) = self.own_usage(dev) else { return };
+        let Some(own) = self.own_usage(index) else { return };
         own.total.fetch_add(bytes, SeqCst);
         match kind {
             Kind::Context => own.context_size.fetch_add(bytes, SeqCst),
@@ -108,14 +112,14 @@ impl Accounting for RegionAccounting {
         };
     }
 
-    fn uncharge(&self, dev: usize, bytes: u64, kind: Kind) {
+    pub fn uncharge(&self, index: usize, bytes: u64, kind: Kind) {
         if kind == Kind::Spilled {
-            if let Some(c) = self.spill_counter(dev) {
+            if let Some(c) = self.spill_counter(index) {
                 sub(c, bytes);
             }
             return;
         }
-        let Some(own) = self.own_usage(dev) else { return };
+        let Some(own) = self.own_usage(index) else { return };
         sub(&own.total, bytes);
         match kind {
             Kind::Context => sub(&own.context_size, bytes),
@@ -124,40 +128,40 @@ impl Accounting for RegionAccounting {
     }
 
     /// As `try_charge`, against the spill limit; dead slots' spill is reaped before a refusal.
-    fn try_charge_spill(&self, dev: usize, bytes: u64, limit: u64) -> bool {
-        if self.attempt_spill(dev, bytes, limit) {
+    pub fn try_charge_spill(&self, index: usize, bytes: u64, limit: u64) -> bool {
+        if self.attempt_spill(index, bytes, limit) {
             return true;
         }
         self.region.reap(Some(self.slot));
-        self.attempt_spill(dev, bytes, limit)
+        self.attempt_spill(index, bytes, limit)
     }
 
-    fn spilled(&self, dev: usize) -> u64 {
-        self.region.spilled(dev)
+    pub fn spilled(&self, index: usize) -> u64 {
+        self.region.spilled(index)
     }
 
-    fn record_spill_denial(&self, dev: usize) {
-        if let Some(c) = self.region.extension().spill_denials.get(dev) {
+    pub fn record_spill_denial(&self, index: usize) {
+        if let Some(c) = self.region.extension().spill_denials.get(index) {
             c.fetch_add(1, SeqCst);
         }
     }
 
-    fn used(&self, dev: usize) -> u64 {
-        self.region.used(dev)
+    pub fn used(&self, index: usize) -> u64 {
+        self.region.used(index)
     }
 
-    fn own(&self, dev: usize) -> u64 {
-        self.own_usage(dev).map_or(0, |u| u.total.load(SeqCst))
+    pub fn own(&self, index: usize) -> u64 {
+        self.own_usage(index).map_or(0, |u| u.total.load(SeqCst))
     }
 
-    fn driver_overhead(&self, dev: usize) -> u64 {
-        self.overhead_counter(dev).map_or(0, |o| o.load(SeqCst))
+    pub fn driver_overhead(&self, index: usize) -> u64 {
+        self.overhead_counter(index).map_or(0, |o| o.load(SeqCst))
     }
 
     /// The overhead is part of the slot's `total` (what HAMi's monitor and every cap check sum)
     /// and kept apart in the extension; `total` moves by the difference.
-    fn set_driver_overhead(&self, dev: usize, bytes: u64) {
-        let (Some(own), Some(o)) = (self.own_usage(dev), self.overhead_counter(dev)) else { return };
+    pub fn set_driver_overhead(&self, index: usize, bytes: u64) {
+        let (Some(own), Some(o)) = (self.own_usage(index), self.overhead_counter(index)) else { return };
         let old = o.swap(bytes, SeqCst);
         if bytes >= old {
             own.total.fetch_add(bytes - old, SeqCst);
@@ -166,14 +170,14 @@ impl Accounting for RegionAccounting {
         }
     }
 
-    fn record_denial(&self, dev: usize) {
-        if let Some(c) = self.region.extension().cap_denials.get(dev) {
+    pub fn record_denial(&self, index: usize) {
+        if let Some(c) = self.region.extension().cap_denials.get(index) {
             c.fetch_add(1, SeqCst);
         }
     }
 
-    fn record_driver_denial(&self, dev: usize) {
-        if let Some(c) = self.region.extension().driver_denials.get(dev) {
+    pub fn record_driver_denial(&self, index: usize) {
+        if let Some(c) = self.region.extension().driver_denials.get(index) {
             c.fetch_add(1, SeqCst);
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 
-use vgpu_core::ledger::{Accounting, Kind};
+use vgpu_core::ledger::Kind;
 use vgpu_region::layout::{FILE_SIZE, MAGIC, SharedRegion};
 use vgpu_region::{InitParams, Region, RegionAccounting, RegionError, SlotState};
 

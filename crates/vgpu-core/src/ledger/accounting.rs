@@ -12,7 +12,10 @@ pub enum Kind {
     Spilled,
 }
 
-/// Where usage is counted and limits are read.
+/// Where usage is counted and limits are read. `dev` is always a CUDA ordinal of this process,
+/// as the ledger and the hooks name devices: the library's container implements this trait and
+/// maps each ordinal onto its index in the shared region (where the region's own operations,
+/// by index, live).
 pub trait Accounting: Send + Sync {
     /// The cap for `dev`, read live (`None` = uncapped).
     fn limit(&self, dev: usize) -> Option<u64>;
