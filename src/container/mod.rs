@@ -238,10 +238,15 @@ impl Container {
     pub fn place_devices(&self, uuids: &[String]) -> Vec<Option<RegionIndex>> {
         *self.uuids.lock().unwrap_or_else(|p| p.into_inner()) = uuids.to_vec();
         let placed = self.region().place_uuids(uuids);
-        for (slot, index) in self.index.iter().zip(&placed) {
+        self.remember_places(&placed);
+        placed.into_iter().map(|i| i.map(RegionIndex)).collect()
+    }
+
+    /// Keeps the region's index of each ordinal, as `Region::place_uuids` returned them.
+    fn remember_places(&self, placed: &[Option<usize>]) {
+        for (slot, index) in self.index.iter().zip(placed) {
             slot.store(index.unwrap_or(MAX_DEVICES), Relaxed);
         }
-        placed.into_iter().map(|i| i.map(RegionIndex)).collect()
     }
 
     fn get(&self) -> &RegionAccounting {
@@ -325,8 +330,8 @@ impl Container {
     }
 
     /// Leaves a region file that changed under us for the one its path names now (see the
-    /// module's comment), charging there what `ledger` says this process holds.
-    pub fn reattach(&self, change: FileChange, ledger: &MemoryLedger<Container>) {
+    /// module's comment), charging there what the process's ledger says it holds.
+    pub fn reattach(&self, change: FileChange) {
         let _guard = REATTACH.lock().unwrap_or_else(|p| p.into_inner());
         if self.file_change() != Some(change) {
             return; // another thread did it, or it resolved itself
@@ -354,11 +359,9 @@ impl Container {
         let fresh = attach(&self.path, self.mode, &init, &self.trust, self.ledger);
         let uuids = self.uuids.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if !uuids.is_empty() {
-            let placed = fresh.accounting.region().place_uuids(&uuids);
-            for (slot, index) in self.index.iter().zip(&placed) {
-                slot.store(index.unwrap_or(MAX_DEVICES), Relaxed);
-            }
+            self.remember_places(&fresh.accounting.region().place_uuids(&uuids));
         }
+        let ledger = (self.ledger)();
         let mut moved = 0u64;
         let mut over = Vec::new();
         for dev in 0..MAX_DEVICES {

@@ -38,7 +38,7 @@ fn run(ledger: LedgerOf) {
         // Watch first, then look: a change between the two is seen by the look.
         let watch = Inotify::watch(path);
         if let Some(change) = acc.file_change() {
-            acc.reattach(change, ledger);
+            acc.reattach(change);
             // A file that keeps changing must not keep this thread spinning.
             std::thread::sleep(Duration::from_millis(10));
             continue;
