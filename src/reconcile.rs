@@ -67,7 +67,7 @@ pub fn on_view(dev: usize, now: u64) {
 
 /// After a module load or graph instantiation on the current device.
 pub fn after_growth() {
-    let Some(dev) = driver::current_device().ok().filter(|&d| d < vgpu_core::MAX_DEVICES) else { return };
+    let Some(dev) = driver::current_tracked_device() else { return };
     let Some(interval) = interval_ns(dev) else { return };
     if DUE[dev].due(now_ns(), interval) {
         reconcile(dev);

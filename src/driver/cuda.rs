@@ -126,6 +126,12 @@ pub fn current_device() -> Result<usize, CUresult> {
     usize::try_from(dev).map_err(|_| CUresult::ERROR_INVALID_DEVICE)
 }
 
+/// As [`current_device`], for the per-device tables libvgpu keeps: `None` for no current
+/// context, or a device past the `MAX_DEVICES` it tracks.
+pub fn current_tracked_device() -> Option<usize> {
+    current_device().ok().filter(|&d| d < vgpu_core::MAX_DEVICES)
+}
+
 pub fn current_context_handle() -> Result<CUcontext, CUresult> {
     let mut ctx: CUcontext = std::ptr::null_mut();
     // SAFETY: valid out-pointer.

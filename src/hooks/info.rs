@@ -24,11 +24,6 @@ use crate::state::state;
 /// How stale the cached physical numbers may get.
 const REFRESH_NS: u64 = 100_000_000;
 
-/// The current context's device (`None`: no context, or no driver function).
-pub(crate) fn current_device() -> Option<usize> {
-    driver::current_device().ok().filter(|&d| d < MAX_DEVICES)
-}
-
 /// The driver's physical numbers for one device, as of `stamp`, under a sequence lock (odd =
 /// being written; a reader that sees it change asks the driver instead).
 struct Physical {
@@ -90,7 +85,7 @@ pub unsafe fn mem_get_info(real: Real<'_, CUresult>, free: *mut usize, total: *m
     if !ledger.any_limit() || free.is_null() || total.is_null() {
         return real.call();
     }
-    let Some(dev) = current_device() else {
+    let Some(dev) = driver::current_tracked_device() else {
         return real.call();
     };
     let Some(cap) = ledger.limit(dev) else {

@@ -77,11 +77,12 @@ macro_rules! hooks {
             #[inline(never)]
             #[allow(clippy::too_many_arguments, unused_unsafe)]
             unsafe fn handled(f: RealSig, $($arg: $ty),*) -> $ret {
+                const PER_THREAD: bool = per_thread(stringify!($name));
                 // SAFETY: the caller's own arguments, passed on unchanged.
                 let call = || unsafe { f($($arg),*) };
                 // SAFETY: a handler that is an `unsafe fn` receives the caller's arguments under
                 // the driver's contract for this entry point, which is its own contract.
-                guard(stringify!($name), per_thread(stringify!($name)), &call, |r| unsafe { $handler(r, $($selected),*) })
+                guard(stringify!($name), PER_THREAD, &call, |r| unsafe { $handler(r, $($selected),*) })
             }
             // SAFETY: as above.
             unsafe { handled(f, $($arg),*) }
