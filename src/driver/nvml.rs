@@ -80,8 +80,21 @@ pub enum ProcessList {
 /// with room for `expected` entries and a few more for processes that started since); empty
 /// when NVML cannot say.
 pub fn nvml_running_pids(list: ProcessList, device: nvmlDevice_t, expected: c_uint) -> Vec<u32> {
-    let mut n = expected.saturating_add(8);
-    let mut rows = vec![nvmlProcessInfo_t::default(); n as usize];
+    let mut rows = vec![nvmlProcessInfo_t::default(); expected.saturating_add(8) as usize];
+    match list_into(list, device, &mut rows) {
+        Ok(n) => rows[..n].iter().map(|r| r.pid).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// One call of the driver's `_v3` list into `rows` (as many entries as it holds): the number of
+/// entries written, or NVML's error (`ERROR_INSUFFICIENT_SIZE` with the number needed).
+fn list_into(
+    list: ProcessList,
+    device: nvmlDevice_t,
+    rows: &mut [nvmlProcessInfo_t],
+) -> Result<usize, (nvmlReturn_t, usize)> {
+    let mut n = rows.len() as c_uint;
     // SAFETY: `rows` holds `n` entries; NVML writes at most that many and sets `n`.
     let rc = unsafe {
         match list {
@@ -89,10 +102,7 @@ pub fn nvml_running_pids(list: ProcessList, device: nvmlDevice_t, expected: c_ui
             ProcessList::Graphics => raw::nvmlDeviceGetGraphicsRunningProcesses_v3(device, &mut n, rows.as_mut_ptr()),
         }
     };
-    if rc != nvmlReturn_t::SUCCESS {
-        return Vec::new();
-    }
-    rows.iter().take(n as usize).map(|r| r.pid).collect()
+    if rc == nvmlReturn_t::SUCCESS { Ok((n as usize).min(rows.len())) } else { Err((rc, n as usize)) }
 }
 
 /// NVML's "value not available" for a process's `usedGpuMemory` (e.g. without the rights to see
@@ -105,15 +115,15 @@ const NVML_VALUE_NOT_AVAILABLE: u64 = u64::MAX;
 pub fn nvml_process_used(device: nvmlDevice_t, pids: &[u32]) -> Result<Option<u64>, nvmlReturn_t> {
     let mut rows = vec![nvmlProcessInfo_t::default(); 64];
     for _ in 0..3 {
-        let mut n = rows.len() as c_uint;
-        // SAFETY: `rows` holds `n` entries; NVML writes at most that many and sets `n`.
-        let rc = unsafe { raw::nvmlDeviceGetComputeRunningProcesses_v3(device, &mut n, rows.as_mut_ptr()) };
-        if rc == nvmlReturn_t::ERROR_INSUFFICIENT_SIZE {
-            rows.resize(n as usize + 16, nvmlProcessInfo_t::default());
-            continue;
-        }
-        check_nvml(rc)?;
-        let mine = rows.iter().take(n as usize).filter(|r| pids.contains(&r.pid));
+        let n = match list_into(ProcessList::Compute, device, &mut rows) {
+            Ok(n) => n,
+            Err((nvmlReturn_t::ERROR_INSUFFICIENT_SIZE, needed)) => {
+                rows.resize(needed + 16, nvmlProcessInfo_t::default());
+                continue;
+            }
+            Err((rc, _)) => return Err(rc),
+        };
+        let mine = rows[..n].iter().filter(|r| pids.contains(&r.pid));
         let mut total: Option<u64> = None;
         for r in mine {
             if r.usedGpuMemory == NVML_VALUE_NOT_AVAILABLE {
