@@ -175,9 +175,11 @@ fn measure() -> Measurements {
     std::fs::write(results.join("instructions.txt"), m.table()).unwrap();
     // The whole-process dumps stay beside the table (a few hundred KiB): an odd start-up figure
     // can then be read with `callgrind_annotate` after the run.
-    for i in 0..4 {
-        let dump = format!("whole-{i}.cg");
-        let _ = std::fs::copy(work.join(&dump), results.join(&dump));
+    for entry in std::fs::read_dir(work).unwrap().flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("whole-") {
+            let _ = std::fs::copy(entry.path(), results.join(name));
+        }
     }
     m
 }

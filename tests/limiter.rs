@@ -20,14 +20,14 @@ fn share(line: &str) -> f64 {
     v.parse().unwrap()
 }
 
+/// `kernels` with `args` under limit `pct`, ready to run.
+fn kernels(pct: u32, args: &[String]) -> Run {
+    Run::new("kernels").env("CUDA_DEVICE_SM_LIMIT", pct.to_string()).env("FAKEGPU_QUEUE_DEPTH", "16").args(args)
+}
+
 /// Runs `kernels` with `args` under limit `pct`; about `gpu_ms` of GPU work.
 fn run(pct: u32, args: &[String]) -> f64 {
-    let r = Run::new("kernels")
-        .env("CUDA_DEVICE_SM_LIMIT", pct.to_string())
-        .env("FAKEGPU_QUEUE_DEPTH", "16")
-        .args(args)
-        .ok();
-    share(r.line("launches="))
+    share(kernels(pct, args).ok().line("launches="))
 }
 
 fn args(us: u64, gpu_ms: u64, extra: &[&str]) -> Vec<String> {
@@ -88,12 +88,8 @@ fn tiny_kernels_hold_their_limit() {
 fn a_host_bound_job_under_its_limit_is_not_slowed() {
     let _serial = serial();
     let region = fresh_region_path();
-    let r = Run::new("kernels")
-        .env("CUDA_DEVICE_SM_LIMIT", "75")
-        .env("FAKEGPU_QUEUE_DEPTH", "16")
-        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
-        .args(time_args(50, "2500", &["--host-us", "120"]))
-        .ok();
+    let r =
+        kernels(75, &time_args(50, "2500", &["--host-us", "120"])).env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region).ok();
     let share = share(r.line("launches=")) * 100.0;
     let status =
         Command::new(&common::artifacts().vgpu).args(["status", "--json", "--cache"]).arg(&region).output().unwrap();
@@ -168,13 +164,7 @@ fn waits_end_the_charged_interval() {
     // which every wait for budget adds to, stays at zero.
     let region = fresh_region_path();
     let limited = share(
-        Run::new("kernels")
-            .env("CUDA_DEVICE_SM_LIMIT", "30")
-            .env("FAKEGPU_QUEUE_DEPTH", "16")
-            .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &*region)
-            .args(args(100, 100, &sparse))
-            .ok()
-            .line("launches="),
+        kernels(30, &args(100, 100, &sparse)).env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &*region).ok().line("launches="),
     );
     let r = vgpu_region::Region::open_existing(&region).expect("the job's region");
     let throttled = r.extension().buckets[0].throttled_ns.load(std::sync::atomic::Ordering::SeqCst);
