@@ -35,20 +35,6 @@ fn check(rc: CUresult) -> Result<(), CUresult> {
     if rc.is_success() { Ok(()) } else { Err(rc) }
 }
 
-/// The calling thread's current context and its device.
-pub fn current_context() -> Result<(CUcontext, usize), CUresult> {
-    let mut ctx: CUcontext = std::ptr::null_mut();
-    let mut dev: CUdevice = 0;
-    // SAFETY: valid out-pointers.
-    check(unsafe { raw::cuCtxGetCurrent(&mut ctx) })?;
-    if ctx.is_null() {
-        return Err(CUresult::ERROR_INVALID_CONTEXT);
-    }
-    // SAFETY: valid out-pointer.
-    check(unsafe { raw::cuCtxGetDevice(&mut dev) })?;
-    usize::try_from(dev).map(|d| (ctx, d)).map_err(|_| CUresult::ERROR_INVALID_DEVICE)
-}
-
 pub fn device_count() -> Result<usize, CUresult> {
     let mut n: c_int = 0;
     // SAFETY: valid out-pointer.

@@ -72,10 +72,10 @@ thread_local! {
     static LAST_CONTEXT: Cell<(usize, u64, usize)> = const { Cell::new((0, u64::MAX, 0)) };
 }
 
-/// The calling thread's current context and its device, as `driver::current_context`, with the
-/// context's device remembered per thread: a context's device never changes, so while no
-/// context has been destroyed since (the generation), one driver call (`cuCtxGetCurrent`)
-/// names both.
+/// The calling thread's current context and its device, the device remembered per thread: a
+/// context's device never changes, so while no context has been destroyed since (the
+/// generation), one driver call (`cuCtxGetCurrent`) names both; otherwise `cuCtxGetDevice`
+/// asks for the device of that same current context.
 fn current_context() -> Result<(CUcontext, usize), CUresult> {
     let ctx = driver::current_context_handle()?;
     if ctx.is_null() {
@@ -86,7 +86,7 @@ fn current_context() -> Result<(CUcontext, usize), CUresult> {
     if cached == ctx as usize && cached_gen == generation {
         return Ok((ctx, dev));
     }
-    let (ctx, dev) = driver::current_context()?;
+    let dev = driver::current_device()?;
     LAST_CONTEXT.set((ctx as usize, generation, dev));
     Ok((ctx, dev))
 }
